@@ -1,0 +1,26 @@
+"""The shared vocabulary of hwsearch: layers, per-layer choices, plans and search spaces.
+
+No torch here: the service, latency models and samplers use this package without loading a
+deep-learning framework.
+"""
+
+from __future__ import annotations
+
+from ._errors import SpaceError
+from ._layer import LayerKind, LayerSpec, kept_channels, round_rank
+from ._plan import ALLOWED_BITS, Choice, Plan
+from ._space import KNOBS, LayerKnobs, Space
+
+__all__ = [
+    "ALLOWED_BITS",
+    "KNOBS",
+    "Choice",
+    "LayerKind",
+    "LayerKnobs",
+    "LayerSpec",
+    "Plan",
+    "Space",
+    "SpaceError",
+    "kept_channels",
+    "round_rank",
+]

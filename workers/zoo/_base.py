@@ -1,0 +1,120 @@
+"""ZooModel: the extension point for models hwsearch can compress and evaluate."""
+
+from __future__ import annotations
+
+import abc
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Quality:
+    """One quality measurement: higher is better; accuracy-like values are fractions in [0, 1]."""
+
+    value: float
+    metric: str
+    description: str
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class ZooError(ValueError):
+    """A zoo model that does not exist, bad model arguments, or a missing weight package."""
+
+
+class ZooModel(abc.ABC):
+    """A model of the zoo: how to build it, feed it and measure its quality.
+
+    Contract (every entry runs tests/test_zoo_contract.py by being registered):
+    - ``build()`` returns the model in eval mode with its real weights (or, for cost-only
+      entries, ``has_weights = False``, a deterministic seeded initialisation). It never
+      downloads anything: weights come from installed packages or a local cache, and a
+      missing package raises ZooError naming what to install.
+    - ``example_input()`` returns one batch-1 input the model accepts.
+    - ``evaluate(model)`` runs ``model`` (compressed or not) on real data and returns a
+      Quality whose ``metric`` is ``self.metric``; for the uncompressed model of a
+      reference-based metric it returns the best value (e.g. agreement 1.0).
+    - ``ignore_layers(model)`` names layers never to compress (default: none); the output
+      layer is never pruned in any case.
+    - Class attributes ``name``, ``task``, ``metric`` and ``description`` document the entry;
+      ``args`` lists the constructor's keyword arguments (e.g. ``arch``).
+    """
+
+    name: ClassVar[str]
+    task: ClassVar[str]
+    metric: ClassVar[str]
+    description: ClassVar[str]
+    has_weights: ClassVar[bool] = True
+    args: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - set(self.args))
+        if unknown:
+            raise ZooError(
+                f"model {self.name!r}: unknown arguments {unknown}; it takes {list(self.args) or 'none'}"
+            )
+        self.kwargs = kwargs
+
+    @property
+    def model_id(self) -> str:
+        """``name`` or ``name:value`` for single-argument entries (e.g. ``nasbench201:<arch>``)."""
+        if not self.kwargs:
+            return self.name
+        return self.name + ":" + ",".join(str(v) for v in self.kwargs.values())
+
+    @abc.abstractmethod
+    def build(self) -> nn.Module: ...
+
+    @abc.abstractmethod
+    def example_input(self) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def evaluate(self, model: nn.Module) -> Quality: ...
+
+    def ignore_layers(self, model: nn.Module) -> list[str]:
+        return []
+
+
+_REGISTRY: dict[str, type[ZooModel]] = {}
+M = TypeVar("M", bound=type[ZooModel])
+
+
+def register_model(cls: M) -> M:
+    """Class decorator: add a ZooModel subclass to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ZooError(f"zoo model {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a glob pattern, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def model_class(name: str) -> type[ZooModel]:
+    if name not in _REGISTRY:
+        raise ZooError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def create_model(model_id: str, **kwargs: Any) -> ZooModel:
+    """Instantiate a zoo entry from ``name`` or ``name:argument`` (the entry's first argument).
+
+    ``create_model("nasbench201:|nor_conv_3x3~0|+|...|")`` equals
+    ``create_model("nasbench201", arch="|nor_conv_3x3~0|+|...|")``.
+    """
+    name, sep, arg = model_id.partition(":")
+    cls = model_class(name)
+    if sep:
+        if not cls.args:
+            raise ZooError(f"model {name!r} takes no argument, but got {arg!r} after ':'")
+        kwargs = {cls.args[0]: arg, **kwargs}
+    return cls(**kwargs)
+
+
+Builder = Callable[[], nn.Module]
