@@ -7,7 +7,7 @@ deep-learning framework.
 from __future__ import annotations
 
 from ._errors import SpaceError
-from ._layer import LayerKind, LayerSpec, kept_channels, round_rank
+from ._layer import LayerKind, LayerSpec, kept_channels, round_rank, tokens_after_pruning
 from ._plan import ALLOWED_BITS, Choice, Plan
 from ._space import KNOBS, LayerKnobs, Space
 
@@ -23,4 +23,5 @@ __all__ = [
     "SpaceError",
     "kept_channels",
     "round_rank",
+    "tokens_after_pruning",
 ]

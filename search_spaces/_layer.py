@@ -35,6 +35,9 @@ class LayerSpec:
 
     ``group`` names a set of layers whose output channels are coupled (a residual add, a
     depthwise conv after a pointwise conv...): they must share one channel keep ratio.
+    ``in_group`` names the group whose pruning shrinks this layer's input channels. ``block``
+    names the attention block a layer belongs to; ``cls_token`` says whether an attention
+    block's token 0 is a classification token (never pruned).
     ``prunable``/``decomposable`` say whether the channel-keep and rank knobs make sense.
     """
 
@@ -53,7 +56,9 @@ class LayerSpec:
     macs: int = 0
     bias: bool = False
     group: str | None = None
+    in_group: str | None = None
     block: str | None = None
+    cls_token: bool = False
     prunable: bool = False
     decomposable: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -124,3 +129,20 @@ def round_rank(rank: float, full_rank: int, multiple: int = 1) -> int:
     step = max(1, multiple)
     r = int(math.ceil(rank / step)) * step
     return max(min(step, full_rank), min(full_rank, r))
+
+
+def tokens_after_pruning(tokens: int, keep: float, cls_token: bool) -> int:
+    """Tokens an attention block passes on at a token keep rate (EViT-style fusion).
+
+    The top ``round(keep * candidates)`` tokens are kept (at least one), where the
+    candidates are all tokens but a CLS token; the rest are fused into one extra token.
+    Keep 1.0 is the identity.
+    """
+    start = 1 if cls_token else 0
+    candidates = tokens - start
+    if keep >= 1.0 or candidates <= 1:
+        return tokens
+    kept = max(1, int(round(keep * candidates)))
+    if kept >= candidates:
+        return tokens
+    return start + kept + 1

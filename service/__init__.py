@@ -1,1 +1,1 @@
-"""hwsearch package."""
+"""The hwsearch service and CLI. Importing it pulls in neither torch nor ray."""

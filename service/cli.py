@@ -1,0 +1,266 @@
+"""The ``hwsearch`` command line.
+
+Commands that work locally (models, inspect, compress) import ``workers`` inside the
+command, so ``import service`` stays free of torch. Bad input exits with code 2 and a
+one-paragraph message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+app = typer.Typer(
+    name="hwsearch",
+    help="Hardware-aware search of per-layer ranks, pruning, bit widths and token keep rates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+_UNIFORM_KEYS = {"rank", "keep", "wbits", "abits", "tokens"}
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _load_model(model_id: str) -> Any:
+    from workers.zoo import ZooError, create_model
+
+    try:
+        return create_model(model_id)
+    except ZooError as exc:
+        _fail(str(exc))
+
+
+def _quiet_torch() -> None:
+    import warnings
+
+    # torch.ao / torch-pruning deprecation chatter is not for end users.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+@app.command()
+def models(json_output: JsonFlag = False) -> None:
+    """List the model zoo: name, task, quality metric and compressible layers."""
+    _quiet_torch()
+    from workers.zoo import list_models, model_class
+
+    rows = []
+    for name in list_models():
+        cls = model_class(name)
+        rows.append({
+            "name": name,
+            "task": cls.task,
+            "metric": cls.metric,
+            "has_weights": cls.has_weights,
+            "args": list(cls.args),
+            "description": cls.description,
+        })
+    if json_output:
+        _print_json(rows)
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        typer.echo(f"{r['name']:<{width}}  {r['metric']:<18} {r['task']}")
+
+
+def _knobs(layer: Any) -> str:
+    parts = []
+    if layer.decomposable:
+        parts.append(f"rank≤{layer.full_rank}")
+    if layer.prunable:
+        parts.append("keep")
+    if layer.kind.value in ("linear", "conv2d", "depthwise_conv2d", "grouped_conv2d"):
+        parts.append("bits")
+    if layer.kind.value == "attention":
+        parts.append("tokens")
+    return ",".join(parts) or "-"
+
+
+def _shape(layer: Any) -> str:
+    k = layer.kind.value
+    if k == "linear":
+        return f"{layer.in_channels}→{layer.out_channels} ×{layer.tokens}"
+    if k == "attention":
+        return f"{layer.tokens} tok ×{layer.in_channels}, {layer.heads} heads"
+    kh, kw = layer.kernel_size
+    h, w = layer.input_hw
+    return f"{layer.in_channels}→{layer.out_channels} k{kh}x{kw} s{layer.stride[0]} g{layer.groups} @{h}x{w}"
+
+
+@app.command()
+def inspect(
+    model: Annotated[str, typer.Argument(help="Zoo model name, e.g. digits-cnn or nasbench201:<arch>.")],
+    json_output: JsonFlag = False,
+) -> None:
+    """Print the layer inventory: name, kind, shapes, params, MACs, knobs and coupled group."""
+    _quiet_torch()
+    from kernels import trace
+
+    entry = _load_model(model)
+    net = entry.build()
+    layers = trace(net, entry.example_input(), ignore=entry.ignore_layers(net))
+    if json_output:
+        _print_json({"model": entry.model_id, "layers": [layer.to_dict() for layer in layers]})
+        return
+    typer.echo(f"{'name':<34} {'kind':<17} {'shape':<36} {'params':>9} {'MACs':>12}  {'knobs':<22} group")
+    for layer in layers:
+        typer.echo(
+            f"{layer.name:<34} {layer.kind.value:<17} {_shape(layer):<36} {layer.params:>9,} {layer.macs:>12,}  "
+            f"{_knobs(layer):<22} {layer.group or '-'}"
+        )
+    typer.echo(f"{len(layers)} layers, {sum(x.params for x in layers):,} params and "
+               f"{sum(x.macs for x in layers):,} MACs in them")
+
+
+def parse_uniform(text: str) -> dict[str, float]:
+    """Parse ``rank=0.5,keep=0.75,wbits=8,abits=8,tokens=0.7`` (rank as a fraction of full rank)."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in _UNIFORM_KEYS:
+            raise ValueError(
+                f"--uniform: {part!r} is not KEY=VALUE with KEY one of {sorted(_UNIFORM_KEYS)} "
+                "(e.g. rank=0.5,keep=0.75,wbits=8,abits=8,tokens=0.7)"
+            )
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--uniform: {key}={value!r} is not a number") from None
+    if not out:
+        raise ValueError("--uniform: give at least one of rank, keep, wbits, abits, tokens")
+    return out
+
+
+def uniform_plan(layers: list[Any], spec: dict[str, float]) -> Any:
+    """The same compression on every layer that offers it; rank is a fraction of each layer's full rank."""
+    from search_spaces import ALLOWED_BITS, Choice, Plan, SpaceError
+
+    for key in ("wbits", "abits"):
+        if key in spec and (spec[key] != int(spec[key]) or int(spec[key]) not in ALLOWED_BITS):
+            raise SpaceError(f"--uniform {key}", spec[key], f"one of {list(ALLOWED_BITS)} is required")
+    for key in ("rank", "keep", "tokens"):
+        if key in spec and not 0.0 < spec[key] <= 1.0:
+            raise SpaceError(f"--uniform {key}", spec[key], "a fraction in (0, 1] is required")
+    base = Choice(
+        keep=spec.get("keep", 1.0),
+        wbits=int(spec.get("wbits", 32)),
+        abits=int(spec.get("abits", 32)),
+        token_keep=spec.get("tokens", 1.0),
+    )
+    plan = Plan.uniform(layers, base)
+    if "rank" in spec and spec["rank"] < 1.0:
+        choices = dict(plan.choices)
+        for layer in layers:
+            if layer.decomposable:
+                rank = max(1, round(spec["rank"] * layer.full_rank))
+                c = plan[layer.name]
+                choices[layer.name] = Choice(rank, c.keep, c.wbits, c.abits, c.token_keep)
+        plan = Plan(choices)
+    return plan
+
+
+@app.command()
+def compress(
+    model: Annotated[str, typer.Argument(help="Zoo model name.")],
+    plan_file: Annotated[Path | None, typer.Option("--plan", help="Plan JSON file.")] = None,
+    uniform: Annotated[
+        str | None,
+        typer.Option(help="Same compression on every layer, e.g. rank=0.5,keep=0.75,wbits=8,abits=8,tokens=0.7"),
+    ] = None,
+    measure: Annotated[bool, typer.Option(help="Also time both models on the host CPU.")] = False,
+    repeats: Annotated[int, typer.Option(help="Timing rounds for --measure.", min=3)] = 30,
+    json_output: JsonFlag = False,
+) -> None:
+    """Apply a plan; print quality before and after, params, MACs, weight bytes (and latency)."""
+    _quiet_torch()
+    if (plan_file is None) == (uniform is None):
+        _fail("give exactly one of --plan PLAN.json or --uniform KEY=VALUE,...")
+    from search_spaces import Plan, SpaceError
+
+    entry = _load_model(model)
+    from kernels import apply, count_cost, time_model, trace
+
+    net = entry.build()
+    x = entry.example_input()
+    ignore = tuple(entry.ignore_layers(net))
+    layers = trace(net, x, ignore=ignore)
+    try:
+        if plan_file is not None:
+            try:
+                text = plan_file.read_text()
+            except OSError as exc:
+                _fail(f"--plan: cannot read {str(plan_file)!r} ({exc.strerror}); give a readable JSON file")
+            plan = Plan.from_json(text, layers)
+        else:
+            assert uniform is not None  # noqa: S101 - narrowed by the check above
+            plan = uniform_plan(layers, parse_uniform(uniform)).validate(layers)
+    except (SpaceError, ValueError) as exc:
+        _fail(f"invalid plan for {entry.model_id}: {exc}")
+
+    compressed = apply(net, plan, x, ignore=ignore)
+    before, after = entry.evaluate(net), entry.evaluate(compressed)
+    cost_before, cost_after = count_cost(net, x), count_cost(compressed, x)
+    result: dict[str, Any] = {
+        "model": entry.model_id,
+        "quality": {"metric": before.metric, "before": before.value, "after": after.value,
+                    "description": before.description},
+        "params": {"before": cost_before.params, "after": cost_after.params},
+        "macs": {"before": cost_before.macs, "after": cost_after.macs},
+        "weight_bytes": {"before": cost_before.weight_bytes, "after": cost_after.weight_bytes},
+    }
+    if measure:
+        deployed = apply(net, plan, x, execution="int8", ignore=ignore)
+        timing = time_model(deployed, x, reference=net, repeats=repeats, warmup=5, threads=1)
+        result["latency_ms"] = {
+            "before": timing.reference_median_ms,
+            "after": timing.median_ms,
+            "speedup": timing.speedup,
+            "speedup_p10": timing.speedup_p10,
+            "speedup_p90": timing.speedup_p90,
+            "threads": 1,
+            "repeats": repeats,
+            "note": "median of interleaved rounds; int8 kernels for 8-bit Linear layers, float32 elsewhere",
+        }
+    if json_output:
+        _print_json(result)
+        return
+    q = result["quality"]
+    typer.echo(f"{entry.model_id}: {len(plan.choices)} layers compressed")
+    typer.echo(f"  quality ({q['metric']}): {q['before']:.4f} → {q['after']:.4f}")
+    for key in ("params", "macs", "weight_bytes"):
+        b, a = result[key]["before"], result[key]["after"]
+        typer.echo(f"  {key:<13} {b:>12,} → {a:>12,}  ({a / b:.2f}×)")
+    if measure:
+        lat = result["latency_ms"]
+        typer.echo(
+            f"  latency (host CPU, 1 thread): {lat['before']:.3f} ms → {lat['after']:.3f} ms, "
+            f"speed-up {lat['speedup']:.2f}× (p10–p90 {lat['speedup_p10']:.2f}–{lat['speedup_p90']:.2f})"
+        )
+
+
+def main() -> None:
+    """Entry point of the ``hwsearch`` script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""The model zoo: real models hwsearch can compress, each with an honest quality evaluator.
+
+A new model is one new module with a ``@register_model`` ZooModel subclass, imported here;
+tests/test_zoo_contract.py runs the contract on every registered entry.
+"""
+
+from __future__ import annotations
+
+from . import digits, efficientnet_lite0, fbnet, minilm, mobilenet_v2, nasbench201
+from ._base import Quality, ZooError, ZooModel, create_model, list_models, model_class, register_model
+
+__all__ = [
+    "Quality",
+    "ZooError",
+    "ZooModel",
+    "create_model",
+    "digits",
+    "efficientnet_lite0",
+    "fbnet",
+    "list_models",
+    "minilm",
+    "mobilenet_v2",
+    "model_class",
+    "nasbench201",
+    "register_model",
+]
