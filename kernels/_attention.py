@@ -58,3 +58,5 @@ class AttentionBlock(nn.Module):
 
     attn: SelfAttention
     has_cls_token: bool = True
+    #: Set by token pruning (kernels.add_token_pruning); 1.0 means untouched.
+    token_keep: float = 1.0

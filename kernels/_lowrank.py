@@ -67,7 +67,7 @@ class LowRankLinear(nn.Sequential):
         with torch.no_grad():
             first.weight.copy_((root[:, None] * vh).to(dtype))
             second.weight.copy_((u * root[None, :]).to(dtype))
-            if layer.bias is not None:
+            if layer.bias is not None and second.bias is not None:
                 second.bias.copy_(layer.bias)
         return cls(first, second)
 
@@ -95,21 +95,25 @@ class LowRankConv2d(nn.Sequential):
         dh, dw = layer.dilation
         bias = layer.bias is not None
         if (kh, kw) == (1, 1):
-            first = nn.Conv2d(in_c, rank, 1, stride=layer.stride, bias=False)
+            first = nn.Conv2d(in_c, rank, 1, stride=(sh, sw), bias=False)
             second = nn.Conv2d(rank, out_c, 1, bias=bias)
             w1 = (root[:, None] * vh).reshape(rank, in_c, 1, 1)
             w2 = (u * root[None, :]).reshape(out_c, rank, 1, 1)
         else:
-            first = nn.Conv2d(in_c, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), bias=False)
-            second = nn.Conv2d(rank, out_c, (1, kw), stride=(1, sw), padding=(0, pw), dilation=(1, dw), bias=bias)
+            first = nn.Conv2d(
+                in_c, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), bias=False
+            )
+            second = nn.Conv2d(
+                rank, out_c, (1, kw), stride=(1, sw), padding=(0, pw), dilation=(1, dw), bias=bias
+            )
             # u: (in·kh) × r → first[r, i, y, 0]; vh: r × (out·kw) → second[o, r, 0, x]
             w1 = (u * root[None, :]).T.reshape(rank, in_c, kh, 1)
             w2 = (root[:, None] * vh).reshape(rank, out_c, 1, kw).permute(1, 0, 2, 3)
         with torch.no_grad():
             first.weight.copy_(w1.to(w.dtype))
             second.weight.copy_(w2.to(w.dtype))
-            if bias:
-                second.bias.copy_(layer.bias)  # type: ignore[arg-type]
+            if layer.bias is not None and second.bias is not None:
+                second.bias.copy_(layer.bias)
         return cls(first, second)
 
 

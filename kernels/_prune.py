@@ -45,7 +45,9 @@ def prune_channels(
                 continue
             channels = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
             n_keep = kept_channels(channels, keep, 1)
-            handler = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
+            handler = (
+                tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
+            )
             group = graph.get_pruning_group(layer, handler, idxs=list(range(channels)))
             scores = importance(group)
             drop = torch.argsort(scores)[: channels - n_keep].tolist()

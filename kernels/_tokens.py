@@ -25,10 +25,8 @@ def prune_tokens(x: torch.Tensor, attention: torch.Tensor, keep: float, cls_toke
     if n_out == n:
         return x
     kept = n_out - start - 1
-    if cls_token:
-        score = attention[:, :, 0, start:].mean(dim=1)
-    else:
-        score = attention.mean(dim=1).mean(dim=1)
+    # From the CLS row when there is one, else the mean attention each token receives.
+    score = attention[:, :, 0, start:].mean(dim=1) if cls_token else attention.mean(dim=1).mean(dim=1)
     candidates = x[:, start:]
     top = score.topk(kept, dim=1).indices.sort(dim=1).values
     kept_tokens = candidates.gather(1, top.unsqueeze(-1).expand(-1, -1, d))
@@ -60,5 +58,5 @@ def add_token_pruning(block: AttentionBlock, keep: float) -> None:
     if keep >= 1.0:
         return
     block.attn.record = True
-    block.token_keep = keep  # type: ignore[attr-defined]
+    block.token_keep = keep
     block.register_forward_hook(TokenPruningHook(keep))

@@ -31,7 +31,9 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v[0]), int(v[1]))
 
 
-def _record_forward(model: nn.Module, example_input: torch.Tensor) -> tuple[list[tuple[str, nn.Module, Any, Any]], Any]:
+def _record_forward(
+    model: nn.Module, example_input: torch.Tensor
+) -> tuple[list[tuple[str, nn.Module, Any, Any]], Any]:
     """Run the model once, recording (name, module, input, output) of the layers we care about."""
     calls: list[tuple[str, nn.Module, Any, Any]] = []
     seen: set[str] = set()
@@ -42,6 +44,7 @@ def _record_forward(model: nn.Module, example_input: torch.Tensor) -> tuple[list
             if name not in seen:  # a module called twice (weight sharing) is listed once
                 seen.add(name)
                 calls.append((name, module, args[0] if args else None, output))
+
         return fn
 
     for name, module in model.named_modules():
@@ -57,7 +60,10 @@ def _record_forward(model: nn.Module, example_input: torch.Tensor) -> tuple[list
 
 
 def _coupled_groups(
-    model: nn.Module, example_input: torch.Tensor, output_layers: list[nn.Module], unsafe: set[nn.Module]
+    model: nn.Module,
+    example_input: torch.Tensor,
+    output_layers: list[nn.Module],
+    unsafe: set[nn.Module],
 ) -> tuple[dict[nn.Module, str], dict[nn.Module, str], set[str]]:
     """Coupled channel groups from Torch-Pruning's dependency graph.
 
@@ -116,15 +122,15 @@ def trace(model: nn.Module, example_input: torch.Tensor, ignore: Iterable[str] =
         ignored = set(ignore)
         blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, AttentionBlock)]
         unsafe: set[nn.Module] = set()
-        for _, block in blocks:
-            attn: SelfAttention = block.attn
+        for _, block_module in blocks:
+            attn: SelfAttention = block_module.attn
             unsafe.update([attn.q, attn.k, attn.v, attn.proj])
         for name, module in model.named_modules():
             if isinstance(module, nn.Conv2d) and _conv_kind(module) is LayerKind.GROUPED_CONV2D:
                 unsafe.add(module)
             if name in ignored:
                 unsafe.add(module)
-        gemms = [m for _, m, _, _ in calls if isinstance(m, nn.Conv2d | nn.Linear)]
+        gemms: list[nn.Module] = [m for _, m, _, _ in calls if isinstance(m, nn.Conv2d | nn.Linear)]
         output_layers = gemms[-1:]
         out_group, in_group, prunable_groups = _coupled_groups(model, example_input, output_layers, unsafe)
     finally:
@@ -135,19 +141,35 @@ def trace(model: nn.Module, example_input: torch.Tensor, ignore: Iterable[str] =
         block = next((bn for bn, _ in blocks if name.startswith(bn + ".")), None)
         if isinstance(module, AttentionBlock):
             tokens, dim = int(inp.shape[1]), int(inp.shape[2])
-            specs.append(LayerSpec(
-                name=name, kind=LayerKind.ATTENTION, in_channels=dim, out_channels=dim, tokens=tokens,
-                heads=module.attn.heads, macs=2 * tokens * tokens * dim, cls_token=module.has_cls_token,
-                block=name, extra={"tokens_out": int(out.shape[1])},
-            ))
+            specs.append(
+                LayerSpec(
+                    name=name,
+                    kind=LayerKind.ATTENTION,
+                    in_channels=dim,
+                    out_channels=dim,
+                    tokens=tokens,
+                    heads=module.attn.heads,
+                    macs=2 * tokens * tokens * dim,
+                    cls_token=module.has_cls_token,
+                    block=name,
+                    extra={"tokens_out": int(out.shape[1])},
+                )
+            )
             continue
         if isinstance(module, _POOLING):
-            specs.append(LayerSpec(
-                name=name, kind=LayerKind.POOLING, in_channels=int(inp.shape[1]), out_channels=int(out.shape[1]),
-                kernel_size=_pair(getattr(module, "kernel_size", 1)), stride=_pair(getattr(module, "stride", 1) or 1),
-                input_hw=(int(inp.shape[-2]), int(inp.shape[-1])), output_hw=(int(out.shape[-2]), int(out.shape[-1])),
-                block=block,
-            ))
+            specs.append(
+                LayerSpec(
+                    name=name,
+                    kind=LayerKind.POOLING,
+                    in_channels=int(inp.shape[1]),
+                    out_channels=int(out.shape[1]),
+                    kernel_size=_pair(getattr(module, "kernel_size", 1)),
+                    stride=_pair(getattr(module, "stride", 1) or 1),
+                    input_hw=(int(inp.shape[-2]), int(inp.shape[-1])),
+                    output_hw=(int(out.shape[-2]), int(out.shape[-1])),
+                    block=block,
+                )
+            )
             continue
         gid = out_group.get(module)
         in_gid = in_group.get(module)
@@ -156,22 +178,49 @@ def trace(model: nn.Module, example_input: torch.Tensor, ignore: Iterable[str] =
         has_bias = getattr(module, "bias", None) is not None
         if isinstance(module, nn.Linear):
             rows = int(inp.numel() // inp.shape[-1])
-            specs.append(LayerSpec(
-                name=name, kind=LayerKind.LINEAR, in_channels=module.in_features, out_channels=module.out_features,
-                tokens=rows, params=params, macs=rows * module.in_features * module.out_features, bias=has_bias,
-                group=gid, in_group=in_gid, block=block, prunable=can_prune, decomposable=name not in ignored,
-            ))
+            specs.append(
+                LayerSpec(
+                    name=name,
+                    kind=LayerKind.LINEAR,
+                    in_channels=module.in_features,
+                    out_channels=module.out_features,
+                    tokens=rows,
+                    params=params,
+                    macs=rows * module.in_features * module.out_features,
+                    bias=has_bias,
+                    group=gid,
+                    in_group=in_gid,
+                    block=block,
+                    prunable=can_prune,
+                    decomposable=name not in ignored,
+                )
+            )
         elif isinstance(module, nn.Conv2d):
             kind = _conv_kind(module)
             kh, kw = _pair(module.kernel_size)
             oh, ow = int(out.shape[-2]), int(out.shape[-1])
             macs = module.out_channels * oh * ow * (module.in_channels // module.groups) * kh * kw
-            specs.append(LayerSpec(
-                name=name, kind=kind, in_channels=module.in_channels, out_channels=module.out_channels,
-                kernel_size=(kh, kw), stride=_pair(module.stride), groups=module.groups,
-                input_hw=(int(inp.shape[-2]), int(inp.shape[-1])), output_hw=(oh, ow),
-                params=params, macs=macs, bias=has_bias, group=gid, in_group=in_gid, block=block,
-                prunable=can_prune,
-                decomposable=kind is LayerKind.CONV2D and name not in ignored and not isinstance(module.padding, str),
-            ))
+            specs.append(
+                LayerSpec(
+                    name=name,
+                    kind=kind,
+                    in_channels=module.in_channels,
+                    out_channels=module.out_channels,
+                    kernel_size=(kh, kw),
+                    stride=_pair(module.stride),
+                    groups=module.groups,
+                    input_hw=(int(inp.shape[-2]), int(inp.shape[-1])),
+                    output_hw=(oh, ow),
+                    params=params,
+                    macs=macs,
+                    bias=has_bias,
+                    group=gid,
+                    in_group=in_gid,
+                    block=block,
+                    prunable=can_prune,
+                    decomposable=kind is LayerKind.CONV2D
+                    and name not in ignored
+                    and not isinstance(module.padding, str),
+                )
+            )
     return specs

@@ -91,7 +91,7 @@ class LayerSpec:
         if not isinstance(data, dict):
             raise SpaceError("layer", data, "a JSON object with at least 'name' and 'kind' is required")
         try:
-            kind = LayerKind(data.get("kind"))
+            kind = LayerKind(str(data.get("kind")))
         except ValueError:
             raise SpaceError(
                 f"layer[{data.get('name')!r}].kind",
@@ -101,7 +101,9 @@ class LayerSpec:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise SpaceError(f"layer[{data.get('name')!r}]", unknown, f"unknown fields; allowed: {sorted(known)}")
+            raise SpaceError(
+                f"layer[{data.get('name')!r}]", unknown, f"unknown fields; allowed: {sorted(known)}"
+            )
         kwargs = dict(data)
         kwargs["kind"] = kind
         for key in ("kernel_size", "stride", "input_hw", "output_hw"):
@@ -120,14 +122,14 @@ def kept_channels(channels: int, keep: float, multiple: int = 1) -> int:
     if keep >= 1.0 or channels <= 0:
         return channels
     step = max(1, multiple)
-    n = int(round(channels * keep / step)) * step
+    n = round(channels * keep / step) * step
     return max(min(step, channels), min(channels, n))
 
 
 def round_rank(rank: float, full_rank: int, multiple: int = 1) -> int:
     """Round a rank to a multiple, within [1 or one multiple, full_rank]."""
     step = max(1, multiple)
-    r = int(math.ceil(rank / step)) * step
+    r = math.ceil(rank / step) * step
     return max(min(step, full_rank), min(full_rank, r))
 
 
@@ -142,7 +144,7 @@ def tokens_after_pruning(tokens: int, keep: float, cls_token: bool) -> int:
     candidates = tokens - start
     if keep >= 1.0 or candidates <= 1:
         return tokens
-    kept = max(1, int(round(keep * candidates)))
+    kept = max(1, round(keep * candidates))
     if kept >= candidates:
         return tokens
     return start + kept + 1

@@ -120,20 +120,29 @@ class Plan:
                 raise SpaceError(where, name, f"unknown layer; known layers: {_short_list(by_name)}")
             if choice.rank is not None:
                 if not layer.decomposable:
-                    raise SpaceError(f"{where}.rank", choice.rank, f"a {layer.kind.value} layer takes no rank; use null")
+                    raise SpaceError(
+                        f"{where}.rank", choice.rank, f"a {layer.kind.value} layer takes no rank; use null"
+                    )
                 if choice.rank > layer.full_rank:
                     raise SpaceError(
-                        f"{where}.rank", choice.rank,
+                        f"{where}.rank",
+                        choice.rank,
                         f"must be at most the layer's full rank {layer.full_rank}, or null",
                     )
             if choice.keep != 1.0 and not layer.prunable:
-                raise SpaceError(f"{where}.keep", choice.keep, "this layer's channels cannot be pruned; use 1.0")
+                raise SpaceError(
+                    f"{where}.keep", choice.keep, "this layer's channels cannot be pruned; use 1.0"
+                )
             if (choice.wbits != 32 or choice.abits != 32) and not _quantizable(layer):
-                raise SpaceError(f"{where}.wbits", choice.wbits, f"a {layer.kind.value} layer is not quantized; use 32")
+                raise SpaceError(
+                    f"{where}.wbits", choice.wbits, f"a {layer.kind.value} layer is not quantized; use 32"
+                )
             if choice.token_keep != 1.0 and layer.kind is not LayerKind.ATTENTION:
                 raise SpaceError(
-                    f"{where}.token_keep", choice.token_keep,
-                    f"token keep rates apply to attention blocks only, and {name!r} is {layer.kind.value}; use 1.0",
+                    f"{where}.token_keep",
+                    choice.token_keep,
+                    f"token keep rates apply to attention blocks only, and {name!r} is "
+                    f"{layer.kind.value}; use 1.0",
                 )
             if layer.group is not None and choice.keep != 1.0:
                 group_keep.setdefault(layer.group, (name, choice.keep))
@@ -142,7 +151,8 @@ class Plan:
                 first, keep = group_keep[layer.group]
                 if self[name].keep != keep:
                     raise SpaceError(
-                        f"plan.layers[{name!r}].keep", self[name].keep,
+                        f"plan.layers[{name!r}].keep",
+                        self[name].keep,
                         f"layers of coupled group {layer.group!r} share one keep ratio; {first!r} has {keep}",
                     )
         return self
@@ -171,13 +181,18 @@ class Plan:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise SpaceError("plan", text[:60], f"valid JSON is required ({exc.msg} at line {exc.lineno})") from None
+            raise SpaceError(
+                "plan", text[:60], f"valid JSON is required ({exc.msg} at line {exc.lineno})"
+            ) from None
         return cls.from_dict(data, layers)
 
 
 def _quantizable(layer: LayerSpec) -> bool:
     return layer.kind in (
-        LayerKind.LINEAR, LayerKind.CONV2D, LayerKind.DEPTHWISE_CONV2D, LayerKind.GROUPED_CONV2D
+        LayerKind.LINEAR,
+        LayerKind.CONV2D,
+        LayerKind.DEPTHWISE_CONV2D,
+        LayerKind.GROUPED_CONV2D,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,7 +61,9 @@ class Space:
         object.__setattr__(self, "_index", {layer.name: i for i, layer in enumerate(self.layers)})
         for name in self.knobs:
             if name not in self._index:
-                raise SpaceError(f"space.layers[{name!r}]", name, "unknown layer; run `hwsearch inspect` for names")
+                raise SpaceError(
+                    f"space.layers[{name!r}]", name, "unknown layer; run `hwsearch inspect` for names"
+                )
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -193,8 +195,11 @@ class Space:
             for j, knob in enumerate(KNOBS):
                 opts, idx = kn.options(knob), values[i * len(KNOBS) + j]
                 if not 0 <= idx < len(opts):
-                    raise SpaceError(f"vector[{i * len(KNOBS) + j}] ({layer.name}.{knob})", idx,
-                                     f"an index in [0, {len(opts) - 1}] is required")
+                    raise SpaceError(
+                        f"vector[{i * len(KNOBS) + j}] ({layer.name}.{knob})",
+                        idx,
+                        f"an index in [0, {len(opts) - 1}] is required",
+                    )
                 kwargs[knob] = opts[idx]
             choices[layer.name] = Choice(**kwargs)
         return Plan(choices)
@@ -294,12 +299,29 @@ class Space:
                     raise SpaceError(f"{where}.{knob}", opts, "a non-empty list of options is required")
                 kwargs[knob] = tuple(opts)
             kn = LayerKnobs(**kwargs)
-            # Every option must be a valid choice for this layer: check via Plan.validate.
+            # Every option must be a valid choice for this layer alone (group coupling is checked
+            # below, on the whole space).
+            alone = (replace(by_name[name], group=None),)
             for knob in KNOBS:
                 for value in kn.options(knob):
-                    choice = Choice.from_dict({knob: value}, f"{where}.{knob}[]")
-                    Plan({name: choice}).validate(layer_list)
+                    try:
+                        Plan({name: Choice.from_dict({knob: value}, "")}).validate(alone)
+                    except SpaceError as exc:
+                        raise SpaceError(f"{where}.{knob}", value, exc.allowed) from None
             knobs[name] = kn
+        group_keeps: dict[str, tuple[str, tuple[float, ...]]] = {}
+        for layer in layer_list:
+            if layer.group is None or not layer.prunable:
+                continue
+            keeps = knobs[layer.name].keep if layer.name in knobs else (1.0,)
+            first, expected = group_keeps.setdefault(layer.group, (layer.name, keeps))
+            if keeps != expected:
+                raise SpaceError(
+                    f"space.layers[{layer.name!r}].keep",
+                    list(keeps),
+                    f"layers of coupled group {layer.group!r} must offer the same keep options as "
+                    f"{first!r}: {list(expected)}",
+                )
         return cls(
             layer_list,
             knobs,

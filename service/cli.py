@@ -59,17 +59,19 @@ def models(json_output: JsonFlag = False) -> None:
     _quiet_torch()
     from workers.zoo import list_models, model_class
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_models():
         cls = model_class(name)
-        rows.append({
-            "name": name,
-            "task": cls.task,
-            "metric": cls.metric,
-            "has_weights": cls.has_weights,
-            "args": list(cls.args),
-            "description": cls.description,
-        })
+        rows.append(
+            {
+                "name": name,
+                "task": cls.task,
+                "metric": cls.metric,
+                "has_weights": cls.has_weights,
+                "args": list(cls.args),
+                "description": cls.description,
+            }
+        )
     if json_output:
         _print_json(rows)
         return
@@ -120,11 +122,13 @@ def inspect(
     typer.echo(f"{'name':<34} {'kind':<17} {'shape':<36} {'params':>9} {'MACs':>12}  {'knobs':<22} group")
     for layer in layers:
         typer.echo(
-            f"{layer.name:<34} {layer.kind.value:<17} {_shape(layer):<36} {layer.params:>9,} {layer.macs:>12,}  "
-            f"{_knobs(layer):<22} {layer.group or '-'}"
+            f"{layer.name:<34} {layer.kind.value:<17} {_shape(layer):<36} {layer.params:>9,} "
+            f"{layer.macs:>12,}  {_knobs(layer):<22} {layer.group or '-'}"
         )
-    typer.echo(f"{len(layers)} layers, {sum(x.params for x in layers):,} params and "
-               f"{sum(x.macs for x in layers):,} MACs in them")
+    typer.echo(
+        f"{len(layers)} layers, {sum(x.params for x in layers):,} params and "
+        f"{sum(x.macs for x in layers):,} MACs in them"
+    )
 
 
 def parse_uniform(text: str) -> dict[str, float]:
@@ -181,7 +185,9 @@ def compress(
     plan_file: Annotated[Path | None, typer.Option("--plan", help="Plan JSON file.")] = None,
     uniform: Annotated[
         str | None,
-        typer.Option(help="Same compression on every layer, e.g. rank=0.5,keep=0.75,wbits=8,abits=8,tokens=0.7"),
+        typer.Option(
+            help="Same compression on every layer, e.g. rank=0.5,keep=0.75,wbits=8,abits=8,tokens=0.7"
+        ),
     ] = None,
     measure: Annotated[bool, typer.Option(help="Also time both models on the host CPU.")] = False,
     repeats: Annotated[int, typer.Option(help="Timing rounds for --measure.", min=3)] = 30,
@@ -208,7 +214,7 @@ def compress(
                 _fail(f"--plan: cannot read {str(plan_file)!r} ({exc.strerror}); give a readable JSON file")
             plan = Plan.from_json(text, layers)
         else:
-            assert uniform is not None  # noqa: S101 - narrowed by the check above
+            assert uniform is not None
             plan = uniform_plan(layers, parse_uniform(uniform)).validate(layers)
     except (SpaceError, ValueError) as exc:
         _fail(f"invalid plan for {entry.model_id}: {exc}")
@@ -218,8 +224,12 @@ def compress(
     cost_before, cost_after = count_cost(net, x), count_cost(compressed, x)
     result: dict[str, Any] = {
         "model": entry.model_id,
-        "quality": {"metric": before.metric, "before": before.value, "after": after.value,
-                    "description": before.description},
+        "quality": {
+            "metric": before.metric,
+            "before": before.value,
+            "after": after.value,
+            "description": before.description,
+        },
         "params": {"before": cost_before.params, "after": cost_after.params},
         "macs": {"before": cost_before.macs, "after": cost_after.macs},
         "weight_bytes": {"before": cost_before.weight_bytes, "after": cost_after.weight_bytes},

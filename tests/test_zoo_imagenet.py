@@ -27,7 +27,8 @@ N_EVAL = 2 * len(SOURCE_PHOTOS)
 # Gaussian weight noise relative to each conv's weight std; measured on 39 photos, 5 % already
 # drops agreement to 0.39 (mobilenet-v2) and 0.54 (efficientnet-lite0).
 NOISE = 0.05
-CROSS_MODEL_MIN = 0.3
+CROSS_MODEL_TOP1_MIN = 0.3
+CROSS_MODEL_TOP5_MIN = 0.65
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -170,14 +171,23 @@ def test_perturbed_weights_lower_agreement(
 
 
 def test_models_agree_with_each_other(zoo: dict[str, tuple[ImageNetAgreementModel, nn.Module]]) -> None:
-    """Two independently trained ImageNet models predict alike on the same photos (same crops)."""
-    top1 = []
+    """Two independently trained ImageNet models predict alike on the same photos (same crops).
+
+    Chance agreement is ~0.001; measured on these N_EVAL photos: top-1 0.42, MobileNetV2's top-1
+    within EfficientNet-Lite0's top-5 0.81 (0.45 and 0.80 on all 256 calibration photos).
+    """
+    log_probs = []
     for cls in ENTRIES:
         entry, model = zoo[cls.name]
         entry.evaluate(model)  # makes sure the reference predictions exist
-        top1.append(entry._agreement.reference_log_probs.argmax(dim=1))
-    agreement = float((top1[0] == top1[1]).double().mean())
-    assert agreement > CROSS_MODEL_MIN, agreement
+        log_probs.append(entry._agreement.reference_log_probs)
+    mobilenet_top1 = log_probs[0].argmax(dim=1)
+    top1 = float((mobilenet_top1 == log_probs[1].argmax(dim=1)).double().mean())
+    in_top5 = float(
+        (log_probs[1].topk(5, dim=1).indices == mobilenet_top1[:, None]).any(dim=1).double().mean()
+    )
+    assert top1 > CROSS_MODEL_TOP1_MIN, top1
+    assert in_top5 > CROSS_MODEL_TOP5_MIN, in_top5
 
 
 def test_calibration_images_shape_and_determinism() -> None:

@@ -144,7 +144,9 @@ class DigitsViT(nn.Module):
 class _DigitsEntry(ZooModel):
     task = "image-classification (scikit-learn digits, 10 classes)"
     metric = "top1_accuracy"
-    description = "top-1 accuracy on the fixed stratified 30% held-out split of scikit-learn's digits (540 images)"
+    description = (
+        "top-1 accuracy on the fixed stratified 30% held-out split of scikit-learn's digits (540 images)"
+    )
 
     def example_input(self) -> torch.Tensor:
         return digits_split()[2][:1].clone()
