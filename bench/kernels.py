@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -39,8 +40,10 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# This script is named kernels.py: drop its own folder from the path so that ``import kernels``
+# finds the package at the repository root, not this file.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(ROOT))
 
 import kernels  # noqa: E402
 from search_spaces import Choice, LayerSpec, Plan  # noqa: E402
@@ -244,7 +247,8 @@ def _layer_variants(
         channel_dim = -1 if isinstance(layer, nn.Linear) else 1
         out.append(LayerVariant("prune", "in channels 50%", sliced, inp.index_select(channel_dim, idx), True))
     if isinstance(layer, nn.Linear):
-        out.append(LayerVariant("int8", "int8 dynamic", kernels.to_int8_dynamic(copy.deepcopy(layer)).eval(), inp, True))
+        int8 = kernels.to_int8_dynamic(copy.deepcopy(layer)).eval()
+        out.append(LayerVariant("int8", "int8 dynamic", int8, inp, True))
     return out
 
 
@@ -277,12 +281,17 @@ def bench_layers(settings: Settings, log: Callable[[str], None]) -> list[dict[st
                 def cand(m: nn.Module = v.module, a: torch.Tensor = v.inp) -> torch.Tensor:
                     return m(a)
 
-                def ref() -> torch.Tensor:
-                    return layer(inp)
+                def ref(m: nn.Module = layer, a: torch.Tensor = inp) -> torch.Tensor:
+                    return m(a)
 
                 inner = _inner_for(ref, LAYER_ROUND_MS)
                 t = kernels.time_callable(
-                    cand, ref, repeats=settings.layer_repeats, warmup=settings.warmup, inner=inner, threads=THREADS
+                    cand,
+                    ref,
+                    repeats=settings.layer_repeats,
+                    warmup=settings.warmup,
+                    inner=inner,
+                    threads=THREADS,
                 )
                 row = {
                     "level": "layer",
@@ -388,16 +397,27 @@ def bench_models(settings: Settings, log: Callable[[str], None]) -> list[dict[st
         timed = kernels.apply(original, plan, x, execution="int8", ignore=ignore).eval()
         before = kernels.count_cost(original, x)
         after = kernels.count_cost(timed, x)
-        inner = _inner_for(lambda: original(x), MODEL_ROUND_MS)
+        inner = _inner_for(functools.partial(original, x), MODEL_ROUND_MS)
         t = kernels.time_model(
-            timed, x, reference=original, repeats=settings.model_repeats, warmup=settings.warmup, inner=inner,
+            timed,
+            x,
+            reference=original,
+            repeats=settings.model_repeats,
+            warmup=settings.warmup,
+            inner=inner,
             threads=THREADS,
         )
         quality: dict[str, Any] | None = None
         if settings.quality:
             simulated = kernels.apply(original, plan, x, execution="simulate", ignore=ignore).eval()
             q = entry.evaluate(simulated)
-            quality = {"metric": q.metric, "value": q.value, "reference_value": base_quality.value, "extra": q.extra}
+            reference_value = base_quality.value if base_quality is not None else None
+            quality = {
+                "metric": q.metric,
+                "value": q.value,
+                "reference_value": reference_value,
+                "extra": q.extra,
+            }
             if case.technique == "int8":
                 # The executed int8 model (torch's int8 kernels), not only the fake-quant simulation.
                 quality["int8_executed_value"] = entry.evaluate(timed).value
@@ -470,7 +490,8 @@ def markdown_table(result: dict[str, Any]) -> str:
             f"| {row['level']} | {where} | {shape} | {row['variant']} "
             f"| {_macs(row['macs_before'])} → {_macs(row['macs_after'])} | {row['mac_ratio']:.2f} "
             f"| **{row['speedup']:.2f}** ({row['speedup_p10']:.2f}–{row['speedup_p90']:.2f}) "
-            f"| {row['median_ms']:.3f} / {row['reference_median_ms']:.3f} | {_quality_cell(row.get('quality'))} |"
+            f"| {row['median_ms']:.3f} / {row['reference_median_ms']:.3f} "
+            f"| {_quality_cell(row.get('quality'))} |"
         )
     return "\n".join(lines)
 
@@ -520,11 +541,15 @@ def run(settings: Settings) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repeats and no quality: a smoke test")
-    parser.add_argument("--out", type=Path, default=None, help=f"JSON output (default {DEFAULT_OUT}; none with --quick)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"JSON output (default {DEFAULT_OUT}; none with --quick)"
+    )
     parser.add_argument("--layer-repeats", type=int, default=None, help="rounds per layer row (default 60)")
     parser.add_argument("--model-repeats", type=int, default=None, help="rounds per model row (default 30)")
     parser.add_argument("--no-quality", action="store_true", help="skip the quality evaluation of model rows")
-    parser.add_argument("--markdown", type=Path, metavar="JSON", help="print the table of a results file and exit")
+    parser.add_argument(
+        "--markdown", type=Path, metavar="JSON", help="print the table of a results file and exit"
+    )
     args = parser.parse_args(argv)
     if args.markdown is not None:
         print(markdown_table(json.loads(args.markdown.read_text(encoding="utf-8"))))

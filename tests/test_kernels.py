@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -60,7 +62,7 @@ def test_truncated_svd_error_equals_tail_singular_energy(cnn, layer_name: str, r
 
 @pytest.mark.parametrize("layer_name", ["conv3", "conv1", "fc1"])
 def test_full_rank_factorisation_reproduces_the_layer(cnn, layer_name: str) -> None:
-    _, model, x = cnn
+    _, model, _ = cnn
     layer = model.get_submodule(layer_name)
     s = singular_values(layer)
     op = low_rank(layer, len(s))
@@ -129,7 +131,7 @@ def test_quantization_error_falls_as_bits_grow(cnn) -> None:
         q = apply(model, Plan.uniform(layers, Choice(wbits=bits, abits=bits)), x[:1])
         with torch.no_grad():
             errors.append((q(x) - ref).pow(2).mean().item())
-    assert all(a > b for a, b in zip(errors, errors[1:], strict=False)), errors
+    assert all(a > b for a, b in itertools.pairwise(errors)), errors
     w = model.conv3.weight.detach()
     werr = [(fake_quant_weight(w, b) - w).abs().max().item() for b in (2, 4, 8)]
     assert werr[0] > werr[1] > werr[2]
@@ -190,7 +192,7 @@ def test_int8_execution_uses_real_int8_kernels(vit) -> None:
     plan = Plan.uniform(layers, Choice(wbits=8, abits=8))
     deployed = apply(model, plan, x, execution="int8")
     assert sum(is_dynamic_int8(m) for m in deployed.modules()) == sum(
-        l.kind.value == "linear" for l in layers
+        spec.kind.value == "linear" for spec in layers
     )
     with torch.no_grad():
         assert torch.allclose(deployed(x), model(x), atol=0.3)
