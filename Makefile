@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Until the service exists (issue 5), `make run` is a real local demo: compress zoo models,
+# print quality before/after and the measured host-CPU speed-up.
 run: $(STAMP)
-	$(VENV)/bin/hwsearch compress digits-cnn --uniform rank=0.5,keep=0.75,wbits=8,abits=8 --measure
+	$(VENV)/bin/hwsearch models
+	$(VENV)/bin/hwsearch compress digits-cnn --plan examples/digits-cnn-rank-plan.json --measure
+	$(VENV)/bin/hwsearch compress minilm-l6 --uniform wbits=8,abits=8 --measure
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -469,6 +469,9 @@ def _quality_cell(q: dict[str, Any] | None) -> str:
     if not q:
         return ""
     text = f"{q['metric']} {q['value']:.3f}"
+    ref = q.get("reference_value")
+    if ref is not None and abs(ref - 1.0) > 1e-6:
+        text += f" (dense {ref:.3f})"
     if q.get("int8_executed_value") is not None:
         text += f" (int8 run: {q['int8_executed_value']:.3f})"
     return text
