@@ -22,9 +22,14 @@ from ._quant import QuantizedLayer, is_dynamic_int8
 
 @dataclass(frozen=True)
 class Cost:
+    """Whole-model counts, plus the part in conv/linear layers (what ``search_spaces.plan_cost``
+    computes from the inventory without building the model)."""
+
     params: int
     macs: int
     weight_bytes: int
+    layer_params: int
+    layer_weight_bytes: int
 
 
 def _dynamic_weight(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -62,20 +67,33 @@ def count_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
         for h in handles:
             h.remove()
 
-    params = 0
-    weight_bits = 0
+    params = layer_params = 0
+    weight_bits = layer_bits = 0
     quantized_weights: dict[int, int] = {}
+    in_layers: set[int] = set()
     for module in model.modules():
         if isinstance(module, QuantizedLayer):
             quantized_weights[id(module.inner.weight)] = module.wbits
+        elif isinstance(module, nn.Conv2d | nn.Linear):
+            in_layers.update(id(p) for p in module.parameters(recurse=False))
         elif is_dynamic_int8(module):
             w, b = _dynamic_weight(module)
-            params += w.numel() + (b.numel() if b is not None else 0)
-            weight_bits += w.numel() * 8 + w.shape[0] * 32 + (b.numel() * 32 if b is not None else 0)
+            n = w.numel() + (b.numel() if b is not None else 0)
+            bits = w.numel() * 8 + w.shape[0] * 32 + (b.numel() * 32 if b is not None else 0)
+            params, layer_params = params + n, layer_params + n
+            weight_bits, layer_bits = weight_bits + bits, layer_bits + bits
     for p in model.parameters():
+        wbits = quantized_weights.get(id(p), 32)
+        bits = p.numel() * wbits + (p.shape[0] * 32 if wbits < 16 else 0)
         params += p.numel()
-        bits = quantized_weights.get(id(p), 32)
-        weight_bits += p.numel() * bits
-        if bits < 16:
-            weight_bits += p.shape[0] * 32
-    return Cost(params=params, macs=macs, weight_bytes=(weight_bits + 7) // 8)
+        weight_bits += bits
+        if id(p) in in_layers:
+            layer_params += p.numel()
+            layer_bits += bits
+    return Cost(
+        params=params,
+        macs=macs,
+        weight_bytes=(weight_bits + 7) // 8,
+        layer_params=layer_params,
+        layer_weight_bytes=(layer_bits + 7) // 8,
+    )

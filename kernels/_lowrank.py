@@ -95,7 +95,9 @@ class LowRankConv2d(nn.Sequential):
         dh, dw = layer.dilation
         bias = layer.bias is not None
         if (kh, kw) == (1, 1):
-            first = nn.Conv2d(in_c, rank, 1, stride=(sh, sw), bias=False)
+            # Padding goes on the first factor: its zero border maps to zero, so the second
+            # factor adds only the bias there, as the original padded 1×1 conv does.
+            first = nn.Conv2d(in_c, rank, 1, stride=(sh, sw), padding=(ph, pw), bias=False)
             second = nn.Conv2d(rank, out_c, 1, bias=bias)
             w1 = (root[:, None] * vh).reshape(rank, in_c, 1, 1)
             w2 = (u * root[None, :]).reshape(out_c, rank, 1, 1)

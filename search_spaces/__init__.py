@@ -6,6 +6,7 @@ deep-learning framework.
 
 from __future__ import annotations
 
+from ._cost import LayerCost, PlanCost, layer_costs, plan_cost
 from ._errors import SpaceError
 from ._layer import LayerKind, LayerSpec, kept_channels, round_rank, tokens_after_pruning
 from ._plan import ALLOWED_BITS, Choice, Plan
@@ -15,13 +16,17 @@ __all__ = [
     "ALLOWED_BITS",
     "KNOBS",
     "Choice",
+    "LayerCost",
     "LayerKind",
     "LayerKnobs",
     "LayerSpec",
     "Plan",
+    "PlanCost",
     "Space",
     "SpaceError",
     "kept_channels",
+    "layer_costs",
+    "plan_cost",
     "round_rank",
     "tokens_after_pruning",
 ]

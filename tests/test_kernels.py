@@ -22,7 +22,7 @@ from kernels import (
     trace,
 )
 from kernels._quant import is_dynamic_int8
-from search_spaces import Choice, Plan, Space, SpaceError, tokens_after_pruning
+from search_spaces import Choice, Plan, Space, SpaceError, plan_cost, tokens_after_pruning
 from workers.zoo import create_model
 
 
@@ -73,6 +73,17 @@ def test_full_rank_factorisation_reproduces_the_layer(cnn, layer_name: str) -> N
     )
     with torch.no_grad():
         assert torch.allclose(op(inp), layer(inp), atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(1, 1, 1), (1, 2, 0), (3, 2, 1), (3, 1, 0), (5, 1, 2)])
+def test_low_rank_conv_keeps_geometry(kernel: int, stride: int, padding: int) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, kernel, stride=stride, padding=padding)
+    x = torch.randn(2, 8, 9, 11)
+    op = low_rank(conv, len(singular_values(conv)))
+    with torch.no_grad():
+        assert op(x).shape == conv(x).shape
+        assert torch.allclose(op(x), conv(x), atol=1e-4)
 
 
 def test_rank_plan_keeps_accuracy_at_half_the_macs(cnn) -> None:
@@ -259,7 +270,10 @@ def test_token_keep_half_halves_the_tokens_and_macs_after_the_pruning_point(vit)
     assert block_macs(after) / block_macs(n) < 0.6
 
 
-@pytest.mark.parametrize("model_id", ["digits-cnn", "digits-vit", "mobilenet-v2"])
+@pytest.mark.parametrize(
+    "model_id",
+    ["digits-cnn", "digits-vit", "mobilenet-v2", "minilm-l6", "fbnet", "nasbench201", "efficientnet-lite0"],
+)
 def test_macs_match_torch_flop_counter_for_random_plans(model_id: str) -> None:
     import numpy as np
 
@@ -284,6 +298,11 @@ def test_macs_match_torch_flop_counter_for_random_plans(model_id: str) -> None:
             compressed(x)
         assert cost.macs * 2 == counter.get_total_flops()
         assert cost.params == sum(p.numel() for p in compressed.parameters())
+        # The analytic cost from the inventory alone agrees exactly with the built model.
+        predicted = plan_cost(layers, plan)
+        assert predicted.macs == cost.macs
+        assert predicted.params == cost.layer_params
+        assert predicted.weight_bytes == cost.layer_weight_bytes
 
 
 def test_weight_bytes_at_chosen_bits() -> None:
