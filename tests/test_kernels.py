@@ -18,6 +18,7 @@ from kernels import (
     prune_tokens,
     singular_values,
     time_callable,
+    time_model,
     to_int8_dynamic,
     trace,
 )
@@ -327,3 +328,16 @@ def test_timing_harness_reports_ratio_to_reference() -> None:
     assert t.p10_ms <= t.median_ms <= t.p90_ms
     with pytest.raises(ValueError, match="repeats >= 1"):
         time_callable(lambda: None, repeats=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; CI machines have none")
+def test_timing_and_apply_on_cuda(cnn) -> None:
+    _, model, x = cnn
+    plan = Plan({"conv2": Choice(rank=48), "fc1": Choice(wbits=8, abits=8)})
+    gpu_model, gpu_x = model.cuda(), x.cuda()
+    try:
+        compressed = apply(gpu_model, plan, gpu_x)
+        timing = time_model(compressed, gpu_x, reference=gpu_model, repeats=5, warmup=2)
+        assert timing.device == "cuda" and timing.speedup is not None
+    finally:
+        model.cpu()

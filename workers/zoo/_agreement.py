@@ -8,18 +8,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workers.zoo._base import Quality, ZooModel
+from workers.zoo._base import Quality, ZooModel, device_of
 from workers.zoo._images import Normalization, calibration_images, photo
 
 METRIC = "top1_agreement"
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for parameter in model.parameters():
-        return parameter.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -31,7 +23,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 32)
     """
     was_training = model.training
     model.eval()
-    device = _device_of(model)
+    device = device_of(model)
     try:
         chunks = [
             model(images[start : start + batch_size].to(device)).float().cpu()

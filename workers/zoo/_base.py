@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import fnmatch
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -117,4 +116,10 @@ def create_model(model_id: str, **kwargs: Any) -> ZooModel:
     return cls(**kwargs)
 
 
-Builder = Callable[[], nn.Module]
+def device_of(model: nn.Module) -> torch.device:
+    """The device a model's parameters (or buffers) live on; CPU for a model with neither."""
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
+    return torch.device("cpu")

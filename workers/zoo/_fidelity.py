@@ -9,15 +9,17 @@ uncompressed, seeded, randomly initialised network on a fixed set of 64 real pho
 
 from __future__ import annotations
 
+import abc
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.zoo._base import Quality, ZooError
+from workers.zoo._base import Quality, ZooError, ZooModel
 
 METRIC = "logit_cosine"
 N_INPUTS = 64
@@ -142,3 +144,46 @@ class LogitFidelity:
                 "n_inputs": float(out.shape[0]),
             },
         )
+
+
+class CostOnlyModel(ZooModel):
+    """Base of the cost-only entries built from an architecture string (no trained weights).
+
+    Subclasses set ``mean``/``std`` (input normalisation), ``default_arch`` and implement
+    ``parse(arch)`` (raising ZooError on a bad string) and ``network()``. The arch is parsed
+    in ``__init__`` so a bad one fails at ``create_model`` rather than at ``build``.
+    """
+
+    task: ClassVar[str] = "image-classification (CIFAR-10 / CIFAR-100), cost-only"
+    metric: ClassVar[str] = METRIC
+    has_weights: ClassVar[bool] = False
+    args: ClassVar[tuple[str, ...]] = ("arch",)
+    default_arch: ClassVar[str]
+    mean: ClassVar[tuple[float, float, float]]
+    std: ClassVar[tuple[float, float, float]]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.parse(self.kwargs.get("arch", self.default_arch))
+        self._fidelity = LogitFidelity(self.build, self.mean, self.std)
+
+    @abc.abstractmethod
+    def parse(self, arch: str) -> None:
+        """Parse and keep the architecture; raise ZooError naming the bad token."""
+
+    @abc.abstractmethod
+    def network(self) -> nn.Module:
+        """A fresh network for the parsed architecture (called under a fixed seed)."""
+
+    def build(self) -> nn.Module:
+        """The network, seeded (``torch.manual_seed(0)``) and in eval mode; the global RNG is restored."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = self.network()
+        return model.eval()
+
+    def example_input(self) -> torch.Tensor:
+        return self._fidelity.inputs()[:1].clone()
+
+    def evaluate(self, model: nn.Module) -> Quality:
+        return self._fidelity.evaluate(model)

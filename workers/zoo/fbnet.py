@@ -11,13 +11,13 @@ order, so ``KINDS[i]`` converts its index lists). Initialisation follows ``FBNet
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from workers.zoo._base import Quality, ZooError, ZooModel, register_model
-from workers.zoo._fidelity import CIFAR100_MEAN, CIFAR100_STD, METRIC, LogitFidelity
+from workers.zoo._base import ZooError, register_model
+from workers.zoo._fidelity import CIFAR100_MEAN, CIFAR100_STD, CostOnlyModel
 
 KINDS: tuple[str, ...] = (
     "k3_e1",
@@ -240,12 +240,10 @@ class FBNetNet(nn.Module):
 
 
 @register_model
-class FBNet(ZooModel):
+class FBNet(CostOnlyModel):
     """FBNet-space network (HW-NAS-Bench CIFAR-100 setting, 32×32) given as ``arch``; cost-only."""
 
     name: ClassVar[str] = "fbnet"
-    task: ClassVar[str] = "image-classification (CIFAR-10 / CIFAR-100), cost-only"
-    metric: ClassVar[str] = METRIC
     description: ClassVar[str] = (
         "FBNet search-space network as HW-NAS-Bench builds it for 32×32 CIFAR-100 (stride-1 stem, 22 "
         "blocks at 16..352 channels, 1504-channel header, 100 classes), from 22 block kinds joined by "
@@ -254,29 +252,17 @@ class FBNet(ZooModel):
         "whole-network latencies. Quality is logit_cosine: fidelity of logits to the uncompressed random "
         "network, NOT accuracy."
     )
-    has_weights: ClassVar[bool] = False
-    args: ClassVar[tuple[str, ...]] = ("arch",)
+    default_arch: ClassVar[str] = DEFAULT_ARCH
+    mean = CIFAR100_MEAN
+    std = CIFAR100_STD
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # Parse now, so that a bad arch fails at create_model() rather than at build().
-        self.kinds = parse_arch(self.kwargs.get("arch", DEFAULT_ARCH))
-        self._fidelity = LogitFidelity(self.build, CIFAR100_MEAN, CIFAR100_STD)
+    def parse(self, arch: str) -> None:
+        self.kinds = parse_arch(arch)
 
     @property
     def arch(self) -> str:
         """The canonical arch string of this entry."""
         return format_arch(self.kinds)
 
-    def build(self) -> nn.Module:
-        """The network, seeded (``torch.manual_seed(0)``) and in eval mode; the global RNG is restored."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = FBNetNet(self.kinds)
-        return model.eval()
-
-    def example_input(self) -> torch.Tensor:
-        return self._fidelity.inputs()[:1].clone()
-
-    def evaluate(self, model: nn.Module) -> Quality:
-        return self._fidelity.evaluate(model)
+    def network(self) -> nn.Module:
+        return FBNetNet(self.kinds)

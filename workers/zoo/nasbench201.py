@@ -14,13 +14,13 @@ so such ops still exist and run, as they did in the benchmark's measured network
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from workers.zoo._base import Quality, ZooError, ZooModel, register_model
-from workers.zoo._fidelity import CIFAR10_MEAN, CIFAR10_STD, METRIC, LogitFidelity
+from workers.zoo._base import ZooError, register_model
+from workers.zoo._fidelity import CIFAR10_MEAN, CIFAR10_STD, CostOnlyModel
 
 OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 """The five NAS-Bench-201 edge operations, in the benchmark's own order."""
@@ -198,12 +198,10 @@ class NASBench201Net(nn.Module):
 
 
 @register_model
-class NASBench201(ZooModel):
+class NASBench201(CostOnlyModel):
     """NAS-Bench-201 network (CIFAR-10, 32×32) for a cell given as ``arch``; cost-only, no weights."""
 
     name: ClassVar[str] = "nasbench201"
-    task: ClassVar[str] = "image-classification (CIFAR-10 / CIFAR-100), cost-only"
-    metric: ClassVar[str] = METRIC
     description: ClassVar[str] = (
         "NAS-Bench-201 cell network for 32×32 CIFAR-10 input (stem, 3 stages × 5 cells at 16/32/64 "
         "channels, ResNet reductions, 10 classes), built from an arch string such as "
@@ -211,29 +209,17 @@ class NASBench201(ZooModel):
         "network is seeded-random and serves to fit latency models on measured whole-network latencies. "
         "Quality is logit_cosine: fidelity of logits to the uncompressed random network, NOT accuracy."
     )
-    has_weights: ClassVar[bool] = False
-    args: ClassVar[tuple[str, ...]] = ("arch",)
+    default_arch: ClassVar[str] = DEFAULT_ARCH
+    mean = CIFAR10_MEAN
+    std = CIFAR10_STD
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # Parse now, so that a bad arch fails at create_model() rather than at build().
-        self.genotype = parse_arch(self.kwargs.get("arch", DEFAULT_ARCH))
-        self._fidelity = LogitFidelity(self.build, CIFAR10_MEAN, CIFAR10_STD)
+    def parse(self, arch: str) -> None:
+        self.genotype = parse_arch(arch)
 
     @property
     def arch(self) -> str:
         """The canonical arch string of this entry."""
         return format_arch(self.genotype)
 
-    def build(self) -> nn.Module:
-        """The network, seeded (``torch.manual_seed(0)``) and in eval mode; the global RNG is restored."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = NASBench201Net(self.genotype)
-        return model.eval()
-
-    def example_input(self) -> torch.Tensor:
-        return self._fidelity.inputs()[:1].clone()
-
-    def evaluate(self, model: nn.Module) -> Quality:
-        return self._fidelity.evaluate(model)
+    def network(self) -> nn.Module:
+        return NASBench201Net(self.genotype)
