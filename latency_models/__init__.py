@@ -1,5 +1,56 @@
-"""Latency and resource models of targets (GPU, mobile, FPGA, host CPU). No torch.
+"""Latency and resource models of targets (GPU, mobile, FPGA, CPU). No torch.
 
-Filled in by the latency-model issue: targets, analytic priors, learned predictors, and
-vectorised batch prediction on LayerSpec + Choice from ``search_spaces``.
+Today: a registry of documented targets (``targets/*.json``, or a user's JSON/YAML file),
+one analytic prior per family (roofline for GPU/CPU/mobile; an N3H-Core-style DSP + LUT
+GEMM accelerator for FPGA boards), and ``predict`` on ``search_spaces`` LayerSpecs and
+Plans, every number labelled with its provenance. Learned predictors fitted on measurements
+are the next step of the latency-model issue.
 """
+
+from __future__ import annotations
+
+from ._errors import LatencyModelError
+from ._family import (
+    FpgaFamily,
+    PriorEstimate,
+    RooflineFamily,
+    TargetFamily,
+    create_family,
+    list_families,
+    register_family,
+)
+from ._gemm import Gemms, plan_gemms
+from ._predict import ANALYTIC, CostPrediction, predict, predict_latency_ms
+from ._target import (
+    FAMILIES,
+    FpgaResources,
+    Target,
+    get_target,
+    list_targets,
+    load_target_file,
+    register_target,
+)
+
+__all__ = [
+    "ANALYTIC",
+    "FAMILIES",
+    "CostPrediction",
+    "FpgaFamily",
+    "FpgaResources",
+    "Gemms",
+    "LatencyModelError",
+    "PriorEstimate",
+    "RooflineFamily",
+    "Target",
+    "TargetFamily",
+    "create_family",
+    "get_target",
+    "list_families",
+    "list_targets",
+    "load_target_file",
+    "plan_gemms",
+    "predict",
+    "predict_latency_ms",
+    "register_family",
+    "register_target",
+]
