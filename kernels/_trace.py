@@ -136,10 +136,13 @@ def trace(
                 unsafe.add(module)
         gemms: list[nn.Module] = [m for _, m, _, _ in calls if isinstance(m, nn.Conv2d | nn.Linear)]
         output_layers = gemms[-1:]
+        out_group: dict[nn.Module, str] = {}
+        in_group: dict[nn.Module, str] = {}
+        prunable_groups: set[str] = set()
         if coupling:
-            out_group, in_group, prunable_groups = _coupled_groups(model, example_input, output_layers, unsafe)
-        else:
-            out_group, in_group, prunable_groups = {}, {}, set()
+            out_group, in_group, prunable_groups = _coupled_groups(
+                model, example_input, output_layers, unsafe
+            )
     finally:
         model.train(was_training)
 

@@ -179,6 +179,41 @@ def uniform_plan(layers: list[Any], spec: dict[str, float]) -> Any:
     return plan
 
 
+def _model_and_plan(
+    model_id: str, plan_file: Path | None, uniform: str | None
+) -> tuple[Any, Any, Any, Any, Any]:
+    """Build the zoo model, trace it and read the plan; bad input exits 2 with a message."""
+    if (plan_file is None) == (uniform is None):
+        _fail("give exactly one of --plan PLAN.json or --uniform KEY=VALUE,...")
+    from search_spaces import Plan, SpaceError
+
+    entry = _load_model(model_id)
+    from kernels import trace
+
+    net = entry.build()
+    x = entry.example_input()
+    layers = trace(net, x, ignore=tuple(entry.ignore_layers(net)))
+    try:
+        if plan_file is not None:
+            try:
+                text = plan_file.read_text()
+            except OSError as exc:
+                _fail(f"--plan: cannot read {str(plan_file)!r} ({exc.strerror}); give a readable JSON file")
+            plan = Plan.from_json(text, layers)
+        else:
+            plan = uniform_plan(layers, parse_uniform(uniform or "")).validate(layers)
+    except (SpaceError, ValueError) as exc:
+        _fail(f"invalid plan for {entry.model_id}: {exc}")
+    return entry, net, x, layers, plan
+
+
+PlanOption = Annotated[Path | None, typer.Option("--plan", help="Plan JSON file.")]
+UniformOption = Annotated[
+    str | None,
+    typer.Option(help="Same compression on every layer, e.g. rank=0.5,keep=0.75,wbits=8,abits=8,tokens=0.7"),
+]
+
+
 @app.command()
 def compress(
     model: Annotated[str, typer.Argument(help="Zoo model name.")],
@@ -195,30 +230,10 @@ def compress(
 ) -> None:
     """Apply a plan; print quality before and after, params, MACs, weight bytes (and latency)."""
     _quiet_torch()
-    if (plan_file is None) == (uniform is None):
-        _fail("give exactly one of --plan PLAN.json or --uniform KEY=VALUE,...")
-    from search_spaces import Plan, SpaceError
+    from kernels import apply, count_cost, time_model
 
-    entry = _load_model(model)
-    from kernels import apply, count_cost, time_model, trace
-
-    net = entry.build()
-    x = entry.example_input()
+    entry, net, x, _, plan = _model_and_plan(model, plan_file, uniform)
     ignore = tuple(entry.ignore_layers(net))
-    layers = trace(net, x, ignore=ignore)
-    try:
-        if plan_file is not None:
-            try:
-                text = plan_file.read_text()
-            except OSError as exc:
-                _fail(f"--plan: cannot read {str(plan_file)!r} ({exc.strerror}); give a readable JSON file")
-            plan = Plan.from_json(text, layers)
-        else:
-            assert uniform is not None
-            plan = uniform_plan(layers, parse_uniform(uniform)).validate(layers)
-    except (SpaceError, ValueError) as exc:
-        _fail(f"invalid plan for {entry.model_id}: {exc}")
-
     compressed = apply(net, plan, x, ignore=ignore)
     before, after = entry.evaluate(net), entry.evaluate(compressed)
     cost_before, cost_after = count_cost(net, x), count_cost(compressed, x)
@@ -261,6 +276,83 @@ def compress(
         typer.echo(
             f"  latency (host CPU, 1 thread): {lat['before']:.3f} ms → {lat['after']:.3f} ms, "
             f"speed-up {lat['speedup']:.2f}× (p10–p90 {lat['speedup_p10']:.2f}–{lat['speedup_p90']:.2f})"
+        )
+
+
+@app.command()
+def targets(json_output: JsonFlag = False) -> None:
+    """List the hardware targets: family, peak MAC/s per bit width, memory bandwidth, sources."""
+    from latency_models import get_target, list_targets
+
+    rows = [get_target(name).to_dict() for name in list_targets()]
+    if json_output:
+        _print_json(rows)
+        return
+    for r in rows:
+        peaks = ", ".join(f"{b}b {v / 1e12:.3g}T" for b, v in r["peak_macs_per_s"].items())
+        typer.echo(
+            f"{r['name']:<16} {r['family']:<7} MAC/s: {peaks:<44} {r['memory_bandwidth_gb_s']:>7.1f} GB/s  "
+            f"{r['description']}"
+        )
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="Zoo model name.")],
+    target: Annotated[str, typer.Option(help="Target name (see `hwsearch targets`).")],
+    plan_file: PlanOption = None,
+    uniform: UniformOption = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Predict latency, energy, FPGA resources and weight bytes of a plan on a target, with provenance."""
+    _quiet_torch()
+    from latency_models import LatencyModelError, get_target
+    from latency_models import predict as predict_cost
+
+    try:
+        device = get_target(target)
+    except LatencyModelError as exc:
+        _fail(str(exc))
+    entry, _, _, layers, plan = _model_and_plan(model, plan_file, uniform)
+    base, cost = predict_cost(device, layers, type(plan)()), predict_cost(device, layers, plan)
+    result: dict[str, Any] = {
+        "model": entry.model_id,
+        "target": device.name,
+        "provenance": cost.provenance,
+        "latency_ms": {
+            "before": base.latency_ms,
+            "after": cost.latency_ms,
+            "speedup": base.latency_ms / cost.latency_ms,
+        },
+        "macs": {"before": base.macs, "after": cost.macs},
+        "weight_bytes": {"before": base.weight_bytes, "after": cost.weight_bytes},
+        "energy_mj": {"before": base.energy_mj, "after": cost.energy_mj},
+    }
+    if device.fpga is not None:
+        result["fpga"] = {
+            "dsp": cost.dsp,
+            "lut": cost.lut,
+            "bram36": cost.bram36,
+            "feasible": cost.feasible,
+            "board": {"dsp": device.fpga.dsp, "lut": device.fpga.lut, "bram36": device.fpga.bram36},
+        }
+    if json_output:
+        _print_json(result)
+        return
+    lat = result["latency_ms"]
+    typer.echo(
+        f"{entry.model_id} on {device.name}: {lat['before']:.3f} ms → {lat['after']:.3f} ms "
+        f"({lat['speedup']:.2f}×) [{cost.provenance}]"
+    )
+    typer.echo(
+        f"  MACs {base.macs:,} → {cost.macs:,}; weight bytes {base.weight_bytes:,} → {cost.weight_bytes:,}"
+    )
+    if cost.energy_mj is not None and base.energy_mj is not None:
+        typer.echo(f"  energy ≈ {base.energy_mj:.3f} → {cost.energy_mj:.3f} mJ (typical board power × time)")
+    if device.fpga is not None:
+        typer.echo(
+            f"  FPGA: {cost.dsp} DSP, {cost.lut:,} LUT, {cost.bram36} BRAM36 of {device.fpga.dsp}, "
+            f"{device.fpga.lut:,}, {device.fpga.bram36}: {'fits' if cost.feasible else 'DOES NOT FIT'}"
         )
 
 

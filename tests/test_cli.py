@@ -100,3 +100,29 @@ def test_installed_entry_point_exits_2_without_traceback() -> None:
     proc = subprocess.run([*cmd, "compress", "nope", "--uniform", "keep=0.5"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown model 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_targets_lists_the_catalogue() -> None:
+    code, out, _ = _run("targets", "--json")
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["zcu102"]["fpga"]["dsp"] == 2520 and rows["a100"]["family"] == "gpu"
+
+
+def test_predict_labels_provenance_and_reports_fpga_resources() -> None:
+    code, out, _ = _run(
+        "predict", "digits-cnn", "--target", "zcu102", "--uniform", "wbits=4,abits=8", "--json"
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert data["provenance"] == "analytic prior (uncalibrated)"
+    assert data["latency_ms"]["after"] <= data["latency_ms"]["before"]
+    assert data["weight_bytes"]["after"] < data["weight_bytes"]["before"]
+    assert data["fpga"]["feasible"] is True and data["fpga"]["dsp"] <= 2520
+    code, out, _ = _run("predict", "digits-vit", "--target", "cortex-a76", "--uniform", "tokens=0.5")
+    assert code == 0 and "analytic prior (uncalibrated)" in out and "FPGA" not in out
+
+
+def test_predict_unknown_target_exits_2() -> None:
+    code, _, err = _run("predict", "digits-cnn", "--target", "tpu", "--uniform", "wbits=8")
+    assert code == 2 and "valid names: a100" in err
