@@ -20,6 +20,13 @@ from ._family import (
     register_family,
 )
 from ._gemm import Gemms, plan_gemms
+from ._measurements import (
+    LayerMeasurement,
+    MeasurementError,
+    NetworkMeasurement,
+    read_layer_measurements,
+    read_network_measurements,
+)
 from ._predict import ANALYTIC, CostPrediction, predict, predict_latency_ms
 from ._target import (
     FAMILIES,
@@ -39,6 +46,9 @@ __all__ = [
     "FpgaResources",
     "Gemms",
     "LatencyModelError",
+    "LayerMeasurement",
+    "MeasurementError",
+    "NetworkMeasurement",
     "PriorEstimate",
     "RooflineFamily",
     "Target",
@@ -51,6 +61,8 @@ __all__ = [
     "plan_gemms",
     "predict",
     "predict_latency_ms",
+    "read_layer_measurements",
+    "read_network_measurements",
     "register_family",
     "register_target",
 ]
