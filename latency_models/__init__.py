@@ -19,6 +19,7 @@ from ._family import (
     list_families,
     register_family,
 )
+from ._features import FEATURE_NAMES, network_features
 from ._gemm import Gemms, plan_gemms
 from ._measurements import (
     LayerMeasurement,
@@ -28,6 +29,15 @@ from ._measurements import (
     read_network_measurements,
 )
 from ._predict import ANALYTIC, CostPrediction, predict, predict_latency_ms
+from ._predictor import (
+    BoostedResidual,
+    CalibratedPrior,
+    Predictor,
+    create_predictor,
+    list_predictors,
+    load_predictor,
+    register_predictor,
+)
 from ._target import (
     FAMILIES,
     FpgaResources,
@@ -41,6 +51,9 @@ from ._target import (
 __all__ = [
     "ANALYTIC",
     "FAMILIES",
+    "FEATURE_NAMES",
+    "BoostedResidual",
+    "CalibratedPrior",
     "CostPrediction",
     "FpgaFamily",
     "FpgaResources",
@@ -49,20 +62,26 @@ __all__ = [
     "LayerMeasurement",
     "MeasurementError",
     "NetworkMeasurement",
+    "Predictor",
     "PriorEstimate",
     "RooflineFamily",
     "Target",
     "TargetFamily",
     "create_family",
+    "create_predictor",
     "get_target",
     "list_families",
+    "list_predictors",
     "list_targets",
+    "load_predictor",
     "load_target_file",
+    "network_features",
     "plan_gemms",
     "predict",
     "predict_latency_ms",
     "read_layer_measurements",
     "read_network_measurements",
     "register_family",
+    "register_predictor",
     "register_target",
 ]

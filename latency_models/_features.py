@@ -1,0 +1,79 @@
+"""Network features for learned predictors, built from the layer vocabulary (any search space).
+
+For each kind of layer (k×k conv, 1×1 conv, depthwise conv, grouped conv, linear, attention
+matmuls) a network contributes: the number of GEMMs, their MACs, the bytes they move and the
+analytic prior's latency of them on the target. The prior's total is a feature too, so a
+learned model only has to learn the device's departure from the roofline/FPGA model (the
+nn-Meter decomposition: a network costs the sum of its kernels plus an overhead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import numpy.typing as npt
+
+from search_spaces import LayerKind, LayerSpec, Plan
+
+from ._family import create_family
+from ._gemm import Gemms, plan_gemms
+from ._target import Target
+
+GROUPS: tuple[str, ...] = ("conv_kxk", "conv_1x1", "depthwise", "grouped", "linear", "attention")
+PER_GROUP: tuple[str, ...] = ("count", "macs", "bytes", "prior_ms")
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"{g}_{f}" for g in GROUPS for f in PER_GROUP),
+    "pooling_count",
+    "total_macs",
+    "total_bytes",
+    "prior_ms",
+    "batch",
+)
+
+
+def _group_of(layer: LayerSpec) -> int:
+    if layer.kind is LayerKind.ATTENTION:
+        return GROUPS.index("attention")
+    if layer.kind is LayerKind.LINEAR:
+        return GROUPS.index("linear")
+    if layer.kind is LayerKind.DEPTHWISE_CONV2D:
+        return GROUPS.index("depthwise")
+    if layer.kind is LayerKind.GROUPED_CONV2D:
+        return GROUPS.index("grouped")
+    if layer.kernel_size == (1, 1):
+        return GROUPS.index("conv_1x1")
+    return GROUPS.index("conv_kxk")
+
+
+def network_features(
+    target: Target, layers: Sequence[LayerSpec], plan: Plan, batch: int = 1
+) -> npt.NDArray[np.float64]:
+    """One row of ``FEATURE_NAMES`` for ``plan`` over ``layers`` on ``target``.
+
+    Batch scales MACs, bytes of activations and the prior (weights are read once per batch).
+    """
+    gemms = plan_gemms(layers, plan)
+    prior = create_family(target.family).estimate(target, _batched(gemms, batch)).latency_ms
+    kinds = np.array([_group_of(layers[i]) for i in gemms.layer], dtype=np.int64)
+    macs = gemms.macs * batch
+    moved = gemms.weight_bytes + (gemms.in_bytes + gemms.out_bytes) * batch
+    row = np.zeros(len(FEATURE_NAMES))
+    for g in range(len(GROUPS)):
+        mask = kinds == g
+        base = g * len(PER_GROUP)
+        row[base : base + 4] = (mask.sum(), macs[mask].sum(), moved[mask].sum(), prior[mask].sum())
+    tail = len(GROUPS) * len(PER_GROUP)
+    row[tail] = sum(1 for layer in layers if layer.kind is LayerKind.POOLING)
+    row[tail + 1 : tail + 5] = (macs.sum(), moved.sum(), prior.sum(), batch)
+    return row
+
+
+def _batched(gemms: Gemms, batch: int) -> Gemms:
+    """The same GEMMs for ``batch`` examples: rows and activations scale, weights do not."""
+    if batch == 1:
+        return gemms
+    return replace(
+        gemms, m=gemms.m * batch, in_bytes=gemms.in_bytes * batch, out_bytes=gemms.out_bytes * batch
+    )

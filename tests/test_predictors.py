@@ -1,0 +1,120 @@
+"""The Predictor contract, on every registered kind: fit on a small synthetic table, text round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latency_models import (
+    FEATURE_NAMES,
+    LatencyModelError,
+    create_predictor,
+    get_target,
+    list_predictors,
+    load_predictor,
+    network_features,
+)
+from search_spaces import Choice, LayerKind, LayerSpec, Plan, Space
+
+LAYERS = (
+    LayerSpec(
+        "c1",
+        LayerKind.CONV2D,
+        3,
+        32,
+        (3, 3),
+        input_hw=(32, 32),
+        output_hw=(32, 32),
+        group="c1",
+        prunable=True,
+        decomposable=True,
+    ),
+    LayerSpec(
+        "c2",
+        LayerKind.CONV2D,
+        32,
+        64,
+        (3, 3),
+        input_hw=(32, 32),
+        output_hw=(32, 32),
+        group="c2",
+        in_group="c1",
+        prunable=True,
+        decomposable=True,
+    ),
+    LayerSpec(
+        "pw",
+        LayerKind.CONV2D,
+        64,
+        64,
+        (1, 1),
+        input_hw=(32, 32),
+        output_hw=(32, 32),
+        in_group="c2",
+        decomposable=True,
+    ),
+    LayerSpec("fc", LayerKind.LINEAR, 64, 10, decomposable=True),
+)
+
+
+def _table(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic device: 1.7× the raspi4 prior on convs, a fixed 0.3 ms overhead, 3% noise."""
+    target = get_target("raspi4")
+    space = Space.build(
+        LAYERS,
+        rank_fractions=(0.25, 0.5),
+        keep=(0.5, 0.75),
+        wbits=(8,),
+        abits=(8,),
+        channel_multiple=1,
+        rank_multiple=1,
+    )
+    rng = np.random.default_rng(seed)
+    x = np.array([network_features(target, list(LAYERS), space.sample(rng)) for _ in range(n)])
+    truth = 1.7 * x[:, FEATURE_NAMES.index("prior_ms")] + 0.3
+    return x, truth * np.exp(rng.normal(0, 0.03, n))
+
+
+@pytest.mark.parametrize("kind", list_predictors())
+@pytest.mark.parametrize("n_train", [5, 60])
+def test_contract_fit_predict_round_trip(kind: str, n_train: int, tmp_path: Path) -> None:
+    x, y = _table(n_train + 200)
+    predictor = create_predictor(kind).fit(x[:n_train], y[:n_train])
+    mid, lo, hi = predictor.predict(x[n_train:])
+    assert (mid > 0).all() and (lo <= mid).all() and (mid <= hi).all()
+    mape = np.mean(np.abs(mid - y[n_train:]) / y[n_train:])
+    assert mape < 0.08, mape  # the synthetic device is learnable from 5 rows
+    path = predictor.save(tmp_path / kind)
+    doc = json.loads(path.read_text())  # plain JSON: nothing executes on load
+    assert doc["kind"] == kind and doc["features"] == list(FEATURE_NAMES)
+    again = load_predictor(tmp_path / kind)
+    for a, b in zip(again.predict(x[n_train:]), (mid, lo, hi), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_network_features_follow_the_plan() -> None:
+    target = get_target("raspi4")
+    dense = network_features(target, list(LAYERS), Plan())
+    small = network_features(target, list(LAYERS), Plan({"c2": Choice(rank=8)}))
+    i = FEATURE_NAMES.index("conv_kxk_count")
+    assert small[i] == dense[i] + 1  # a low-rank conv runs two GEMMs
+    assert small[FEATURE_NAMES.index("total_macs")] < dense[FEATURE_NAMES.index("total_macs")]
+    batch = network_features(target, list(LAYERS), Plan(), batch=8)
+    assert batch[FEATURE_NAMES.index("total_macs")] == 8 * dense[FEATURE_NAMES.index("total_macs")]
+
+
+def test_load_refuses_foreign_files(tmp_path: Path) -> None:
+    x, y = _table(20)
+    create_predictor("calibrated-prior").fit(x, y).save(tmp_path)
+    doc = json.loads((tmp_path / "predictor.json").read_text())
+    (tmp_path / "predictor.json").write_text(json.dumps(doc | {"features": ["macs"]}))
+    with pytest.raises(LatencyModelError, match="other features"):
+        load_predictor(tmp_path)
+    (tmp_path / "predictor.json").write_text(json.dumps(doc | {"format": 99}))
+    with pytest.raises(LatencyModelError, match="format"):
+        load_predictor(tmp_path)
+    with pytest.raises(LatencyModelError, match="valid names"):
+        create_predictor("random-forest-pickle")
