@@ -9,6 +9,7 @@ are the next step of the latency-model issue.
 
 from __future__ import annotations
 
+from ._catalogue import Catalogue
 from ._errors import LatencyModelError
 from ._family import (
     FpgaFamily,
@@ -38,6 +39,7 @@ from ._predictor import (
     load_predictor,
     register_predictor,
 )
+from ._report import Metrics, metrics, proxy_baselines
 from ._target import (
     FAMILIES,
     FpgaResources,
@@ -54,6 +56,7 @@ __all__ = [
     "FEATURE_NAMES",
     "BoostedResidual",
     "CalibratedPrior",
+    "Catalogue",
     "CostPrediction",
     "FpgaFamily",
     "FpgaResources",
@@ -61,6 +64,7 @@ __all__ = [
     "LatencyModelError",
     "LayerMeasurement",
     "MeasurementError",
+    "Metrics",
     "NetworkMeasurement",
     "Predictor",
     "PriorEstimate",
@@ -75,10 +79,12 @@ __all__ = [
     "list_targets",
     "load_predictor",
     "load_target_file",
+    "metrics",
     "network_features",
     "plan_gemms",
     "predict",
     "predict_latency_ms",
+    "proxy_baselines",
     "read_layer_measurements",
     "read_network_measurements",
     "register_family",

@@ -188,10 +188,12 @@ def _non_negative(value: Any, where: str) -> float:
 
 
 _TARGETS: dict[str, Target] = {}
+_BUILTIN_LOADED = False
 
 
 def register_target(target: Target, *, replace: bool = False) -> Target:
     """Add a target to the registry; a second target of the same name needs ``replace=True``."""
+    _ensure_builtin()
     if target.name in _TARGETS and not replace:
         raise LatencyModelError(
             "target.name", target.name, "already registered; pass replace=True to update it"
@@ -200,24 +202,28 @@ def register_target(target: Target, *, replace: bool = False) -> Target:
     return target
 
 
-def _load_builtin() -> None:
+def _ensure_builtin() -> None:
+    """Load the built-in catalogue (targets/*.json) once, before any other registration."""
+    global _BUILTIN_LOADED
+    if _BUILTIN_LOADED:
+        return
+    _BUILTIN_LOADED = True
     folder = resources.files("latency_models") / "targets"
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".json"):
-            register_target(Target.from_dict(json.loads(entry.read_text())), replace=True)
+            target = Target.from_dict(json.loads(entry.read_text()))
+            _TARGETS[target.name] = target
 
 
 def list_targets(pattern: str = "*") -> list[str]:
     """Registered target names matching a glob pattern, sorted."""
-    if not _TARGETS:
-        _load_builtin()
+    _ensure_builtin()
     return sorted(n for n in _TARGETS if fnmatch.fnmatchcase(n, pattern))
 
 
 def get_target(name: str) -> Target:
     """The registered target ``name``; the error lists the valid names."""
-    if not _TARGETS:
-        _load_builtin()
+    _ensure_builtin()
     if name not in _TARGETS:
         raise LatencyModelError("target", name, f"unknown target; valid names: {', '.join(list_targets())}")
     return _TARGETS[name]

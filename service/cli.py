@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -306,24 +307,47 @@ def predict(
 ) -> None:
     """Predict latency, energy, FPGA resources and weight bytes of a plan on a target, with provenance."""
     _quiet_torch()
-    from latency_models import LatencyModelError, get_target
-    from latency_models import predict as predict_cost
+    import numpy as np
 
+    from latency_models import LatencyModelError, network_features
+    from latency_models import predict as predict_cost
+    from workers.calibration import catalogue
+
+    cat = catalogue()
     try:
-        device = get_target(target)
+        device = cat.target(target)
     except LatencyModelError as exc:
         _fail(str(exc))
     entry, _, _, layers, plan = _model_and_plan(model, plan_file, uniform)
     base, cost = predict_cost(device, layers, type(plan)()), predict_cost(device, layers, plan)
+    latency = {"before": base.latency_ms, "after": cost.latency_ms}
+    provenance = cost.provenance
+    learned = cat.predictor(device.name)
+    if learned is not None:
+        # A fitted predictor replaces the prior; its interval and its validation travel with it.
+        predictor, report = learned
+        mid, lo, hi = predictor.predict(
+            np.array([network_features(device, layers, p) for p in (type(plan)(), plan)])
+        )
+        latency = {
+            "before": float(mid[0]),
+            "after": float(mid[1]),
+            "after_low": float(lo[1]),
+            "after_high": float(hi[1]),
+        }
+        if device.power_w is not None:
+            cost = replace(cost, energy_mj=device.power_w * latency["after"])
+            base = replace(base, energy_mj=device.power_w * latency["before"])
+        mape = report.get("mape")
+        provenance = f"learned (fitted on {report.get('n_fit')} measurements" + (
+            f", validation MAPE {100 * mape:.1f}%)" if mape is not None else ")"
+        )
     result: dict[str, Any] = {
         "model": entry.model_id,
         "target": device.name,
-        "provenance": cost.provenance,
-        "latency_ms": {
-            "before": base.latency_ms,
-            "after": cost.latency_ms,
-            "speedup": base.latency_ms / cost.latency_ms,
-        },
+        "provenance": provenance,
+        "predictor_version": device.predictor_version,
+        "latency_ms": {**latency, "speedup": latency["before"] / latency["after"]},
         "macs": {"before": base.macs, "after": cost.macs},
         "weight_bytes": {"before": base.weight_bytes, "after": cost.weight_bytes},
         "energy_mj": {"before": base.energy_mj, "after": cost.energy_mj},
@@ -342,7 +366,7 @@ def predict(
     lat = result["latency_ms"]
     typer.echo(
         f"{entry.model_id} on {device.name}: {lat['before']:.3f} ms → {lat['after']:.3f} ms "
-        f"({lat['speedup']:.2f}×) [{cost.provenance}]"
+        f"({lat['speedup']:.2f}×) [{provenance}]"
     )
     typer.echo(
         f"  MACs {base.macs:,} → {cost.macs:,}; weight bytes {base.weight_bytes:,} → {cost.weight_bytes:,}"
@@ -354,6 +378,83 @@ def predict(
             f"  FPGA: {cost.dsp} DSP, {cost.lut:,} LUT, {cost.bram36} BRAM36 of {device.fpga.dsp}, "
             f"{device.fpga.lut:,}, {device.fpga.bram36}: {'fits' if cost.feasible else 'DOES NOT FIT'}"
         )
+
+
+latency_app = typer.Typer(help="Fit and validate latency predictors from measurements.", no_args_is_help=True)
+app.add_typer(latency_app, name="latency")
+
+
+def _metrics_line(name: str, m: dict[str, Any]) -> str:
+    return (
+        f"  {name:<16} MAPE {m['mape']:.3f}  ±5% {m['within_5pct']:.2f}  ±10% {m['within_10pct']:.2f}  "
+        f"Spearman {m['spearman']:.3f}  Kendall {m['kendall']:.3f}"
+    )
+
+
+def _report_lines(report: dict[str, Any]) -> list[str]:
+    version = f", version {report['version']}" if report.get("version") else ""
+    lines = [
+        f"target {report['target']}: {report.get('n_train')} train, {report.get('n_test')} test rows{version}"
+    ]
+    if "mape" in report:
+        lines.append(_metrics_line("predictor", report))
+        lines += [_metrics_line(name, m) for name, m in report.get("baselines", {}).items()]
+    return lines
+
+
+@latency_app.command("fit")
+def latency_fit(
+    target: Annotated[str, typer.Option(help="Target to calibrate (created when --family is given).")],
+    measurements: Annotated[Path, typer.Option(help="Per-network measurements CSV (see docs/latency.md).")],
+    family: Annotated[str | None, typer.Option(help="gpu, cpu, mobile or fpga: create the target.")] = None,
+    kind: Annotated[str, typer.Option(help="Predictor kind.")] = "boosted-residual",
+    test_fraction: Annotated[float, typer.Option(help="Share of rows held out for the report.")] = 0.2,
+    budget_ms: Annotated[
+        float | None, typer.Option(help="Latency budget for the false-feasible rate.")
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Fit a new predictor version for TARGET from measurements and print its validation report."""
+    _quiet_torch()
+    from latency_models import LatencyModelError
+    from workers.calibration import fit
+
+    try:
+        report = fit(
+            target, measurements, family=family, kind=kind, test_fraction=test_fraction, budget_ms=budget_ms
+        )
+    except LatencyModelError as exc:
+        _fail(str(exc))
+    if json_output:
+        _print_json(report)
+        return
+    for line in _report_lines(report):
+        typer.echo(line)
+
+
+@latency_app.command("validate")
+def latency_validate(
+    target: Annotated[str, typer.Option(help="Target whose active predictor is scored.")],
+    measurements: Annotated[Path, typer.Option(help="Per-network measurements CSV.")],
+    budget_ms: Annotated[
+        float | None, typer.Option(help="Latency budget for the false-feasible rate.")
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Score TARGET's active predictor on measurements: MAPE, ±5/±10%, Spearman, Kendall."""
+    _quiet_torch()
+    from latency_models import LatencyModelError
+    from workers.calibration import validate
+
+    try:
+        report = validate(target, measurements, budget_ms=budget_ms)
+    except LatencyModelError as exc:
+        _fail(str(exc))
+    if json_output:
+        _print_json(report)
+        return
+    for line in _report_lines(report):
+        typer.echo(line)
 
 
 def main() -> None:

@@ -1,0 +1,213 @@
+"""Calibrating a target from measurements: per-network tables → features → a fitted predictor.
+
+Lives in ``workers`` because resolving a table's model ids needs the zoo; the predictors, the
+catalogue and the report live in ``latency_models``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import platformdirs
+
+from latency_models import (
+    FEATURE_NAMES,
+    Catalogue,
+    LatencyModelError,
+    MeasurementError,
+    NetworkMeasurement,
+    Target,
+    create_predictor,
+    get_target,
+    list_targets,
+    metrics,
+    network_features,
+    proxy_baselines,
+    read_network_measurements,
+)
+from search_spaces import LayerSpec, SpaceError
+
+#: The built-in target a new target of each family starts from (its specs, renamed).
+FAMILY_TEMPLATES = {"gpu": "gtx-1080ti", "cpu": "xeon-gold-6240", "mobile": "cortex-a76", "fpga": "zcu102"}
+
+
+def data_dir() -> Path:
+    """``$HWSEARCH_DATA_DIR`` or the user data dir: the catalogue of targets and predictors."""
+    root = os.environ.get("HWSEARCH_DATA_DIR") or platformdirs.user_data_dir("hwsearch")
+    return Path(root)
+
+
+def catalogue() -> Catalogue:
+    cat = Catalogue(data_dir())
+    cat.load_targets()
+    return cat
+
+
+@dataclass(frozen=True)
+class Table:
+    features: np.ndarray
+    latency_ms: np.ndarray
+    models: list[str]
+
+
+def _inventory(
+    model_id: str, needs_coupling: bool, cache: dict[tuple[str, bool], list[LayerSpec]]
+) -> list[LayerSpec]:
+    key = (model_id, needs_coupling)
+    if key not in cache:
+        from kernels import trace
+        from workers.zoo import create_model
+
+        entry = create_model(model_id)
+        net = entry.build()
+        cache[key] = trace(
+            net, entry.example_input(), ignore=entry.ignore_layers(net), coupling=needs_coupling
+        )
+    return cache[key]
+
+
+def features_of(target: Target, rows: Sequence[NetworkMeasurement]) -> Table:
+    """Feature rows of measured networks; an unknown model or a bad plan names its CSV row."""
+    from workers.zoo import ZooError
+
+    cache: dict[tuple[str, bool], list[LayerSpec]] = {}
+    out = np.zeros((len(rows), len(FEATURE_NAMES)))
+    for i, row in enumerate(rows):
+        line = i + 2
+        needs_coupling = any(c.keep < 1.0 for c in row.plan.choices.values())
+        try:
+            layers = _inventory(row.model, needs_coupling, cache)
+        except ZooError as exc:
+            raise MeasurementError(f"row {line}, column 'model'", row.model, str(exc)) from None
+        try:
+            out[i] = network_features(target, layers, row.plan.validate(layers), row.batch)
+        except SpaceError as exc:
+            raise MeasurementError(f"row {line}, column 'plan'", exc.field, f"{exc}") from None
+    return Table(out, np.array([r.latency_ms for r in rows]), [r.model for r in rows])
+
+
+def ensure_target(name: str, family: str | None) -> Target:
+    """The target ``name``; when it does not exist and ``family`` is given, a new one built from
+    the family's template specs (stored in the catalogue, so a user can bring a device with
+    nothing but measurements)."""
+    cat = catalogue()
+    if name in list_targets():
+        return cat.target(name)
+    if family is None:
+        raise LatencyModelError(
+            "--target",
+            name,
+            f"unknown target; pass --family (one of {sorted(FAMILY_TEMPLATES)}) "
+            "to create it from measurements, or use one of: " + ", ".join(list_targets()),
+        )
+    if family not in FAMILY_TEMPLATES:
+        raise LatencyModelError("--family", family, f"one of {sorted(FAMILY_TEMPLATES)} is required")
+    template = get_target(FAMILY_TEMPLATES[family])
+    target = replace(
+        template,
+        name=name,
+        description=f"user target created from measurements; specs start from {template.name} ({family})",
+        sources={k: f"copied from built-in target {template.name}: {v}" for k, v in template.sources.items()},
+        predictor_version=None,
+    )
+    return cat.add_target(Target.from_dict(target.to_dict()))
+
+
+def fit(
+    target_name: str,
+    measurements: str | Path,
+    *,
+    family: str | None = None,
+    kind: str = "boosted-residual",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    budget_ms: float | None = None,
+) -> dict[str, Any]:
+    """Fit a new predictor version for a target from a per-network CSV; returns the report.
+
+    The report comes from a held-out ``test_fraction`` of the rows (with MACs-proxy and linear
+    baselines on the same split); the stored model is then refitted on all rows. The CSV is
+    read and checked in full before anything is written.
+    """
+    if not 0.0 <= test_fraction < 1.0:
+        raise LatencyModelError("--test-fraction", test_fraction, "a fraction in [0, 1) is required")
+    rows = read_network_measurements(measurements)
+    if len(rows) < 3:
+        raise MeasurementError("measurements", len(rows), "at least 3 measured networks are required")
+    target = get_target(target_name) if target_name in list_targets() else None
+    probe = target or get_target(FAMILY_TEMPLATES.get(family or "", "xeon-gold-6240"))
+    table = features_of(probe, rows)  # validates every row before any file is written
+    target = ensure_target(target_name, family)
+    if target.name != probe.name or target.family != probe.family:
+        table = features_of(target, rows)
+    report = validate_split(
+        target, table, kind=kind, test_fraction=test_fraction, seed=seed, budget_ms=budget_ms
+    )
+    predictor = create_predictor(kind).fit(table.features, table.latency_ms)
+    report["n_fit"] = len(rows)
+    version = catalogue().save_predictor(target.name, predictor, report)
+    report["version"] = version
+    return report
+
+
+def validate_split(
+    target: Target, table: Table, *, kind: str, test_fraction: float, seed: int, budget_ms: float | None
+) -> dict[str, Any]:
+    n = len(table.latency_ms)
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+    test, train = order[:n_test], order[n_test:]
+    report: dict[str, Any] = {
+        "target": target.name,
+        "kind": kind,
+        "n_train": len(train),
+        "n_test": len(test),
+    }
+    if n_test == 0:
+        return report
+    x_tr, y_tr, x_te, y_te = (
+        table.features[train],
+        table.latency_ms[train],
+        table.features[test],
+        table.latency_ms[test],
+    )
+    predicted = create_predictor(kind).fit(x_tr, y_tr).predict(x_te)[0]
+    report.update(metrics(predicted, y_te, budget_ms).to_dict())
+    base = proxy_baselines(x_tr, y_tr, x_te, FEATURE_NAMES.index("total_macs"))
+    report["baselines"] = {name: metrics(pred, y_te, budget_ms).to_dict() for name, pred in base.items()}
+    report["baselines"]["analytic_prior"] = metrics(
+        x_te[:, FEATURE_NAMES.index("prior_ms")], y_te, budget_ms
+    ).to_dict()
+    return report
+
+
+def validate(target_name: str, measurements: str | Path, budget_ms: float | None = None) -> dict[str, Any]:
+    """Score the target's active predictor on a measurement table it may not have seen."""
+    cat = catalogue()
+    target = cat.target(target_name)
+    active = cat.predictor(target.name)
+    if active is None:
+        raise LatencyModelError(
+            "--target", target_name, "has no fitted predictor; run `hwsearch latency fit` first"
+        )
+    predictor, fit_report = active
+    table = features_of(target, read_network_measurements(measurements))
+    predicted = predictor.predict(table.features)[0]
+    report = {
+        "target": target.name,
+        "version": target.predictor_version,
+        "n_train": fit_report.get("n_fit"),
+        "n_test": len(table.latency_ms),
+        **metrics(predicted, table.latency_ms, budget_ms).to_dict(),
+    }
+    report["baselines"] = {
+        "analytic_prior": metrics(
+            table.features[:, FEATURE_NAMES.index("prior_ms")], table.latency_ms, budget_ms
+        ).to_dict()
+    }
+    return report
