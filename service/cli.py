@@ -457,6 +457,48 @@ def latency_validate(
         typer.echo(line)
 
 
+@latency_app.command("profile-host")
+def latency_profile_host(
+    models: Annotated[
+        str, typer.Option(help="Comma-separated zoo models to time.")
+    ] = "digits-cnn,digits-vit,minilm-l6",
+    plans: Annotated[
+        int, typer.Option(help="Sampled plans per model (the first is uncompressed).", min=3)
+    ] = 12,
+    repeats: Annotated[int, typer.Option(help="Timing rounds per plan.", min=3)] = 15,
+    out: Annotated[Path | None, typer.Option(help="Where to write the measurements CSV.")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Measure this CPU, time compressed zoo models on it, and fit the host-cpu predictor."""
+    _quiet_torch()
+    from latency_models import LatencyModelError
+    from workers.calibration import catalogue, data_dir, fit
+    from workers.profiling import HOST, measure_host_target, profile_networks, write_csv
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    for name in names:
+        _load_model(name)  # unknown names exit 2 before any timing
+    target = catalogue().add_target(measure_host_target())
+    rows = profile_networks(names, plans, repeats=repeats)
+    path = write_csv(
+        rows, out or data_dir() / "measurements" / f"{HOST}-{int(__import__('time').time())}.csv"
+    )
+    try:
+        report = fit(target.name, path)
+    except LatencyModelError as exc:
+        _fail(str(exc))
+    report["measurements"] = str(path)
+    if json_output:
+        _print_json(report)
+        return
+    typer.echo(
+        f"host-cpu: {target.peak_macs_per_s[32] / 1e9:.1f} G MAC/s fp32 (1 thread), "
+        f"{target.memory_bandwidth_gb_s:.1f} GB/s; {len(rows)} networks timed → {path}"
+    )
+    for line in _report_lines(report):
+        typer.echo(line)
+
+
 def main() -> None:
     """Entry point of the ``hwsearch`` script."""
     try:
