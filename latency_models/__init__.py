@@ -9,6 +9,7 @@ are the next step of the latency-model issue.
 
 from __future__ import annotations
 
+from ._batch import BatchPredictor
 from ._catalogue import Catalogue
 from ._errors import LatencyModelError
 from ._family import (
@@ -54,6 +55,7 @@ __all__ = [
     "ANALYTIC",
     "FAMILIES",
     "FEATURE_NAMES",
+    "BatchPredictor",
     "BoostedResidual",
     "CalibratedPrior",
     "Catalogue",

@@ -259,3 +259,16 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("{oops")
     with pytest.raises(LatencyModelError, match="valid JSON"):
         load_target_file(bad)
+
+
+@pytest.mark.parametrize("target_name", list_targets())
+def test_batch_prediction_equals_per_plan_prediction(target_name: str) -> None:
+    from latency_models import BatchPredictor
+
+    target = get_target(target_name)
+    rng = np.random.default_rng(3)
+    plans = [Plan()] + [SPACE.sample(rng) for _ in range(60)]
+    encoded = np.stack([SPACE.encode(p) for p in plans])
+    batch = BatchPredictor(target, SPACE).latency_ms(encoded)
+    single = np.array([predict(target, LAYERS, p).latency_ms for p in plans])
+    np.testing.assert_allclose(batch, single, rtol=1e-12)
