@@ -18,5 +18,7 @@ def _torch_threads() -> None:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
         return
-    # Two cores in CI; more threads than cores makes tiny kernels dramatically slower.
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # One thread: on a 2-core machine shared with anything else, torch's thread pool
+    # oversubscribes and small kernels run up to 100× slower (seen here); one thread is
+    # steady, and the models in the suite are small.
+    torch.set_num_threads(1)
