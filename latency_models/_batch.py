@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from search_spaces import KNOBS, LayerKind, Space
+from search_spaces import GEMM_KINDS, KNOBS, LayerKind, Space
 
 from ._family import create_family
 from ._gemm import Gemms
@@ -107,12 +107,7 @@ class BatchPredictor:
                 inb[:, i, 1], outb[:, i, 1] = act + n * n * h * 4.0, act
                 valid[:, i, :] = True
                 continue
-            if layer.kind not in (
-                LayerKind.LINEAR,
-                LayerKind.CONV2D,
-                LayerKind.DEPTHWISE_CONV2D,
-                LayerKind.GROUPED_CONV2D,
-            ):
+            if layer.kind not in GEMM_KINDS:
                 continue
             c_out = _kept(float(layer.out_channels), keep_out[:, i])
             c_in = _kept(float(layer.in_channels), keep_in[:, i])

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from ._cost import LayerCost, PlanCost, layer_costs, plan_cost
 from ._errors import SpaceError
-from ._layer import LayerKind, LayerSpec, kept_channels, round_rank, tokens_after_pruning
+from ._layer import GEMM_KINDS, LayerKind, LayerSpec, kept_channels, round_rank, tokens_after_pruning
 from ._plan import ALLOWED_BITS, Choice, Plan
 from ._space import KNOBS, LayerKnobs, Space
 
 __all__ = [
     "ALLOWED_BITS",
+    "GEMM_KINDS",
     "KNOBS",
     "Choice",
     "LayerCost",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ._layer import LayerKind, LayerSpec, kept_channels, tokens_after_pruning
+from ._layer import GEMM_KINDS, LayerKind, LayerSpec, kept_channels, tokens_after_pruning
 from ._plan import Choice, Plan
 
 
@@ -86,12 +86,7 @@ def layer_costs(layers: Iterable[LayerSpec], plan: Plan) -> list[LayerCost]:
                 )
             )
             continue
-        if layer.kind not in (
-            LayerKind.LINEAR,
-            LayerKind.CONV2D,
-            LayerKind.DEPTHWISE_CONV2D,
-            LayerKind.GROUPED_CONV2D,
-        ):
+        if layer.kind not in GEMM_KINDS:
             continue
         c_out = channels(layer.out_channels, layer.group)
         c_in = channels(layer.in_channels, layer.in_group)

@@ -22,6 +22,12 @@ class LayerKind(StrEnum):
     ELEMENTWISE = "elementwise"
 
 
+#: Kinds computed as (grouped) matrix multiplications: they take ranks, pruning and bits.
+GEMM_KINDS: frozenset[LayerKind] = frozenset(
+    {LayerKind.LINEAR, LayerKind.CONV2D, LayerKind.DEPTHWISE_CONV2D, LayerKind.GROUPED_CONV2D}
+)
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """One layer of a model, with the shapes it had in a traced forward pass (batch 1).

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import SpaceError
-from ._layer import LayerKind, LayerSpec
+from ._layer import GEMM_KINDS, LayerKind, LayerSpec
 
 #: Bit widths a weight or activation may be stored at. 32 = float32 (no quantization),
 #: 16 = float16 round trip, 2..8 = integer fake-quant.
@@ -188,12 +188,7 @@ class Plan:
 
 
 def _quantizable(layer: LayerSpec) -> bool:
-    return layer.kind in (
-        LayerKind.LINEAR,
-        LayerKind.CONV2D,
-        LayerKind.DEPTHWISE_CONV2D,
-        LayerKind.GROUPED_CONV2D,
-    )
+    return layer.kind in GEMM_KINDS
 
 
 def _short_list(names: Iterable[str], most: int = 12) -> str:

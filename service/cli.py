@@ -402,6 +402,14 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _emit_report(report: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        _print_json(report)
+        return
+    for line in _report_lines(report):
+        typer.echo(line)
+
+
 @latency_app.command("fit")
 def latency_fit(
     target: Annotated[str, typer.Option(help="Target to calibrate (created when --family is given).")],
@@ -425,11 +433,7 @@ def latency_fit(
         )
     except LatencyModelError as exc:
         _fail(str(exc))
-    if json_output:
-        _print_json(report)
-        return
-    for line in _report_lines(report):
-        typer.echo(line)
+    _emit_report(report, json_output)
 
 
 @latency_app.command("validate")
@@ -450,11 +454,7 @@ def latency_validate(
         report = validate(target, measurements, budget_ms=budget_ms)
     except LatencyModelError as exc:
         _fail(str(exc))
-    if json_output:
-        _print_json(report)
-        return
-    for line in _report_lines(report):
-        typer.echo(line)
+    _emit_report(report, json_output)
 
 
 @latency_app.command("profile-host")
@@ -488,15 +488,12 @@ def latency_profile_host(
     except LatencyModelError as exc:
         _fail(str(exc))
     report["measurements"] = str(path)
-    if json_output:
-        _print_json(report)
-        return
-    typer.echo(
-        f"host-cpu: {target.peak_macs_per_s[32] / 1e9:.1f} G MAC/s fp32 (1 thread), "
-        f"{target.memory_bandwidth_gb_s:.1f} GB/s; {len(rows)} networks timed → {path}"
-    )
-    for line in _report_lines(report):
-        typer.echo(line)
+    if not json_output:
+        typer.echo(
+            f"host-cpu: {target.peak_macs_per_s[32] / 1e9:.1f} G MAC/s fp32 (1 thread), "
+            f"{target.memory_bandwidth_gb_s:.1f} GB/s; {len(rows)} networks timed → {path}"
+        )
+    _emit_report(report, json_output)
 
 
 def main() -> None:
