@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from inventories import LAYERS
 
 from latency_models import (
     FEATURE_NAMES,
@@ -17,47 +18,7 @@ from latency_models import (
     load_predictor,
     network_features,
 )
-from search_spaces import Choice, LayerKind, LayerSpec, Plan, Space
-
-LAYERS = (
-    LayerSpec(
-        "c1",
-        LayerKind.CONV2D,
-        3,
-        32,
-        (3, 3),
-        input_hw=(32, 32),
-        output_hw=(32, 32),
-        group="c1",
-        prunable=True,
-        decomposable=True,
-    ),
-    LayerSpec(
-        "c2",
-        LayerKind.CONV2D,
-        32,
-        64,
-        (3, 3),
-        input_hw=(32, 32),
-        output_hw=(32, 32),
-        group="c2",
-        in_group="c1",
-        prunable=True,
-        decomposable=True,
-    ),
-    LayerSpec(
-        "pw",
-        LayerKind.CONV2D,
-        64,
-        64,
-        (1, 1),
-        input_hw=(32, 32),
-        output_hw=(32, 32),
-        in_group="c2",
-        decomposable=True,
-    ),
-    LayerSpec("fc", LayerKind.LINEAR, 64, 10, decomposable=True),
-)
+from search_spaces import Choice, Plan, Space
 
 
 def _table(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -98,9 +59,9 @@ def test_contract_fit_predict_round_trip(kind: str, n_train: int, tmp_path: Path
 def test_network_features_follow_the_plan() -> None:
     target = get_target("raspi4")
     dense = network_features(target, list(LAYERS), Plan())
-    small = network_features(target, list(LAYERS), Plan({"c2": Choice(rank=8)}))
-    i = FEATURE_NAMES.index("conv_kxk_count")
-    assert small[i] == dense[i] + 1  # a low-rank conv runs two GEMMs
+    small = network_features(target, list(LAYERS), Plan({"blk.fc1": Choice(rank=8)}))
+    i = FEATURE_NAMES.index("linear_count")
+    assert small[i] == dense[i] + 1  # a low-rank layer runs two GEMMs
     assert small[FEATURE_NAMES.index("total_macs")] < dense[FEATURE_NAMES.index("total_macs")]
     batch = network_features(target, list(LAYERS), Plan(), batch=8)
     assert batch[FEATURE_NAMES.index("total_macs")] == 8 * dense[FEATURE_NAMES.index("total_macs")]
