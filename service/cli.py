@@ -402,6 +402,9 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+BudgetOption = Annotated[float | None, typer.Option(help="Latency budget for the false-feasible rate.")]
+
+
 def _emit_report(report: dict[str, Any], json_output: bool) -> None:
     if json_output:
         _print_json(report)
@@ -417,9 +420,7 @@ def latency_fit(
     family: Annotated[str | None, typer.Option(help="gpu, cpu, mobile or fpga: create the target.")] = None,
     kind: Annotated[str, typer.Option(help="Predictor kind.")] = "boosted-residual",
     test_fraction: Annotated[float, typer.Option(help="Share of rows held out for the report.")] = 0.2,
-    budget_ms: Annotated[
-        float | None, typer.Option(help="Latency budget for the false-feasible rate.")
-    ] = None,
+    budget_ms: BudgetOption = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Fit a new predictor version for TARGET from measurements and print its validation report."""
@@ -440,9 +441,7 @@ def latency_fit(
 def latency_validate(
     target: Annotated[str, typer.Option(help="Target whose active predictor is scored.")],
     measurements: Annotated[Path, typer.Option(help="Per-network measurements CSV.")],
-    budget_ms: Annotated[
-        float | None, typer.Option(help="Latency budget for the false-feasible rate.")
-    ] = None,
+    budget_ms: BudgetOption = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Score TARGET's active predictor on measurements: MAPE, ±5/±10%, Spearman, Kendall."""
