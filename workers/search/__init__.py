@@ -1,0 +1,41 @@
+"""Multi-objective search on Ray: JobSpec, strategies, Pareto fronts and hypervolume.
+
+``run_search(spec, sink)`` evaluates plans of a zoo model for quality on Ray evaluator actors
+and predicts their costs on every target; strategies are registered by name
+(``list_strategies()``: random, uniform, nsga2, tpe, guided); the front and hypervolume come
+from moocore on normalised objectives with a reference point fixed by the problem.
+"""
+
+from __future__ import annotations
+
+from ._pareto import front_mask, hypervolume
+from ._problem import Coster, Problem, SearchError
+from ._runner import SearchResult, ensure_ray, measure_on_host, run_search
+from ._spec import Budget, Constraint, JobSpec, SpaceSpec
+from ._strategy import Observation, Strategy, create_strategy, list_strategies, register_strategy
+from ._trial import JsonlSink, MemorySink, Sink, Trial
+
+__all__ = [
+    "Budget",
+    "Constraint",
+    "Coster",
+    "JobSpec",
+    "JsonlSink",
+    "MemorySink",
+    "Observation",
+    "Problem",
+    "SearchError",
+    "SearchResult",
+    "Sink",
+    "SpaceSpec",
+    "Strategy",
+    "Trial",
+    "create_strategy",
+    "ensure_ray",
+    "front_mask",
+    "hypervolume",
+    "list_strategies",
+    "measure_on_host",
+    "register_strategy",
+    "run_search",
+]

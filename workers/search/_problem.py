@@ -1,0 +1,248 @@
+"""A search problem: the model, its space, the targets' cost models, objectives and constraints.
+
+Built once per job on the driver. Costs are predicted here (cheap); quality is evaluated by
+Ray workers (``_runner``). Objectives are normalised and minimised: ``-quality / q_ref`` and
+``cost / cost of the uncompressed model`` per target, so the hypervolume reference point is a
+property of the problem (the uncompressed model's cost, the quality floor), never of the trials.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from latency_models import BatchPredictor, LatencyModelError, Target, network_features, predict
+from search_spaces import LayerSpec, Plan, Space, SpaceError, plan_cost
+
+from ._spec import JobSpec
+
+Array = npt.NDArray[np.float64]
+
+#: Relative latency uncertainty assumed for an uncalibrated analytic prior when screening
+#: near a budget (the prior's median error on the NB201 devices was far larger; this only
+#: sets how cautious screening is, and every stored trial carries the real provenance).
+PRIOR_RELATIVE_SIGMA = 0.15
+
+
+class SearchError(ValueError):
+    """A search that cannot run: names the JobSpec field, the value and the fix."""
+
+    def __init__(self, field: str, value: Any, fix: str) -> None:
+        super().__init__(f"{field}: {value!r}: {fix}")
+        self.field, self.value, self.fix = field, value, fix
+
+
+class Coster:
+    """Predicted costs of plans on one target: its active learned predictor when there is one,
+    else the analytic prior (labelled as such)."""
+
+    def __init__(self, target: Target, learned: tuple[Any, dict[str, Any]] | None) -> None:
+        self.target = target
+        self.learned = learned
+        self.provenance = "analytic prior (uncalibrated)"
+        if learned is not None:
+            report = learned[1]
+            mape = report.get("mape")
+            self.provenance = f"learned (fitted on {report.get('n_fit')} measurements" + (
+                f", validation MAPE {100 * mape:.1f}%)" if mape is not None else ")"
+            )
+
+    def cost(self, layers: list[LayerSpec], plan: Plan) -> dict[str, Any]:
+        p = predict(self.target, layers, plan)
+        out: dict[str, Any] = {
+            "latency_ms": p.latency_ms,
+            "provenance": self.provenance,
+            "weight_bytes": p.weight_bytes,
+            "macs": p.macs,
+        }
+        if self.learned is not None:
+            mid, lo, hi = self.learned[0].predict(network_features(self.target, layers, plan)[None, :])
+            out.update(latency_ms=float(mid[0]), latency_low_ms=float(lo[0]), latency_high_ms=float(hi[0]))
+        if self.target.power_w is not None:
+            out["energy_mj"] = self.target.power_w * out["latency_ms"]
+        if p.dsp is not None:
+            out.update(dsp=p.dsp, lut=p.lut, bram36=p.bram36, fits_board=p.feasible)
+        return out
+
+
+@dataclass
+class Problem:
+    """Everything a strategy may know about the job (no torch objects here except in ``model``)."""
+
+    spec: JobSpec
+    layers: list[LayerSpec]
+    space: Space
+    costers: list[Coster]
+    quality_metric: str
+    reference_costs: list[dict[str, Any]]
+    reference_quality: float | None = None
+    #: The torch model and its example input (for strategies that probe weights, e.g. guided).
+    model: Any = None
+    example_input: Any = None
+    ignore: tuple[str, ...] = ()
+    _batch: list[BatchPredictor] = field(default_factory=list, repr=False)
+    _scale: list[float] = field(default_factory=list, repr=False)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def build(cls, spec: JobSpec) -> Problem:
+        from kernels import trace
+        from workers.calibration import catalogue
+        from workers.zoo import ZooError, create_model
+
+        try:
+            entry = create_model(spec.model)
+        except ZooError as exc:
+            raise SearchError("model", spec.model, str(exc)) from None
+        if spec.quality_examples is not None and not hasattr(entry, "n_calibration_images"):
+            raise SearchError(
+                "quality_examples",
+                spec.quality_examples,
+                f"model {spec.model!r} evaluates on a fixed set; leave quality_examples unset",
+            )
+        cat = catalogue()
+        costers = []
+        for i, name in enumerate(spec.targets):
+            try:
+                costers.append(Coster(cat.target(name), cat.predictor(name)))
+            except LatencyModelError as exc:
+                raise SearchError(f"targets[{i}]", name, str(exc)) from None
+        net = entry.build()
+        x = entry.example_input()
+        ignore = tuple(entry.ignore_layers(net))
+        layers = trace(net, x, ignore=ignore)
+        try:
+            space = Space.build(layers, **spec.space.build_kwargs())
+        except SpaceError as exc:
+            raise SearchError("space", spec.space.model_dump(exclude_defaults=True), str(exc)) from None
+        if not space.knobs:
+            raise SearchError(
+                "space",
+                spec.space.model_dump(exclude_defaults=True),
+                "no layer of the model offers these knobs",
+            )
+        identity = Plan()
+        problem = cls(
+            spec=spec,
+            layers=layers,
+            space=space,
+            costers=costers,
+            quality_metric=entry.metric,
+            reference_costs=[c.cost(layers, identity) for c in costers],
+            model=net,
+            example_input=x,
+            ignore=ignore,
+        )
+        return problem
+
+    # ---- objectives ---------------------------------------------------------------------
+    @property
+    def cost_objectives(self) -> list[tuple[str, int]]:
+        """(metric, target index) of every cost objective, in objective order."""
+        out: list[tuple[str, int]] = []
+        for metric in self.spec.objectives:
+            if metric == "quality":
+                continue
+            if metric == "weight_bytes":
+                out.append((metric, 0))  # the same on every target
+            else:
+                out.extend((metric, i) for i in range(len(self.costers)))
+        return out
+
+    @property
+    def objective_names(self) -> list[str]:
+        names = ["quality"]
+        for metric, i in self.cost_objectives:
+            names.append(metric if metric == "weight_bytes" else f"{metric}@{self.costers[i].target.name}")
+        return names
+
+    def reference_point(self) -> list[float]:
+        """Normalised, minimised: (-quality floor / q_ref, 1, 1, ...): the uncompressed model's cost."""
+        floor = self.spec.quality_floor
+        q_ref = self.reference_quality or 1.0
+        q = 0.0 if floor is None else floor / q_ref
+        return [-q] + [1.0] * len(self.cost_objectives)
+
+    def objectives(self, quality: float, costs: dict[str, dict[str, Any]]) -> list[float]:
+        q_ref = self.reference_quality or 1.0
+        out = [-quality / q_ref]
+        for metric, i in self.cost_objectives:
+            name = self.costers[i].target.name
+            ref = self.reference_costs[i].get(metric) or 1.0
+            value = costs[name].get(metric)
+            out.append(math.inf if value is None else float(value) / float(ref))
+        return out
+
+    # ---- costs and constraints ----------------------------------------------------------
+    def costs(self, plan: Plan) -> dict[str, dict[str, Any]]:
+        return {c.target.name: c.cost(self.layers, plan) for c in self.costers}
+
+    def violations(self, quality: float | None, costs: dict[str, dict[str, Any]]) -> list[str]:
+        """Hard constraints the trial breaks (FPGA designs must also fit their board)."""
+        out = []
+        for name, cost in costs.items():
+            if cost.get("fits_board") is False:
+                out.append(
+                    f"design does not fit {name} "
+                    f"(dsp {cost['dsp']}, lut {cost['lut']}, bram36 {cost['bram36']})"
+                )
+        for c in self.spec.constraints:
+            if c.metric == "quality":
+                if quality is not None and quality < c.value:
+                    out.append(f"quality {quality:.4g} < {c.value:g}")
+                continue
+            for name, cost in costs.items():
+                if c.target not in (None, name) or cost.get(c.metric) is None:
+                    continue
+                if float(cost[c.metric]) > c.value:
+                    out.append(f"{c.metric}@{name} {float(cost[c.metric]):.4g} > {c.value:g}")
+        return out
+
+    # ---- vectorised screening (no torch, no per-plan loops) ------------------------------
+    def screen_latency_ms(self, encoded: npt.NDArray[np.int64]) -> Array:
+        """Predicted latency (ms) of encoded plans on every target, shape (n, n_targets).
+
+        The batch path tabulates the analytic prior per layer; where a target has a learned
+        predictor, the prior is scaled by learned / prior on the uncompressed model, so the
+        screen matches the stored costs at the reference and ranks plans by the prior.
+        """
+        if not self._batch:
+            identity = Plan()
+            for c in self.costers:
+                self._batch.append(BatchPredictor(c.target, self.space))
+                prior = predict(c.target, self.layers, identity).latency_ms
+                self._scale.append(self.reference_costs[len(self._scale)]["latency_ms"] / prior)
+        return np.stack(
+            [b.latency_ms(encoded) * s for b, s in zip(self._batch, self._scale, strict=True)], axis=1
+        )
+
+    def latency_sigma(self, i: int) -> float:
+        """Relative uncertainty of target i's latency, for screening near a budget."""
+        c = self.costers[i]
+        if c.learned is None:
+            return PRIOR_RELATIVE_SIGMA
+        ref = self.reference_costs[i]
+        lo, hi = ref.get("latency_low_ms"), ref.get("latency_high_ms")
+        if lo is None or hi is None or ref["latency_ms"] <= 0:
+            return PRIOR_RELATIVE_SIGMA
+        # An 80% interval spans about ±1.28 sigma.
+        return float((hi - lo) / (2 * 1.28 * ref["latency_ms"]))
+
+    def latency_budgets_ms(self) -> list[float | None]:
+        """The tightest latency ceiling per target (None: unconstrained)."""
+        out: list[float | None] = []
+        for c in self.costers:
+            ceilings = [
+                k.value
+                for k in self.spec.constraints
+                if k.metric == "latency_ms" and k.target in (None, c.target.name)
+            ]
+            out.append(min(ceilings) if ceilings else None)
+        return out
+
+    def plan_weight_bytes(self, plan: Plan) -> int:
+        return plan_cost(self.layers, plan).weight_bytes

@@ -1,0 +1,378 @@
+"""``run_search``: one job on Ray. Quality is evaluated by long-lived evaluator actors (each
+holds the built model and its data, and evaluates several plans per task); costs are
+predicted in the driver, never on Ray.
+
+Numbering and idempotency: trial numbers are 0, 1, 2, ... per job; trial 0 is always the
+uncompressed model (it fixes the reference quality). On resume the stored trials are told to
+the strategy (warm start), count against the budget, and numbering continues after the
+highest stored number, so no number is used twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from search_spaces import Plan
+
+from ._pareto import front_mask, hypervolume
+from ._problem import Problem
+from ._spec import JobSpec
+from ._strategy import Observation, create_strategy
+from ._trial import Sink, Trial
+
+HOST_TARGET = "host-cpu"
+#: Asks in a row that bring nothing new before a strategy counts as exhausted.
+_MAX_IDLE_ASKS = 25
+
+
+@dataclass
+class SearchResult:
+    job_id: str
+    status: str
+    trials: list[Trial]
+    front: list[Trial]
+    hypervolume: float
+    reference_point: list[float]
+    objective_names: list[str]
+    history: list[tuple[int, float]] = field(default_factory=list)
+    error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "front": [_front_row(t) for t in self.front],
+            "hypervolume": self.hypervolume,
+            "trials": len(self.trials),
+            "reference_point": self.reference_point,
+            "objectives": self.objective_names,
+            "error": self.error,
+        }
+
+
+def _front_row(t: Trial) -> dict[str, Any]:
+    row: dict[str, Any] = {"number": t.number, "quality": t.quality}
+    for name, cost in t.costs.items():
+        row[f"latency_ms@{name}"] = cost["latency_ms"]
+    if t.measured:
+        row["measured_latency_ms"] = t.measured.get("latency_ms")
+    row["plan"] = t.plan
+    return row
+
+
+# ---------------------------------------------------------------------------------- Ray side
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to RAY_ADDRESS (or ``address``), or start an embedded local Ray once."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # Embedded: no dashboard, nothing on Redis's 6379 (ray.init picks free ports).
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+class Evaluator:
+    """Holds one built zoo model and evaluates plans on it (runs inside a Ray actor)."""
+
+    def __init__(self, model_id: str, quality_examples: int | None) -> None:
+        import torch
+
+        from workers.zoo import create_model
+
+        torch.set_num_threads(1)
+        self.entry = create_model(model_id)
+        if quality_examples is not None:
+            self.entry.n_calibration_images = quality_examples  # type: ignore[attr-defined]
+        self.net = self.entry.build()
+        self.x = self.entry.example_input()
+        self.ignore = tuple(self.entry.ignore_layers(self.net))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def evaluate(self, plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from kernels import apply
+
+        out = []
+        for data in plans:
+            start = time.perf_counter()
+            try:
+                plan = Plan.from_dict(data)
+                model = apply(self.net, plan, self.x, execution="simulate", ignore=self.ignore)
+                q = self.entry.evaluate(model)
+                out.append({"quality": q.value, "metric": q.metric, "eval_s": time.perf_counter() - start})
+            except Exception as exc:  # a failing plan is a failed trial, never a failed job
+                out.append(
+                    {
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "traceback": traceback.format_exc(limit=4),
+                        "eval_s": time.perf_counter() - start,
+                    }
+                )
+        return out
+
+
+def _actor_class() -> Any:
+    import ray
+
+    # A dead worker's actor restarts (rebuilding the model) and Ray retries its tasks.
+    return ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(Evaluator)
+
+
+# ---------------------------------------------------------------------------------- driver
+def run_search(
+    spec: JobSpec,
+    sink: Sink,
+    *,
+    job_id: str | None = None,
+    resume: Iterable[Trial] = (),
+    cancel: threading.Event | None = None,
+    problem: Problem | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    measure_front: bool = True,
+) -> SearchResult:
+    """Run (or resume) one search to its budget; every trial goes to ``sink`` as it finishes."""
+    import ray
+
+    job_id = job_id or uuid.uuid4().hex[:12]
+    cancel = cancel or threading.Event()
+    start = time.monotonic()
+    problem = problem or Problem.build(spec)
+    trials: dict[int, Trial] = {t.number: t for t in resume if t.job_id == job_id}
+    budget = spec.budget.evaluations or 10**9
+    deadline = start + spec.budget.wall_time_s if spec.budget.wall_time_s else float("inf")
+    history: list[tuple[int, float]] = []
+
+    def status(state: str, **extra: Any) -> None:
+        progress = {
+            "evaluations": len(trials),
+            "budget": spec.budget.evaluations,
+            "elapsed_s": round(time.monotonic() - start, 3),
+            **extra,
+        }
+        sink.on_status(job_id, state, progress)
+        if on_progress is not None:
+            on_progress({"status": state, **progress})
+
+    ensure_ray()
+    cls = _actor_class()
+    n_workers = max(1, min(spec.concurrency, int(ray.cluster_resources().get("CPU", 1)), budget))
+    actors = [cls.remote(spec.model, spec.quality_examples) for _ in range(n_workers)]
+    try:
+        pids = ray.get([a.pid.remote() for a in actors])
+        status("running", workers=n_workers, worker_pids=pids)
+
+        def record(
+            number: int, plan: Plan, result: dict[str, Any], costs: dict[str, Any], predict_s: float
+        ) -> Trial:
+            quality = result.get("quality")
+            if quality is not None and number == 0:
+                problem.reference_quality = float(quality)
+            violations = problem.violations(quality, costs) if quality is not None else []
+            trial = Trial(
+                job_id=job_id,
+                number=number,
+                plan=plan.to_dict(),
+                status="ok" if quality is not None else "failed",
+                quality=quality,
+                quality_metric=problem.quality_metric,
+                costs=costs,
+                feasible=quality is not None and not violations,
+                violations=violations,
+                error=result.get("error"),
+                eval_s=float(result.get("eval_s", 0.0)),
+                predict_s=predict_s,
+                strategy=spec.strategy,
+            )
+            trials[number] = trial
+            sink.on_trial(trial)
+            return trial
+
+        def observation(trial: Trial) -> Observation:
+            plan = Plan.from_dict(trial.plan)
+            if trial.quality is None:
+                return Observation(plan, None, False, None)
+            objectives = tuple(problem.objectives(trial.quality, trial.costs))
+            return Observation(plan, objectives, trial.feasible, trial.quality)
+
+        def predicted(plan: Plan) -> tuple[dict[str, Any], float]:
+            t0 = time.perf_counter()
+            costs = problem.costs(plan)
+            return costs, time.perf_counter() - t0
+
+        # Trial 0: the uncompressed model fixes the reference quality (part of the problem).
+        if 0 not in trials:
+            identity = Plan()
+            costs, predict_s = predicted(identity)
+            result = ray.get(actors[0].evaluate.remote([identity.to_dict()]))[0]
+            record(0, identity, result, costs, predict_s)
+        elif trials[0].quality is not None:
+            problem.reference_quality = float(trials[0].quality)
+        if trials[0].quality is None:
+            raise RuntimeError(f"the uncompressed model failed to evaluate: {trials[0].error}")
+
+        strategy = create_strategy(spec.strategy, problem, spec.seed)
+        cache: dict[Plan, Trial] = {}
+        for t in sorted(trials.values(), key=lambda t: t.number):
+            with contextlib.suppress(ValueError):
+                cache.setdefault(Plan.from_dict(t.plan), t)
+        strategy.tell([observation(t) for t in sorted(trials.values(), key=lambda t: t.number)])
+        history.append((len(trials), _hypervolume(problem, trials.values())))
+
+        next_number = max(trials) + 1
+        in_flight: dict[Any, tuple[Any, list[tuple[int, Plan, dict[str, Any], float]]]] = {}
+        idle_asks = 0
+        exhausted = False
+        while not cancel.is_set():
+            pending = sum(len(v[1]) for v in in_flight.values())
+            room = budget - len(trials) - pending
+            free = [a for a in actors if all(a is not v[0] for v in in_flight.values())]
+            while free and room > 0 and not exhausted and time.monotonic() < deadline and not cancel.is_set():
+                asked = strategy.ask(min(spec.plans_per_task, room))
+                fresh: list[Plan] = []
+                repeats: list[Observation] = []
+                for plan in asked:
+                    if plan in cache:
+                        repeats.append(observation(cache[plan]))
+                    elif plan not in fresh:
+                        fresh.append(plan)
+                if repeats:
+                    strategy.tell(repeats)
+                if not fresh:
+                    idle_asks += 1
+                    exhausted = not asked or idle_asks >= _MAX_IDLE_ASKS
+                    continue
+                idle_asks = 0
+                batch = []
+                for plan in fresh:
+                    try:
+                        problem.space.validate_plan(plan)
+                        costs, predict_s = predicted(plan)
+                    except Exception as exc:  # a plan the cost model rejects fails as a trial
+                        trial = record(next_number, plan, {"error": f"{type(exc).__name__}: {exc}"}, {}, 0.0)
+                        cache[plan] = trial
+                        strategy.tell([observation(trial)])
+                        next_number += 1
+                        room -= 1
+                        continue
+                    batch.append((next_number, plan, costs, predict_s))
+                    next_number += 1
+                if batch:
+                    actor = free.pop()
+                    ref = actor.evaluate.remote([p.to_dict() for _, p, _, _ in batch])
+                    in_flight[ref] = (actor, batch)
+                    room -= len(batch)
+            if not in_flight:
+                break
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.2)
+            for ref in done:
+                actor, batch = in_flight.pop(ref)
+                try:
+                    results = ray.get(ref)
+                except Exception as exc:  # the actor died beyond its retries: fail the batch, replace it
+                    results = [{"error": f"worker lost: {type(exc).__name__}: {exc}"} for _ in batch]
+                    actors[actors.index(actor)] = cls.remote(spec.model, spec.quality_examples)
+                new = []
+                for (number, plan, costs, predict_s), result in zip(batch, results, strict=True):
+                    trial = record(number, plan, result, costs, predict_s)
+                    cache[plan] = trial
+                    new.append(observation(trial))
+                strategy.tell(new)
+                hv = _hypervolume(problem, trials.values())
+                history.append((len(trials), hv))
+                status("running", hypervolume=hv, workers=len(actors))
+            if time.monotonic() >= deadline and not in_flight:
+                break
+        cancelled = cancel.is_set()
+    finally:
+        for a in actors:
+            ray.kill(a, no_restart=True)
+
+    result = _result(job_id, problem, trials, history, "cancelled" if cancelled else "succeeded")
+    if not cancelled and measure_front and HOST_TARGET in spec.targets:
+        for number, measured in measure_on_host(problem, result.front):
+            sink.on_measurement(job_id, number, measured)
+            trials[number] = _with_measured(trials[number], measured)
+        result = _result(job_id, problem, trials, history, result.status)
+    status(result.status, hypervolume=result.hypervolume, front_size=len(result.front))
+    return result
+
+
+def _with_measured(trial: Trial, measured: dict[str, Any]) -> Trial:
+    from dataclasses import replace
+
+    return replace(trial, measured=measured)
+
+
+def _feasible(problem: Problem, trials: Iterable[Trial]) -> tuple[list[Trial], list[list[float]]]:
+    ok = [t for t in trials if t.feasible and t.quality is not None]
+    return ok, [problem.objectives(t.quality, t.costs) for t in ok]  # type: ignore[arg-type]
+
+
+def _hypervolume(problem: Problem, trials: Iterable[Trial]) -> float:
+    _, points = _feasible(problem, trials)
+    return hypervolume(points, problem.reference_point()) if points else 0.0
+
+
+def _result(
+    job_id: str, problem: Problem, trials: dict[int, Trial], history: list[tuple[int, float]], status: str
+) -> SearchResult:
+    ok, points = _feasible(problem, trials.values())
+    mask = list(front_mask(points)) if points else []
+    front = sorted((t for t, m in zip(ok, mask, strict=True) if m), key=lambda t: -(t.quality or 0.0))
+    return SearchResult(
+        job_id=job_id,
+        status=status,
+        trials=sorted(trials.values(), key=lambda t: t.number),
+        front=front,
+        hypervolume=hypervolume(points, problem.reference_point()) if points else 0.0,
+        reference_point=problem.reference_point(),
+        objective_names=problem.objective_names,
+        history=history,
+    )
+
+
+def measure_on_host(
+    problem: Problem, front: Sequence[Trial], repeats: int = 12
+) -> list[tuple[int, dict[str, Any]]]:
+    """Time each front plan for real on this CPU (int8 execution, interleaved with the
+    uncompressed model) and compare with the host-cpu prediction."""
+    from kernels import apply, time_model
+
+    out = []
+    for trial in front:
+        plan = Plan.from_dict(trial.plan)
+        deployed = apply(problem.model, plan, problem.example_input, execution="int8", ignore=problem.ignore)
+        timing = time_model(
+            deployed, problem.example_input, reference=problem.model, repeats=repeats, warmup=2, threads=1
+        )
+        predicted_ms = float(trial.costs[HOST_TARGET]["latency_ms"])
+        out.append(
+            (
+                trial.number,
+                {
+                    "latency_ms": timing.median_ms,
+                    "reference_ms": timing.reference_median_ms,
+                    "speedup": timing.speedup,
+                    "predicted_ms": predicted_ms,
+                    "relative_error": (predicted_ms - timing.median_ms) / timing.median_ms,
+                    "how": (
+                        f"kernels.time_model, int8 execution, 1 thread, "
+                        f"median of {repeats} interleaved rounds"
+                    ),
+                },
+            )
+        )
+    return out

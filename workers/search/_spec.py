@@ -1,0 +1,166 @@
+"""JobSpec: what one search is, as validated JSON (pydantic).
+
+A spec names a zoo model, a search space, one or more targets, the objectives, hard
+constraints, a strategy and a budget. Validation errors name the field (pydantic's ``loc``),
+the value and what is allowed; nothing here imports torch, so the service can validate a
+spec without loading a model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+COST_METRICS = ("latency_ms", "weight_bytes", "energy_mj", "dsp", "lut", "bram36")
+OBJECTIVES = ("quality", "latency_ms", "weight_bytes", "energy_mj")
+_CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(?:@\s*([A-Za-z0-9_.\-]+)\s*)?(<=|>=)\s*([-+0-9.eE]+)\s*$")
+
+
+class SpaceSpec(BaseModel):
+    """Knob values offered on every layer that supports them (``search_spaces.Space.build``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rank_fractions: list[Annotated[float, Field(gt=0, le=1)]] = []
+    keep: list[Annotated[float, Field(gt=0, le=1)]] = []
+    wbits: list[Literal[2, 3, 4, 5, 6, 8, 16, 32]] = []
+    abits: list[Literal[2, 3, 4, 5, 6, 8, 16, 32]] = []
+    token_keep: list[Annotated[float, Field(gt=0, le=1)]] = []
+    include: list[str] = []
+    exclude: list[str] = []
+    rank_multiple: int = Field(8, ge=1, le=256)
+    channel_multiple: int = Field(8, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SpaceSpec:
+        if not any((self.rank_fractions, self.keep, self.wbits, self.abits, self.token_keep)):
+            raise ValueError(
+                "the space offers no knob: set at least one of rank_fractions, keep, wbits, abits, token_keep"
+            )
+        return self
+
+    def build_kwargs(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class Constraint(BaseModel):
+    """A hard constraint ``metric op value``; cost metrics apply per target (all when ``target`` is None)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: Literal["quality", "latency_ms", "weight_bytes", "energy_mj", "dsp", "lut", "bram36"]
+    op: Literal["<=", ">="]
+    value: float
+    target: str | None = None
+
+    @model_validator(mode="after")
+    def _direction(self) -> Constraint:
+        if self.metric == "quality" and self.op != ">=":
+            raise ValueError(f"a quality constraint must be a floor (quality>=X), but got op={self.op!r}")
+        if self.metric != "quality" and self.op != "<=":
+            raise ValueError(
+                f"a cost constraint must be a ceiling ({self.metric}<=X), but got op={self.op!r}"
+            )
+        if self.metric == "quality" and self.target is not None:
+            raise ValueError("a quality constraint has no target")
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> Constraint:
+        """``latency_ms<=5``, ``latency_ms@zcu102<=5``, ``dsp<=2000``, ``quality>=0.9``."""
+        m = _CONSTRAINT.match(text)
+        if m is None:
+            raise ValueError(
+                f"constraint {text!r} is not of the form METRIC[@TARGET]<=VALUE or quality>=VALUE, "
+                f"e.g. latency_ms<=5 or dsp@zcu102<=2000"
+            )
+        metric, target, op, value = m.groups()
+        return cls.model_validate({"metric": metric, "target": target, "op": op, "value": float(value)})
+
+    def __str__(self) -> str:
+        where = f"@{self.target}" if self.target else ""
+        return f"{self.metric}{where}{self.op}{self.value:g}"
+
+
+class Budget(BaseModel):
+    """Stop after this many quality evaluations and/or this much wall time, whichever comes first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    evaluations: int | None = Field(100, ge=1, le=100_000)
+    wall_time_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.evaluations is None and self.wall_time_s is None:
+            raise ValueError("a budget needs evaluations or wall_time_s (or both)")
+        return self
+
+
+class JobSpec(BaseModel):
+    """One search. ``model`` is a zoo id (``hwsearch models``), ``targets`` are target names
+    (``hwsearch targets``), ``strategy`` a registered strategy (``hwsearch search --help``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1, max_length=400)
+    targets: list[str] = Field(min_length=1, max_length=8)
+    space: SpaceSpec
+    objectives: list[Literal["quality", "latency_ms", "weight_bytes", "energy_mj"]] = [
+        "quality",
+        "latency_ms",
+    ]
+    constraints: list[Constraint] = []
+    strategy: str = "guided"
+    budget: Budget = Budget(evaluations=100, wall_time_s=None)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    concurrency: int = Field(2, ge=1, le=64)
+    plans_per_task: int = Field(4, ge=1, le=64)
+    quality_examples: int | None = Field(None, ge=8, le=100_000)
+
+    @field_validator("constraints", mode="before")
+    @classmethod
+    def _parse_constraints(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [Constraint.parse(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"targets must be distinct, but got {value}")
+        return value
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value: list[str]) -> list[str]:
+        if "quality" not in value:
+            raise ValueError(f"objectives must include 'quality', but got {value}")
+        if len(value) < 2:
+            raise ValueError(f"objectives need quality and at least one cost, but got {value}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"objectives must be distinct, but got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _known_names(self) -> JobSpec:
+        from ._strategy import list_strategies
+
+        if self.strategy not in list_strategies():
+            raise ValueError(
+                f"unknown strategy {self.strategy!r}; valid names: {', '.join(list_strategies())}"
+            )
+        for c in self.constraints:
+            if c.target is not None and c.target not in self.targets:
+                raise ValueError(
+                    f"constraint {c} names target {c.target!r}, which is not in targets {self.targets}"
+                )
+        return self
+
+    @property
+    def quality_floor(self) -> float | None:
+        floors = [c.value for c in self.constraints if c.metric == "quality"]
+        return max(floors) if floors else None
