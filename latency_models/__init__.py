@@ -3,8 +3,8 @@
 Today: a registry of documented targets (``targets/*.json``, or a user's JSON/YAML file),
 one analytic prior per family (roofline for GPU/CPU/mobile; an N3H-Core-style DSP + LUT
 GEMM accelerator for FPGA boards), and ``predict`` on ``search_spaces`` LayerSpecs and
-Plans, every number labelled with its provenance. Learned predictors fitted on measurements
-are the next step of the latency-model issue.
+Plans, every number labelled with its provenance; learned predictors fitted on per-network
+or per-layer measurement tables, their validation report and a versioned catalogue.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from ._family import (
     list_families,
     register_family,
 )
-from ._features import FEATURE_NAMES, network_features
+from ._features import FEATURE_NAMES, layer_features, network_features
 from ._gemm import Gemms, plan_gemms
 from ._measurements import (
     LayerMeasurement,
     MeasurementError,
     NetworkMeasurement,
+    measurement_format,
     read_layer_measurements,
     read_network_measurements,
 )
@@ -76,11 +77,13 @@ __all__ = [
     "create_family",
     "create_predictor",
     "get_target",
+    "layer_features",
     "list_families",
     "list_predictors",
     "list_targets",
     "load_predictor",
     "load_target_file",
+    "measurement_format",
     "metrics",
     "network_features",
     "plan_gemms",

@@ -5,6 +5,11 @@ matmuls) a network contributes: the number of GEMMs, their MACs, the bytes they 
 analytic prior's latency of them on the target. The prior's total is a feature too, so a
 learned model only has to learn the device's departure from the roofline/FPGA model (the
 nn-Meter decomposition: a network costs the sum of its kernels plus an overhead).
+
+A measured layer (a per-layer table row) is costed as a one-layer network in the same
+vocabulary (``layer_features``), so every feature of a network is the sum of its layers'
+features (batch aside), and a predictor that is additive in them (``Predictor.fit_layers``)
+fitted on layers predicts networks.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
-from search_spaces import LayerKind, LayerSpec, Plan
+from search_spaces import LayerKind, LayerSpec, Plan, SpaceError
 
 from ._family import create_family
 from ._gemm import Gemms, plan_gemms
+from ._measurements import LayerMeasurement, choice_error
 from ._target import Target
 
 GROUPS: tuple[str, ...] = ("conv_kxk", "conv_1x1", "depthwise", "grouped", "linear", "attention")
@@ -68,6 +74,19 @@ def network_features(
     row[tail] = sum(1 for layer in layers if layer.kind is LayerKind.POOLING)
     row[tail + 1 : tail + 5] = (macs.sum(), moved.sum(), prior.sum(), batch)
     return row
+
+
+def layer_features(target: Target, rows: Sequence[LayerMeasurement]) -> npt.NDArray[np.float64]:
+    """One row of ``FEATURE_NAMES`` per measured layer: the layer alone as a network, under a
+    one-layer plan of its Choice (batch 1). A row that does not cost names its CSV row
+    (1-based, header = row 1)."""
+    out = np.zeros((len(rows), len(FEATURE_NAMES)))
+    for i, row in enumerate(rows):
+        try:
+            out[i] = network_features(target, [row.layer], Plan({row.layer.name: row.choice}))
+        except SpaceError as exc:
+            raise choice_error(i + 2, exc) from None
+    return out
 
 
 def _batched(gemms: Gemms, batch: int) -> Gemms:
