@@ -27,6 +27,10 @@ class Predictor(abc.ABC):
 
     Contract:
     - ``fit(features, latency_ms)`` accepts as few as 3 rows and returns ``self``;
+    - ``fit_layers(features, latency_ms)`` fits on one-layer rows (``layer_features`` of a
+      per-layer table) so that the fitted model is additive: a network's prediction is the sum
+      of its layers' predictions, with no per-network constant. A kind that cannot be additive
+      keeps the default, which refuses;
     - ``predict(features)`` returns (median, low, high) in ms, an 80% interval, all positive,
       ``low <= median <= high``;
     - ``save(folder)`` writes only JSON and text (no pickle), and ``load(folder)`` of what it
@@ -37,6 +41,15 @@ class Predictor(abc.ABC):
 
     @abc.abstractmethod
     def fit(self, features: Array, latency_ms: Array) -> Predictor: ...
+
+    def fit_layers(self, features: Array, latency_ms: Array) -> Predictor:
+        """Fit on measured layers so that networks cost the sum of their layers (see the contract)."""
+        raise LatencyModelError(
+            "predictor",
+            self.kind,
+            "cannot be fitted from a per-layer table (it is not additive over layers); "
+            "use calibrated-prior or a per-network table",
+        )
 
     @abc.abstractmethod
     def predict(self, features: Array) -> tuple[Array, Array, Array]: ...
@@ -123,20 +136,23 @@ def _calibration_design(features: Array) -> Array:
 _PRIOR_COLS = [3 * g for g in range(len(GROUPS))]
 
 
-def _tied(x: Array) -> Array:
-    """The two-column design of one prior scale plus a constant."""
-    return np.stack([x[:, _PRIOR_COLS].sum(axis=1), x[:, -1]], axis=1)
+def _tied(x: Array, constant: bool = True) -> Array:
+    """The design of one prior scale plus (when ``constant``) a constant."""
+    prior = x[:, _PRIOR_COLS].sum(axis=1, keepdims=True)
+    return np.concatenate([prior, x[:, -1:]], axis=1) if constant else prior
 
 
-def _robust_fit(x: Array, y: Array) -> Array:
-    """Non-negative coefficients minimising a soft-L1 loss on log(predicted / measured)."""
+def _robust_fit(x: Array, y: Array, constant: bool = True) -> Array:
+    """Non-negative coefficients minimising a soft-L1 loss on log(predicted / measured);
+    ``constant``: the last column is the constant (it alone cannot start the fit)."""
     from scipy.optimize import least_squares
 
     scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
     xs = x / scale
     start = nnls(xs, y)[0]
-    if not np.any(start[:-1] > 0):
-        start[:-1] = float(np.median(y / np.maximum(xs[:, :-1].sum(axis=1), 1e-12)))
+    free = slice(0, x.shape[1] - 1 if constant else x.shape[1])
+    if not np.any(start[free] > 0):
+        start[free] = float(np.median(y / np.maximum(xs[:, free].sum(axis=1), 1e-12)))
     start = np.maximum(start, 1e-9)
 
     def residual(c: Array) -> Array:
@@ -148,12 +164,12 @@ def _robust_fit(x: Array, y: Array) -> Array:
     return coef
 
 
-def _loo_log_error(x: Array, y: Array) -> float:
+def _loo_log_error(x: Array, y: Array, constant: bool = True) -> float:
     """Mean absolute log error of leave-one-out fits."""
     errors = []
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
-        coef = _robust_fit(x[keep], y[keep])
+        coef = _robust_fit(x[keep], y[keep], constant)
         errors.append(abs(float(np.log(max(float(x[i] @ coef), 1e-9) / y[i]))))
     return float(np.mean(errors))
 
@@ -169,7 +185,8 @@ class CalibratedPrior(Predictor):
     fit. Non-negative coefficients keep it monotone in every feature. With few rows the
     per-kind fit is kept only when leave-one-out says it beats one scale of the prior plus a
     constant (docs/latency_nb201.md studies both on NB201). The interval comes from the
-    training log-ratio quantiles.
+    training log-ratio quantiles. ``fit_layers`` fits the same model on measured layers with
+    the constant held at 0, which makes it additive over layers.
     """
 
     kind = "calibrated-prior"
@@ -179,22 +196,38 @@ class CalibratedPrior(Predictor):
         self.log_q: tuple[float, float] = (0.0, 0.0)
 
     def fit(self, features: Array, latency_ms: Array) -> CalibratedPrior:
+        return self._fit(features, latency_ms, constant=True)
+
+    def fit_layers(self, features: Array, latency_ms: Array) -> CalibratedPrior:
+        """Fit on one-layer rows with the constant held at 0: a layer's own fixed cost goes to
+        its kind's per-GEMM term, which sums over a network; a per-layer table says nothing of
+        the per-network overhead, so networks are predicted without it."""
+        return self._fit(features, latency_ms, constant=False)
+
+    def _fit(self, features: Array, latency_ms: Array, *, constant: bool) -> CalibratedPrior:
         features = np.asarray(features, dtype=np.float64)
         y = np.asarray(latency_ms, dtype=np.float64)
-        x = _calibration_design(features)
-        self.coef = _robust_fit(x, y)
-        if len(y) < 3 * x.shape[1]:
-            # Few rows for this many coefficients: keep the per-kind fit only if it predicts
-            # held-out rows (leave-one-out) better than one scale of the prior plus a constant.
-            tied_x = _tied(x)
-            per_kind = _loo_log_error(x, y)
-            tied = _loo_log_error(tied_x, y)
-            if tied < per_kind:
-                a, e = _robust_fit(tied_x, y)
-                self.coef = np.zeros(x.shape[1])
-                self.coef[_PRIOR_COLS] = a
-                self.coef[-1] = e
-        resid = np.log(y / np.maximum(x @ self.coef, 1e-9))
+        design = _calibration_design(features)
+        x = design if constant else design[:, :-1]
+        tied_x = _tied(design, constant)
+        self.coef = np.zeros(design.shape[1])
+        self.coef[: x.shape[1]] = _robust_fit(x, y, constant)
+        tied = _robust_fit(tied_x, y, constant)
+        if len(y) < 3 * x.shape[1] and _loo_log_error(tied_x, y, constant) < _loo_log_error(x, y, constant):
+            # Few rows for this many coefficients and one scale of the prior (plus a constant)
+            # predicts held-out rows (leave-one-out) better than the per-kind fit: keep it.
+            self.coef = np.zeros(design.shape[1])
+            self.coef[_PRIOR_COLS] = tied[0]
+            self.coef[-1] = tied[1] if constant else 0.0
+        # A kind (or pooling) absent from every training row has no data behind its
+        # coefficients: its MACs and GEMM terms are 0 and its prior runs at the table's overall
+        # scale of the prior, so a network with kinds the table lacks is still costed sensibly.
+        absent = ~np.any(design != 0, axis=0)
+        absent[-1] = False
+        self.coef[absent] = 0.0
+        prior_cols = np.array(_PRIOR_COLS)
+        self.coef[prior_cols[absent[prior_cols]]] = tied[0]
+        resid = np.log(y / np.maximum(design @ self.coef, 1e-9))
         self.log_q = (
             (float(np.quantile(resid, 0.1)), float(np.quantile(resid, 0.9))) if len(y) >= 3 else (0.0, 0.0)
         )
@@ -269,6 +302,13 @@ class BoostedResidual(Predictor):
             model = lgb.LGBMRegressor(**common, **objective)
             model.fit(self._x(x), resid)
             self.models[name] = model.booster_.model_to_string()
+        return self
+
+    def fit_layers(self, features: Array, latency_ms: Array) -> BoostedResidual:
+        """The calibrated prior alone, fitted on layers: trees on one-layer rows would be applied
+        to network rows (sums over many layers) they never saw, and they do not add over layers."""
+        self.base.fit_layers(features, latency_ms)
+        self.models = {}
         return self
 
     def predict(self, features: Array) -> tuple[Array, Array, Array]:

@@ -12,8 +12,10 @@ from inventories import LAYERS
 from latency_models import (
     FEATURE_NAMES,
     LatencyModelError,
+    LayerMeasurement,
     create_predictor,
     get_target,
+    layer_features,
     list_predictors,
     load_predictor,
     network_features,
@@ -54,6 +56,58 @@ def test_contract_fit_predict_round_trip(kind: str, n_train: int, tmp_path: Path
     again = load_predictor(tmp_path / kind)
     for a, b in zip(again.predict(x[n_train:]), (mid, lo, hi), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", list_predictors())
+def test_contract_fit_layers_is_additive(kind: str) -> None:
+    """Fitted on measured layers, a predictor costs a network as the sum of its layers (no
+    per-network constant), interval included; a kind that cannot be additive refuses."""
+    target = get_target("raspi4")
+    space = Space.build(LAYERS, rank_fractions=(0.5,), wbits=(8,), abits=(8,), rank_multiple=1)
+    rng = np.random.default_rng(0)
+    rows = [
+        LayerMeasurement(layer, plan[layer.name], 1.0)
+        for plan in (space.sample(rng) for _ in range(8))
+        for layer in LAYERS
+    ]
+    x = layer_features(target, rows)
+    # A fixed 0.05 ms per measured layer: a constant a per-network fit would take as its overhead.
+    y = (1.5 * x[:, FEATURE_NAMES.index("prior_ms")] + 0.05) * np.exp(rng.normal(0, 0.05, len(x)))
+    try:
+        predictor = create_predictor(kind).fit_layers(x, y)
+    except LatencyModelError as exc:
+        assert "per-layer" in str(exc)
+        return
+    plan = space.sample(rng)
+    one = [LayerMeasurement(layer, plan[layer.name], 1.0) for layer in LAYERS]
+    per_layer = predictor.predict(layer_features(target, one))
+    whole = predictor.predict(network_features(target, list(LAYERS), plan)[None])
+    for part, total in zip(per_layer, whole, strict=True):
+        np.testing.assert_allclose(part.sum(), total[0], rtol=1e-9)
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_kinds_absent_from_training_run_at_the_tables_scale(per_layer: bool) -> None:
+    """Measured on convs only, a network with linears and attention still gets a sane cost: the
+    kinds the table lacks run at its overall scale of the prior (not at an arbitrary coefficient
+    no data constrained)."""
+    target = get_target("raspi4")
+    convs = [layer for layer in LAYERS if layer.kind.value.endswith("conv2d")]
+    rng = np.random.default_rng(0)
+    rows = [
+        LayerMeasurement(layer, Choice(rank=rank, wbits=bits, abits=bits), 1.0)
+        for layer in convs
+        for rank in ((None, 2, 4, 6, 8) if layer.decomposable else (None,))
+        for bits in (32, 16, 8, 4)
+    ]
+    assert len(rows) >= 60  # enough rows for the per-kind fit (no fall-back to one scale)
+    x = layer_features(target, rows)
+    y = 2.0 * x[:, FEATURE_NAMES.index("prior_ms")] * np.exp(rng.normal(0, 0.02, len(x)))
+    predictor = create_predictor("calibrated-prior")
+    predictor = predictor.fit_layers(x, y) if per_layer else predictor.fit(x, y)
+    whole = network_features(target, list(LAYERS), Plan())
+    mid = predictor.predict(whole[None])[0][0]
+    assert 1.6 < mid / whole[FEATURE_NAMES.index("prior_ms")] < 2.4
 
 
 def test_network_features_follow_the_plan() -> None:
