@@ -339,9 +339,15 @@ def predict(
             cost = replace(cost, energy_mj=device.power_w * latency["after"])
             base = replace(base, energy_mj=device.power_w * latency["before"])
         mape = report.get("mape")
-        provenance = f"learned (fitted on {report.get('n_fit')} measurements" + (
-            f", validation MAPE {100 * mape:.1f}%)" if mape is not None else ")"
-        )
+        if report.get("format") == "layer":
+            provenance = f"learned (fitted on {report.get('n_fit')} layer measurements" + (
+                f", validation MAPE {100 * mape:.1f}% per layer" if mape is not None else ""
+            )
+            provenance += "; a network is the sum of its layers, no per-network overhead)"
+        else:
+            provenance = f"learned (fitted on {report.get('n_fit')} measurements" + (
+                f", validation MAPE {100 * mape:.1f}%)" if mape is not None else ")"
+            )
     result: dict[str, Any] = {
         "model": entry.model_id,
         "target": device.name,
@@ -393,9 +399,13 @@ def _metrics_line(name: str, m: dict[str, Any]) -> str:
 
 def _report_lines(report: dict[str, Any]) -> list[str]:
     version = f", version {report['version']}" if report.get("version") else ""
+    unit = "layer" if report.get("format") == "layer" else "network"
     lines = [
-        f"target {report['target']}: {report.get('n_train')} train, {report.get('n_test')} test rows{version}"
+        f"target {report['target']}: {report.get('n_train')} train, {report.get('n_test')} test "
+        f"{unit} rows{version}"
     ]
+    if report.get("note"):
+        lines.append(f"  note: {report['note']}")
     if "mape" in report:
         lines.append(_metrics_line("predictor", report))
         lines += [_metrics_line(name, m) for name, m in report.get("baselines", {}).items()]
@@ -413,17 +423,33 @@ def _emit_report(report: dict[str, Any], json_output: bool) -> None:
         typer.echo(line)
 
 
+MeasurementsOption = Annotated[
+    Path,
+    typer.Option(
+        help="Measurements CSV, per network (columns model, plan, batch, latency_ms) or per layer "
+        "(name, kind, shapes, rank/keep/wbits/abits, latency_ms), told apart by the header; "
+        "see docs/latency.md."
+    ),
+]
+
+
 @latency_app.command("fit")
 def latency_fit(
     target: Annotated[str, typer.Option(help="Target to calibrate (created when --family is given).")],
-    measurements: Annotated[Path, typer.Option(help="Per-network measurements CSV (see docs/latency.md).")],
+    measurements: MeasurementsOption,
     family: Annotated[str | None, typer.Option(help="gpu, cpu, mobile or fpga: create the target.")] = None,
     kind: Annotated[str, typer.Option(help="Predictor kind.")] = "boosted-residual",
     test_fraction: Annotated[float, typer.Option(help="Share of rows held out for the report.")] = 0.2,
     budget_ms: BudgetOption = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Fit a new predictor version for TARGET from measurements and print its validation report."""
+    """Fit a new predictor version for TARGET from measurements and print its validation report.
+
+    A per-network table fits network latency directly. A per-layer table (single kernels
+    profiled on the device, nn-Meter style) fits an additive model: a network is predicted as
+    the sum of its layers, without a per-network overhead; boosted-residual then keeps its
+    calibrated prior only. A bad table exits 2 naming the row and column; nothing is written.
+    """
     _quiet_torch()
     from latency_models import LatencyModelError
     from workers.calibration import fit
@@ -440,11 +466,15 @@ def latency_fit(
 @latency_app.command("validate")
 def latency_validate(
     target: Annotated[str, typer.Option(help="Target whose active predictor is scored.")],
-    measurements: Annotated[Path, typer.Option(help="Per-network measurements CSV.")],
+    measurements: MeasurementsOption,
     budget_ms: BudgetOption = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Score TARGET's active predictor on measurements: MAPE, ±5/±10%, Spearman, Kendall."""
+    """Score TARGET's active predictor on measurements: MAPE, ±5/±10%, Spearman, Kendall.
+
+    A per-network table scores any predictor; a per-layer table scores a predictor fitted
+    per layer.
+    """
     _quiet_torch()
     from latency_models import LatencyModelError
     from workers.calibration import validate

@@ -1,6 +1,10 @@
-"""Calibrating a target from measurements: per-network tables → features → a fitted predictor.
+"""Calibrating a target from measurements: a table → features → a fitted predictor.
 
-Lives in ``workers`` because resolving a table's model ids needs the zoo; the predictors, the
+Two table formats (docs/latency.md, "Measurement tables"), told apart by their header: per
+network (a ``model`` column; rows resolved against the zoo, a network's features from its traced
+inventory) and per layer (a ``kind`` column; each measured layer costed as a one-layer network,
+fitted with ``Predictor.fit_layers`` so the result predicts whole networks as the sum of their
+layers). Lives in ``workers`` because resolving model ids needs the zoo; the predictors, the
 catalogue and the report live in ``latency_models``.
 """
 
@@ -21,13 +25,17 @@ from latency_models import (
     LatencyModelError,
     MeasurementError,
     NetworkMeasurement,
+    Predictor,
     Target,
     create_predictor,
     get_target,
+    layer_features,
     list_targets,
+    measurement_format,
     metrics,
     network_features,
     proxy_baselines,
+    read_layer_measurements,
     read_network_measurements,
 )
 from search_spaces import LayerSpec, SpaceError
@@ -53,6 +61,8 @@ class Table:
     features: np.ndarray
     latency_ms: np.ndarray
     models: list[str]
+    #: "network" (one row per measured network) or "layer" (one row per measured layer).
+    format: str = "network"
 
 
 def _inventory(
@@ -91,13 +101,27 @@ def features_of(target: Target, rows: Sequence[NetworkMeasurement]) -> Table:
     return Table(out, np.array([r.latency_ms for r in rows]), [r.model for r in rows])
 
 
-def ensure_target(name: str, family: str | None) -> Target:
-    """The target ``name``; when it does not exist and ``family`` is given, a new one built from
-    the family's template specs (stored in the catalogue, so a user can bring a device with
-    nothing but measurements)."""
-    cat = catalogue()
-    if name in list_targets():
-        return cat.target(name)
+def layer_table(target: Target, source: str | Path) -> Table:
+    """Feature rows of a per-layer table: each measured layer costed as a one-layer network."""
+    rows = read_layer_measurements(source)
+    return Table(
+        layer_features(target, rows),
+        np.array([r.latency_ms for r in rows]),
+        [f"{r.layer.kind.value}:{r.layer.name}" for r in rows],
+        format="layer",
+    )
+
+
+def read_table(target: Target, source: str | Path) -> Table:
+    """Either format, told apart by the header (``model`` → per network, ``kind`` → per layer),
+    validated in full; a bad row raises MeasurementError naming its row and column."""
+    if measurement_format(source) == "layer":
+        return layer_table(target, source)
+    return features_of(target, read_network_measurements(source))
+
+
+def _new_target(name: str, family: str | None) -> Target:
+    """A target named ``name`` built from ``family``'s template specs (not stored)."""
     if family is None:
         raise LatencyModelError(
             "--target",
@@ -115,7 +139,25 @@ def ensure_target(name: str, family: str | None) -> Target:
         sources={k: f"copied from built-in target {template.name}: {v}" for k, v in template.sources.items()},
         predictor_version=None,
     )
-    return cat.add_target(Target.from_dict(target.to_dict()))
+    return Target.from_dict(target.to_dict())
+
+
+def ensure_target(name: str, family: str | None) -> Target:
+    """The target ``name``; when it does not exist and ``family`` is given, a new one built from
+    the family's template specs (stored in the catalogue, so a user can bring a device with
+    nothing but measurements)."""
+    cat = catalogue()
+    if name in list_targets():
+        return cat.target(name)
+    return cat.add_target(_new_target(name, family))
+
+
+def _fitted(kind: str, table: Table) -> Predictor:
+    """A new ``kind`` predictor fitted on ``table``: additive over layers for a per-layer table."""
+    predictor = create_predictor(kind)
+    if table.format == "layer":
+        return predictor.fit_layers(table.features, table.latency_ms)
+    return predictor.fit(table.features, table.latency_ms)
 
 
 def fit(
@@ -128,29 +170,33 @@ def fit(
     seed: int = 0,
     budget_ms: float | None = None,
 ) -> dict[str, Any]:
-    """Fit a new predictor version for a target from a per-network CSV; returns the report.
+    """Fit a new predictor version for a target from a per-network or per-layer CSV; returns the report.
 
-    The report comes from a held-out ``test_fraction`` of the rows (with MACs-proxy and linear
-    baselines on the same split); the stored model is then refitted on all rows. The CSV is
-    read and checked in full before anything is written.
+    The report comes from a held-out ``test_fraction`` of the rows (networks or layers, with
+    MACs-proxy and linear baselines on the same split); the stored model is then refitted on
+    all rows. Everything (the table, the target, the fits) is checked and computed before
+    anything is written: a failure leaves the catalogue as it was.
     """
     if not 0.0 <= test_fraction < 1.0:
         raise LatencyModelError("--test-fraction", test_fraction, "a fraction in [0, 1) is required")
-    rows = read_network_measurements(measurements)
-    if len(rows) < 3:
-        raise MeasurementError("measurements", len(rows), "at least 3 measured networks are required")
-    target = get_target(target_name) if target_name in list_targets() else None
-    probe = target or get_target(FAMILY_TEMPLATES.get(family or "", "xeon-gold-6240"))
-    table = features_of(probe, rows)  # validates every row before any file is written
-    target = ensure_target(target_name, family)
-    if target.name != probe.name or target.family != probe.family:
-        table = features_of(target, rows)
+    create_predictor(kind)  # an unknown kind fails here, before any work
+    cat = catalogue()  # registers the stored user targets (reads only)
+    existing = target_name in list_targets()
+    target = cat.target(target_name) if existing else _new_target(target_name, family)
+    table = read_table(target, measurements)
+    if len(table.latency_ms) < 3:
+        unit = "layers" if table.format == "layer" else "networks"
+        raise MeasurementError(
+            "measurements", len(table.latency_ms), f"at least 3 measured {unit} are required"
+        )
     report = validate_split(
         target, table, kind=kind, test_fraction=test_fraction, seed=seed, budget_ms=budget_ms
     )
-    predictor = create_predictor(kind).fit(table.features, table.latency_ms)
-    report["n_fit"] = len(rows)
-    version = catalogue().save_predictor(target.name, predictor, report)
+    predictor = _fitted(kind, table)
+    report["n_fit"] = len(table.latency_ms)
+    if not existing:
+        cat.add_target(target)
+    version = cat.save_predictor(target.name, predictor, report)
     report["version"] = version
     return report
 
@@ -165,9 +211,20 @@ def validate_split(
     report: dict[str, Any] = {
         "target": target.name,
         "kind": kind,
+        "format": table.format,
         "n_train": len(train),
         "n_test": len(test),
     }
+    if table.format == "layer":
+        report["note"] = (
+            "fitted per layer: a network is predicted as the sum of its layers, without a "
+            "per-network overhead (a per-layer table does not measure one); test rows are layers"
+            + (
+                "; boosted-residual keeps its calibrated prior only (trees do not add over layers)"
+                if kind == "boosted-residual"
+                else ""
+            )
+        )
     if n_test == 0:
         return report
     x_tr, y_tr, x_te, y_te = (
@@ -176,7 +233,7 @@ def validate_split(
         table.features[test],
         table.latency_ms[test],
     )
-    predicted = create_predictor(kind).fit(x_tr, y_tr).predict(x_te)[0]
+    predicted = _fitted(kind, Table(x_tr, y_tr, [], table.format)).predict(x_te)[0]
     report.update(metrics(predicted, y_te, budget_ms).to_dict())
     base = proxy_baselines(x_tr, y_tr, x_te, FEATURE_NAMES.index("total_macs"))
     report["baselines"] = {name: metrics(pred, y_te, budget_ms).to_dict() for name, pred in base.items()}
@@ -187,7 +244,12 @@ def validate_split(
 
 
 def validate(target_name: str, measurements: str | Path, budget_ms: float | None = None) -> dict[str, Any]:
-    """Score the target's active predictor on a measurement table it may not have seen."""
+    """Score the target's active predictor on a measurement table it may not have seen.
+
+    A per-network table works with any predictor (a per-layer fit then predicts each network as
+    the sum of its layers). A per-layer table needs a predictor fitted per layer: one fitted on
+    whole networks carries a per-network overhead and trees that do not apply to one layer.
+    """
     cat = catalogue()
     target = cat.target(target_name)
     active = cat.predictor(target.name)
@@ -196,11 +258,20 @@ def validate(target_name: str, measurements: str | Path, budget_ms: float | None
             "--target", target_name, "has no fitted predictor; run `hwsearch latency fit` first"
         )
     predictor, fit_report = active
-    table = features_of(target, read_network_measurements(measurements))
+    table = read_table(target, measurements)
+    if table.format == "layer" and fit_report.get("format", "network") != "layer":
+        raise LatencyModelError(
+            "--measurements",
+            str(measurements),
+            f"is a per-layer table, but the active predictor of {target.name} was fitted on whole "
+            "networks (it predicts networks, overhead included, not single layers); validate it "
+            "with a per-network table, or fit it from a per-layer table first",
+        )
     predicted = predictor.predict(table.features)[0]
     report = {
         "target": target.name,
         "version": target.predictor_version,
+        "format": table.format,
         "n_train": fit_report.get("n_fit"),
         "n_test": len(table.latency_ms),
         **metrics(predicted, table.latency_ms, budget_ms).to_dict(),
