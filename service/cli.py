@@ -525,6 +525,125 @@ def latency_profile_host(
     _emit_report(report, json_output)
 
 
+def _floats(text: str | None, flag: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"{flag}: {text!r} is not a comma-separated list of numbers, e.g. {flag} 0.25,0.5")
+
+
+@app.command()
+def search(
+    model: Annotated[str, typer.Option(help="Zoo model (see `hwsearch models`).")],
+    target: Annotated[list[str], typer.Option(help="Target (see `hwsearch targets`); repeat for several.")],
+    strategy: Annotated[str, typer.Option(help="random, uniform, nsga2, tpe or guided.")] = "guided",
+    budget: Annotated[
+        int, typer.Option(help="Quality evaluations (trial 0, the uncompressed model, counts).")
+    ] = 50,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    constraint: Annotated[
+        list[str] | None,
+        typer.Option(help="Hard constraint, e.g. latency_ms<=5, dsp@zcu102<=2000, quality>=0.9; repeatable."),
+    ] = None,
+    rank: Annotated[str | None, typer.Option(help="Rank fractions offered, e.g. 0.25,0.5.")] = None,
+    keep: Annotated[str | None, typer.Option(help="Channel keep ratios offered, e.g. 0.5,0.75.")] = None,
+    wbits: Annotated[str | None, typer.Option(help="Weight bit widths offered, e.g. 4,8.")] = None,
+    abits: Annotated[str | None, typer.Option(help="Activation bit widths offered, e.g. 8.")] = None,
+    tokens: Annotated[str | None, typer.Option(help="Token keep rates offered, e.g. 0.5,0.7.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Ray evaluator actors.", min=1)] = 2,
+    spec_file: Annotated[
+        Path | None, typer.Option("--spec", help="A JobSpec JSON file instead of the flags above.")
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Search per-layer compression plans on an embedded Ray (or RAY_ADDRESS) and print the front."""
+    _quiet_torch()
+    from pydantic import ValidationError
+
+    from workers.search import JobSpec, MemorySink, SearchError, run_search
+
+    try:
+        if spec_file is not None:
+            try:
+                data = json.loads(spec_file.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                _fail(f"--spec: {spec_file}: a readable JobSpec JSON file is required ({exc})")
+            spec = JobSpec.model_validate(data)
+        else:
+            space: dict[str, Any] = {
+                "rank_fractions": _floats(rank, "--rank"),
+                "keep": _floats(keep, "--keep"),
+                "wbits": [int(b) for b in _floats(wbits, "--wbits")],
+                "abits": [int(b) for b in _floats(abits, "--abits")],
+                "token_keep": _floats(tokens, "--tokens"),
+            }
+            if not any(space.values()):
+                space = {"rank_fractions": [0.25, 0.5, 0.75], "keep": [0.5, 0.75], "wbits": [4, 8]}
+            spec = JobSpec.model_validate(
+                {
+                    "model": model,
+                    "targets": target,
+                    "space": space,
+                    "strategy": strategy,
+                    "budget": {"evaluations": budget},
+                    "seed": seed,
+                    "constraints": constraint or [],
+                    "concurrency": concurrency,
+                }
+            )
+    except ValidationError as exc:
+        _fail(_validation_message(exc))
+    progress: dict[str, Any] = {"bar": None, "done": 0}  # typer's bar, opened at the first report
+
+    def on_progress(p: dict[str, Any]) -> None:
+        if json_output:
+            return
+        if progress["bar"] is None:
+            bar: Any = typer.progressbar(length=spec.budget.evaluations or 0, label="evaluations")
+            bar.__enter__()
+            progress["bar"] = bar
+        step = int(p.get("evaluations", 0)) - progress["done"]
+        if step > 0:
+            progress["bar"].update(step)
+            progress["done"] += step
+
+    try:
+        result = run_search(spec, MemorySink(), on_progress=on_progress)
+    except SearchError as exc:
+        _fail(str(exc))
+    finally:
+        if progress["bar"] is not None:
+            progress["bar"].__exit__(None, None, None)
+    if json_output:
+        summary = result.summary()
+        _print_json(
+            {"front": summary["front"], "hypervolume": result.hypervolume, "trials": len(result.trials)}
+        )
+        return
+    typer.echo(
+        f"{len(result.trials)} trials, {len(result.front)} on the feasible front, "
+        f"hypervolume {result.hypervolume:.4f} (reference point {result.reference_point})"
+    )
+    names = [t for t in spec.targets]
+    typer.echo(
+        f"{'trial':>5}  {'quality':>8}  " + "  ".join(f"{'ms@' + n:>16}" for n in names) + "  provenance"
+    )
+    for t in result.front:
+        cells = "  ".join(f"{t.costs[n]['latency_ms']:>16.4f}" for n in names)
+        measured = f"  measured {t.measured['latency_ms']:.4f} ms" if t.measured else ""
+        typer.echo(f"{t.number:>5}  {t.quality:>8.4f}  {cells}  {t.costs[names[0]]['provenance']}{measured}")
+
+
+def _validation_message(exc: Any) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
 def main() -> None:
     """Entry point of the ``hwsearch`` script."""
     try:

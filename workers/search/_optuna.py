@@ -13,6 +13,7 @@ indices; a coupled group's keep is one parameter (on the group's first layer).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,10 @@ from ._problem import Problem
 from ._strategy import Observation, Strategy, register_strategy
 
 optuna.logging.set_verbosity(logging.WARNING)
+# Optuna 5 deprecates constraints_func in favour of Trial.set_constraint, which ask-and-tell
+# cannot reach for warm-started trials; the samplers still honour it until Optuna 7.
+warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 _CONSTRAINTS = "constraints"
 
 

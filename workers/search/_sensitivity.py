@@ -44,7 +44,7 @@ def damage_table(model: nn.Module, space: Space) -> npt.NDArray[np.float64]:
                 if rank is None or module is None or norm2 == 0.0:
                     continue
                 s2 = singular_values(module).double() ** 2
-                table[i, 0, j] = float(np.sqrt(s2[rank:].sum() / s2.sum()))
+                table[i, 0, j] = float(torch.sqrt(s2[rank:].sum() / s2.sum()))
             for j, keep in enumerate(kn.options("keep")):
                 if keep >= 1.0 or w is None or norm2 == 0.0:
                     continue

@@ -1,0 +1,362 @@
+"""Search: JobSpec validation, the strategy contract (every registered strategy), Pareto and
+hypervolume, and run_search on a real local Ray cluster of two nodes (one worker CPU each):
+numbering, a failing trial, resume, cancellation, a killed worker, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from search_spaces import Choice, Plan
+from workers.search import (
+    JobSpec,
+    MemorySink,
+    Observation,
+    Problem,
+    SearchError,
+    Strategy,
+    create_strategy,
+    front_mask,
+    hypervolume,
+    list_strategies,
+    register_strategy,
+    run_search,
+)
+from workers.search._runner import Evaluator
+
+SPACE = {"rank_fractions": [0.25, 0.5], "keep": [0.5, 0.75], "wbits": [4, 8]}
+
+
+def spec(**kw: object) -> JobSpec:
+    base: dict[str, object] = {
+        "model": "digits-cnn",
+        "targets": ["xeon-gold-6240"],
+        "space": SPACE,
+        "strategy": "random",
+        "budget": {"evaluations": 10},
+    }
+    base.update(kw)
+    return JobSpec.model_validate(base)
+
+
+# ------------------------------------------------------------------------------- JobSpec
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"strategy": "bayes"}, "", "valid names: guided, nsga2, random"),
+        ({"constraints": ["latency<5"]}, "constraints", "METRIC[@TARGET]<=VALUE"),
+        ({"constraints": ["quality<=0.5"]}, "constraints", "must be a floor"),
+        ({"constraints": ["latency_ms@raspi4<=5"]}, "", "not in targets"),
+        ({"targets": ["a", "a"]}, "targets", "distinct"),
+        ({"targets": []}, "targets", "at least 1"),
+        ({"space": {}}, "space", "offers no knob"),
+        ({"space": {"wbits": [7]}}, "space.wbits.0", "Input should be"),
+        ({"budget": {"evaluations": None}}, "budget", "needs evaluations or wall_time_s"),
+        ({"budget": {"evaluations": 0}}, "budget.evaluations", "greater than or equal to 1"),
+        ({"objectives": ["latency_ms"]}, "objectives", "must include 'quality'"),
+        ({"seed": -1}, "seed", "greater than or equal to 0"),
+    ],
+)
+def test_bad_specs_name_the_field(change: dict[str, object], field: str, words: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        spec(**change)
+    errors = info.value.errors()
+    assert any(".".join(str(p) for p in e["loc"]).startswith(field) for e in errors), errors
+    assert words in str(info.value)
+
+
+def test_spec_round_trips_as_json() -> None:
+    s = spec(constraints=["latency_ms<=0.05", "quality>=0.5"], strategy="guided")
+    again = JobSpec.model_validate_json(s.model_dump_json())
+    assert again == s
+    assert again.quality_floor == 0.5
+    assert str(again.constraints[0]) == "latency_ms<=0.05"
+
+
+def test_problem_errors_name_model_and_target() -> None:
+    with pytest.raises(SearchError) as info:
+        Problem.build(spec(model="resnet-9000"))
+    assert info.value.field == "model" and "valid names" in str(info.value)
+    with pytest.raises(SearchError) as info:
+        Problem.build(spec(targets=["xeon-gold-6240", "my-phone"]))
+    assert info.value.field == "targets[1]"
+    with pytest.raises(SearchError) as info:
+        Problem.build(spec(space={"token_keep": [0.5]}))  # a CNN has no attention blocks
+    assert info.value.field == "space"
+
+
+# ----------------------------------------------------------------------- Pareto, hypervolume
+def test_front_mask_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    pts = rng.random((200, 3))
+    brute = [not any((q <= p).all() and (q < p).any() for q in pts) for p in pts]
+    assert front_mask(pts).tolist() == brute
+
+
+def test_hypervolume_known_values_and_reference() -> None:
+    assert hypervolume([[0.5, 0.5], [0.2, 0.8]], [1.0, 1.0]) == pytest.approx(0.31)
+    # Points that do not dominate the reference add nothing; an empty front has none.
+    assert hypervolume([[0.5, 0.5], [1.5, 0.1]], [1.0, 1.0]) == pytest.approx(0.25)
+    assert hypervolume(np.zeros((0, 2)), [1.0, 1.0]) == 0.0
+
+
+# --------------------------------------------------------- strategy contract (every strategy)
+@pytest.fixture(scope="module")
+def problem() -> Problem:
+    p = Problem.build(spec(constraints=["latency_ms<=0.0335"]))
+    ev = Evaluator("digits-cnn", None)
+    p.reference_quality = ev.evaluate([Plan().to_dict()])[0]["quality"]
+    p._evaluator = ev  # type: ignore[attr-defined]
+    return p
+
+
+def _observe(problem: Problem, plans: Sequence[Plan]) -> list[Observation]:
+    results = problem._evaluator.evaluate([p.to_dict() for p in plans])  # type: ignore[attr-defined]
+    out = []
+    for plan, r in zip(plans, results, strict=True):
+        costs = problem.costs(plan)
+        q = r["quality"]
+        out.append(
+            Observation(plan, tuple(problem.objectives(q, costs)), not problem.violations(q, costs), q)
+        )
+    return out
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_strategy_contract(problem: Problem, name: str) -> None:
+    a, b = create_strategy(name, problem, seed=3), create_strategy(name, problem, seed=3)
+    history: list[Plan] = []
+    for _ in range(3):
+        plans_a, plans_b = a.ask(4), b.ask(4)
+        assert plans_a == plans_b, "same seed and same tells must give the same proposals"
+        assert len(plans_a) <= 4
+        for plan in plans_a:
+            problem.space.validate_plan(plan)
+        obs = _observe(problem, plans_a)
+        a.tell(obs)
+        b.tell(obs)
+        history += plans_a
+    # Warm start with plans it never asked for, and a failed one, must be accepted.
+    c = create_strategy(name, problem, seed=5)
+    foreign = _observe(problem, [problem.space.sample(np.random.default_rng(9)) for _ in range(3)])
+    c.tell([*foreign, Observation(Plan(), None, False, None)])
+    for plan in c.ask(2):
+        problem.space.validate_plan(plan)
+    if name != "uniform":
+        assert len(set(history)) > 1, "a strategy must explore"
+
+
+def test_uniform_plans_are_uniform_and_span_latency(problem: Problem) -> None:
+    strategy = create_strategy("uniform", problem, seed=0)
+    plans = strategy.ask(1000)
+    assert len(plans) == len(set(plans)) > 4
+    for plan in plans:
+        wbits = {plan[n].wbits for n in problem.space.knobs if 4 in problem.space.knobs_of(n).wbits}
+        assert len(wbits) == 1
+    latency = problem.screen_latency_ms(np.stack([problem.space.encode(p) for p in plans]))[:, 0]
+    # The first two proposals are the two ends of the sweep.
+    assert {latency[0], latency[1]} == {latency.min(), latency.max()}
+
+
+def test_guided_respects_the_latency_budget_by_construction(problem: Problem) -> None:
+    strategy = create_strategy("guided", problem, seed=1)
+    budget = problem.latency_budgets_ms()[0]
+    assert budget is not None
+    for _ in range(3):
+        plans = strategy.ask(6)
+        assert plans
+        for plan in plans:
+            assert problem.costs(plan)["xeon-gold-6240"]["latency_ms"] <= budget
+        strategy.tell(_observe(problem, plans))
+
+
+# --------------------------------------------------------------------------- on real Ray
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """Two Ray nodes of one CPU each: two evaluator actors run in two worker processes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "gcs_server_port": _free_port(), "include_dashboard": False},
+    )
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _numbers(trials: Sequence[object]) -> list[int]:
+    return [t.number for t in trials]  # type: ignore[attr-defined]
+
+
+def test_search_on_two_workers(ray_cluster: None) -> None:
+    sink = MemorySink()
+    pids: list[int] = []
+    result = run_search(
+        # Low-rank adds a GEMM launch per layer, which costs more than it saves on this small
+        # model on the Xeon's prior: a pruning + bits space gives a front that beats the reference.
+        spec(budget={"evaluations": 12}, space={"keep": [0.5, 0.75], "wbits": [4, 8]}),
+        sink,
+        job_id="two",
+        on_progress=lambda p: pids.extend(p.get("worker_pids", [])),
+    )
+    assert result.status == "succeeded"
+    assert _numbers(result.trials) == list(range(12))
+    assert _numbers(sink.job_trials("two")) == list(range(12))
+    assert len(set(pids)) == 2
+    assert result.trials[0].plan == {"layers": {}} and result.trials[0].quality > 0.95
+    assert result.front and result.hypervolume > 0
+    assert all(t.costs["xeon-gold-6240"]["provenance"] for t in result.trials)
+    assert sink.statuses[-1][1] == "succeeded"
+
+
+@register_strategy
+class _Broken(Strategy):
+    """Test-only: every third plan is invalid for the space (a pruning ratio it does not offer)."""
+
+    name = "test-broken"
+    description = "test only"
+
+    def ask(self, n: int) -> list[Plan]:
+        out = []
+        for _ in range(n):
+            self.count = getattr(self, "count", 0) + 1
+            if self.count % 3 == 0:
+                out.append(Plan({"conv2": Choice(keep=0.33 + self.count * 1e-6)}))
+            else:
+                out.append(self.problem.space.sample(self.rng))
+        return out
+
+    def tell(self, observations: Sequence[Observation]) -> None:
+        pass
+
+
+def test_a_failing_trial_is_stored_and_the_job_goes_on(ray_cluster: None) -> None:
+    result = run_search(spec(strategy="test-broken", budget={"evaluations": 10}), MemorySink(), job_id="f")
+    failed = [t for t in result.trials if t.status == "failed"]
+    assert result.status == "succeeded" and len(result.trials) == 10
+    assert failed and all("keep" in (t.error or "") and t.quality is None for t in failed)
+    assert all(not t.feasible for t in failed)
+    assert sum(t.status == "ok" for t in result.trials) >= 6
+
+
+def test_resume_continues_to_the_budget_without_reusing_numbers(ray_cluster: None) -> None:
+    s = spec(strategy="nsga2", budget={"evaluations": 8})
+    first = run_search(s, MemorySink(), job_id="r")
+    stored = first.trials[:5]  # as if the service died after five trials
+    sink = MemorySink()
+    resumed = run_search(spec(strategy="nsga2", budget={"evaluations": 12}), sink, job_id="r", resume=stored)
+    assert _numbers(resumed.trials) == list(range(12))
+    assert resumed.trials[:5] == stored
+    assert _numbers(sink.job_trials("r")) == list(range(5, 12))  # only new trials reported
+
+
+def test_cancel_stops_within_seconds_and_keeps_finished_trials(ray_cluster: None) -> None:
+    cancel = threading.Event()
+    stopped_at: list[float] = []
+
+    def on_progress(p: dict[str, object]) -> None:
+        if int(p.get("evaluations", 0)) >= 6 and not cancel.is_set():  # type: ignore[call-overload]
+            stopped_at.append(time.monotonic())
+            cancel.set()
+
+    sink = MemorySink()
+    result = run_search(
+        spec(budget={"evaluations": 5000}), sink, job_id="c", cancel=cancel, on_progress=on_progress
+    )
+    assert result.status == "cancelled"
+    assert time.monotonic() - stopped_at[0] < 10
+    assert 6 <= len(result.trials) < 5000
+    assert _numbers(sink.job_trials("c")) == _numbers(result.trials)
+
+
+def test_a_killed_worker_is_replaced_and_the_job_completes(ray_cluster: None) -> None:
+    killed: list[int] = []
+
+    def on_progress(p: dict[str, object]) -> None:
+        pids = p.get("worker_pids")
+        if pids and not killed:
+            killed.append(pids[0])  # type: ignore[index]
+        elif killed and len(killed) == 1 and int(p.get("evaluations", 0)) >= 4:  # type: ignore[call-overload]
+            os.kill(killed[0], signal.SIGKILL)
+            killed.append(-1)
+
+    result = run_search(spec(budget={"evaluations": 24}), MemorySink(), job_id="k", on_progress=on_progress)
+    assert killed[-1] == -1, "the worker was killed mid-job"
+    assert result.status == "succeeded"
+    assert _numbers(result.trials) == list(range(24))
+
+
+def test_cli_search_json(ray_cluster: None) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    runner = CliRunner()
+    out = runner.invoke(
+        app,
+        [
+            "search",
+            "--model",
+            "digits-cnn",
+            "--target",
+            "xeon-gold-6240",
+            "--strategy",
+            "guided",
+            "--budget",
+            "9",
+            "--wbits",
+            "4,8",
+            "--keep",
+            "0.5,0.75",
+            "--constraint",
+            "latency_ms<=0.034",
+            "--json",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert set(doc) == {"front", "hypervolume", "trials"} and doc["trials"] == 9
+    assert doc["front"] and all(row["latency_ms@xeon-gold-6240"] <= 0.034 for row in doc["front"])
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--constraint", "latency<5"], "METRIC[@TARGET]<=VALUE"),
+        (["--strategy", "bayes"], "valid names"),
+        (["--keep", "half"], "--keep"),
+        (["--target", "my-phone"], "targets[0]"),
+    ],
+)
+def test_cli_search_bad_input_exits_2(args: list[str], words: str) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    base = ["search", "--model", "digits-cnn", "--budget", "3"]
+    if "--target" not in args:
+        base += ["--target", "xeon-gold-6240"]
+    out = CliRunner().invoke(app, base + args)
+    assert out.exit_code == 2, out.output
+    assert words in out.output
