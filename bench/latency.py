@@ -206,6 +206,55 @@ def throughput(n_plans: int) -> dict[str, Any]:
     }
 
 
+HOST_MODELS = ("digits-cnn", "digits-vit", "minilm-l6", "mobilenet-v2")
+
+
+def host(plans_per_model: int, seeds: int) -> dict[str, Any]:
+    """host-cpu: measure this CPU, time compressed zoo models for real, fit on 2/3 of the
+    networks and validate on the other third (5 random splits), with the raw per-plan medians
+    beside the drift-corrected latencies that ``profile_networks`` reports."""
+    import tempfile
+    from dataclasses import replace
+
+    from latency_models import proxy_baselines, read_network_measurements
+    from workers.calibration import features_of
+    from workers.profiling import measure_host_target, profile_networks, write_csv
+
+    target = measure_host_target()
+    t0 = time.time()
+    rows = profile_networks(list(HOST_MODELS), plans_per_model, repeats=15)
+    profile_s = time.time() - t0
+    out: dict[str, Any] = {
+        "models": list(HOST_MODELS),
+        "plans_per_model": plans_per_model,
+        "n_networks": len(rows),
+        "profile_s": profile_s,
+        "target": {k: v for k, v in target.to_dict().items() if k != "sources"},
+    }
+    folder = Path(tempfile.mkdtemp(prefix="hwsearch-host-"))
+    for variant, table_rows in (
+        ("drift_corrected", rows),
+        ("raw_median", [replace(r, latency_ms=r.raw_ms) for r in rows]),
+    ):
+        path = write_csv(table_rows, folder / f"{variant}.csv")
+        table = features_of(target, read_network_measurements(path))
+        x, y = table.features, table.latency_ms
+        per: dict[str, list[dict[str, float]]] = {}
+        for seed in range(seeds):
+            order = np.random.default_rng(seed).permutation(len(y))
+            test, train = order[: len(y) // 3], order[len(y) // 3 :]
+            preds = {k: create_predictor(k).fit(x[train], y[train]).predict(x[test])[0] for k in KINDS}
+            preds.update(proxy_baselines(x[train], y[train], x[test], FEATURE_NAMES.index("total_macs")))
+            preds["analytic_prior"] = x[test, FEATURE_NAMES.index("prior_ms")]
+            for name, pred in preds.items():
+                per.setdefault(name, []).append(metrics(pred, y[test]).to_dict())
+        out[variant] = {
+            name: {k: float(np.mean([m[k] for m in ms])) for k in ("mape", "within_10pct", "spearman")}
+            for name, ms in per.items()
+        }
+    return out
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = []
     for device, d in res["nb201"].items():
@@ -224,6 +273,21 @@ def markdown(res: dict[str, Any]) -> str:
             cells += [f"{rnd[str(n)]['mape']:.3f}" if rnd else "" for n in SIZES]
             cells += [f"{rnd[str(n)]['within_10pct']:.2f}" if rnd else "" for n in SIZES]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if "host" in res:
+        h = res["host"]
+        lines.append(
+            f"\n**host-cpu** (this machine, measured; {h['n_networks']} compressed zoo networks: "
+            f"{', '.join(h['models'])}, {h['plans_per_model']} plans each, the first uncompressed; "
+            f"fit on 2/3, test on 1/3, 5 random splits)\n"
+        )
+        lines.append("| method | latencies | MAPE | within ±10% | Spearman |")
+        lines.append("|---|---|---:|---:|---:|")
+        for variant in ("drift_corrected", "raw_median"):
+            for method, m in h[variant].items():
+                lines.append(
+                    f"| {method} | {variant.replace('_', ' ')} | {m['mape']:.3f} | "
+                    f"{m['within_10pct']:.2f} | {m['spearman']:.3f} |"
+                )
     t = res["throughput"]
     lines.append(
         f"\nThroughput on {t['model']} ({t['layers']} layers) → {t['target']}: "
@@ -239,12 +303,24 @@ def main() -> None:
     parser.add_argument("--networks", type=int, default=3000)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency.json"))
     parser.add_argument("--markdown", help="print the tables of a results JSON and exit")
+    parser.add_argument(
+        "--host-only", action="store_true", help="re-run only the host-cpu section and merge it into --out"
+    )
+    parser.add_argument("--host-plans", type=int, default=16, help="sampled plans per zoo model")
     args = parser.parse_args()
     if args.markdown:
         print(markdown(json.loads(Path(args.markdown).read_text())))
         return
     torch.set_num_threads(1)
     started = time.time()
+    if args.host_only:
+        res = json.loads(Path(args.out).read_text())
+        res["host"] = host(args.host_plans, 5)
+        res["host"]["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        res["host"]["wall_s"] = time.time() - started
+        Path(args.out).write_text(json.dumps(res, indent=2))
+        print(markdown(res))
+        return
     load_start = os.getloadavg()[0]
     networks = 1900 if args.quick else args.networks
     res = {
@@ -252,6 +328,7 @@ def main() -> None:
         "load_avg_start": load_start,
         "nb201": nb201(networks, 2 if args.quick else 5),
         "throughput": throughput(20_000 if args.quick else 100_000),
+        "host": host(6 if args.quick else args.host_plans, 5),
     }
     res["load_avg_end"] = os.getloadavg()[0]
     res["wall_s"] = time.time() - started
