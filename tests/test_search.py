@@ -87,7 +87,7 @@ def test_problem_errors_name_model_and_target() -> None:
         Problem.build(spec(model="resnet-9000"))
     assert info.value.field == "model" and "valid names" in str(info.value)
     with pytest.raises(SearchError) as info:
-        Problem.build(spec(targets=["xeon-gold-6240", "my-phone"]))
+        Problem.build(spec(targets=["xeon-gold-6240", "no-such-device"]))
     assert info.value.field == "targets[1]"
     with pytest.raises(SearchError) as info:
         Problem.build(spec(space={"token_keep": [0.5]}))  # a CNN has no attention blocks
@@ -346,7 +346,7 @@ def test_cli_search_json(ray_cluster: None) -> None:
         (["--constraint", "latency<5"], "METRIC[@TARGET]<=VALUE"),
         (["--strategy", "bayes"], "valid names"),
         (["--keep", "half"], "--keep"),
-        (["--target", "my-phone"], "targets[0]"),
+        (["--target", "no-such-device"], "targets[0]"),
     ],
 )
 def test_cli_search_bad_input_exits_2(args: list[str], words: str) -> None:
