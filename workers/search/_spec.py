@@ -25,8 +25,8 @@ class SpaceSpec(BaseModel):
 
     rank_fractions: list[Annotated[float, Field(gt=0, le=1)]] = []
     keep: list[Annotated[float, Field(gt=0, le=1)]] = []
-    wbits: list[Literal[2, 3, 4, 5, 6, 8, 16, 32]] = []
-    abits: list[Literal[2, 3, 4, 5, 6, 8, 16, 32]] = []
+    wbits: list[Literal[2, 3, 4, 6, 8, 16, 32]] = []
+    abits: list[Literal[2, 3, 4, 6, 8, 16, 32]] = []
     token_keep: list[Annotated[float, Field(gt=0, le=1)]] = []
     include: list[str] = []
     exclude: list[str] = []
