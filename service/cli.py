@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -307,82 +306,58 @@ def predict(
 ) -> None:
     """Predict latency, energy, FPGA resources and weight bytes of a plan on a target, with provenance."""
     _quiet_torch()
-    import numpy as np
+    from latency_models import LatencyModelError
+    from workers.calibration import Coster, catalogue
 
-    from latency_models import LatencyModelError, network_features
-    from latency_models import predict as predict_cost
-    from workers.calibration import catalogue
-
-    cat = catalogue()
     try:
-        device = cat.target(target)
+        coster = Coster.active(catalogue(), target)
     except LatencyModelError as exc:
         _fail(str(exc))
+    device = coster.target
     entry, _, _, layers, plan = _model_and_plan(model, plan_file, uniform)
-    base, cost = predict_cost(device, layers, type(plan)()), predict_cost(device, layers, plan)
-    latency = {"before": base.latency_ms, "after": cost.latency_ms}
-    provenance = cost.provenance
-    learned = cat.predictor(device.name)
-    if learned is not None:
-        # A fitted predictor replaces the prior; its interval and its validation travel with it.
-        predictor, report = learned
-        mid, lo, hi = predictor.predict(
-            np.array([network_features(device, layers, p) for p in (type(plan)(), plan)])
-        )
-        latency = {
-            "before": float(mid[0]),
-            "after": float(mid[1]),
-            "after_low": float(lo[1]),
-            "after_high": float(hi[1]),
-        }
-        if device.power_w is not None:
-            cost = replace(cost, energy_mj=device.power_w * latency["after"])
-            base = replace(base, energy_mj=device.power_w * latency["before"])
-        mape = report.get("mape")
-        if report.get("format") == "layer":
-            provenance = f"learned (fitted on {report.get('n_fit')} layer measurements" + (
-                f", validation MAPE {100 * mape:.1f}% per layer" if mape is not None else ""
-            )
-            provenance += "; a network is the sum of its layers, no per-network overhead)"
-        else:
-            provenance = f"learned (fitted on {report.get('n_fit')} measurements" + (
-                f", validation MAPE {100 * mape:.1f}%)" if mape is not None else ")"
-            )
+    # A fitted predictor replaces the prior; its interval and its validation travel with it.
+    base, cost = coster.cost(layers, type(plan)()), coster.cost(layers, plan)
+    latency = {"before": base["latency_ms"], "after": cost["latency_ms"]}
+    if "latency_low_ms" in cost:
+        latency.update(after_low=cost["latency_low_ms"], after_high=cost["latency_high_ms"])
     result: dict[str, Any] = {
         "model": entry.model_id,
         "target": device.name,
-        "provenance": provenance,
+        "provenance": coster.provenance,
         "predictor_version": device.predictor_version,
         "latency_ms": {**latency, "speedup": latency["before"] / latency["after"]},
-        "macs": {"before": base.macs, "after": cost.macs},
-        "weight_bytes": {"before": base.weight_bytes, "after": cost.weight_bytes},
-        "energy_mj": {"before": base.energy_mj, "after": cost.energy_mj},
+        "macs": {"before": base["macs"], "after": cost["macs"]},
+        "weight_bytes": {"before": base["weight_bytes"], "after": cost["weight_bytes"]},
+        "energy_mj": {"before": base.get("energy_mj"), "after": cost.get("energy_mj")},
     }
     if device.fpga is not None:
         result["fpga"] = {
-            "dsp": cost.dsp,
-            "lut": cost.lut,
-            "bram36": cost.bram36,
-            "feasible": cost.feasible,
+            "dsp": cost["dsp"],
+            "lut": cost["lut"],
+            "bram36": cost["bram36"],
+            "feasible": cost["fits_board"],
             "board": {"dsp": device.fpga.dsp, "lut": device.fpga.lut, "bram36": device.fpga.bram36},
         }
     if json_output:
         _print_json(result)
         return
-    lat = result["latency_ms"]
+    lat, macs, wbytes, energy = (result[k] for k in ("latency_ms", "macs", "weight_bytes", "energy_mj"))
     typer.echo(
         f"{entry.model_id} on {device.name}: {lat['before']:.3f} ms → {lat['after']:.3f} ms "
-        f"({lat['speedup']:.2f}×) [{provenance}]"
+        f"({lat['speedup']:.2f}×) [{coster.provenance}]"
     )
     typer.echo(
-        f"  MACs {base.macs:,} → {cost.macs:,}; weight bytes {base.weight_bytes:,} → {cost.weight_bytes:,}"
+        f"  MACs {macs['before']:,} → {macs['after']:,}; "
+        f"weight bytes {wbytes['before']:,} → {wbytes['after']:,}"
     )
-    if cost.energy_mj is not None and base.energy_mj is not None:
-        typer.echo(f"  energy ≈ {base.energy_mj:.3f} → {cost.energy_mj:.3f} mJ (typical board power × time)")
+    if energy["after"] is not None and energy["before"] is not None:
+        typer.echo(
+            f"  energy ≈ {energy['before']:.3f} → {energy['after']:.3f} mJ (typical board power × time)"
+        )
     if device.fpga is not None:
         typer.echo(
-            f"  FPGA: {cost.dsp} DSP, {cost.lut:,} LUT, {cost.bram36} BRAM36 of {device.fpga.dsp}, "
-            f"{device.fpga.lut:,}, {device.fpga.bram36}: {'fits' if cost.feasible else 'DOES NOT FIT'}"
+            f"  FPGA: {cost['dsp']} DSP, {cost['lut']:,} LUT, {cost['bram36']} BRAM36 of {device.fpga.dsp}, "
+            f"{device.fpga.lut:,}, {device.fpga.bram36}: {'fits' if cost['fits_board'] else 'DOES NOT FIT'}"
         )
 
 

@@ -8,8 +8,10 @@ from moocore on normalised objectives with a reference point fixed by the proble
 
 from __future__ import annotations
 
+from workers.calibration import Coster
+
 from ._pareto import front_mask, hypervolume
-from ._problem import Coster, Problem, SearchError
+from ._problem import Problem, SearchError
 from ._runner import SearchResult, ensure_ray, measure_on_host, run_search
 from ._spec import Budget, Constraint, JobSpec, SpaceSpec
 from ._strategy import Observation, Strategy, create_strategy, list_strategies, register_strategy

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from latency_models import BatchPredictor, LatencyModelError, Target, network_features, predict
+from latency_models import BatchPredictor, LatencyModelError, predict
 from search_spaces import LayerSpec, Plan, Space, SpaceError, plan_cost
+from workers.calibration import Coster
 
 from ._spec import JobSpec
 
@@ -34,39 +35,6 @@ class SearchError(ValueError):
     def __init__(self, field: str, value: Any, fix: str) -> None:
         super().__init__(f"{field}: {value!r}: {fix}")
         self.field, self.value, self.fix = field, value, fix
-
-
-class Coster:
-    """Predicted costs of plans on one target: its active learned predictor when there is one,
-    else the analytic prior (labelled as such)."""
-
-    def __init__(self, target: Target, learned: tuple[Any, dict[str, Any]] | None) -> None:
-        self.target = target
-        self.learned = learned
-        self.provenance = "analytic prior (uncalibrated)"
-        if learned is not None:
-            report = learned[1]
-            mape = report.get("mape")
-            self.provenance = f"learned (fitted on {report.get('n_fit')} measurements" + (
-                f", validation MAPE {100 * mape:.1f}%)" if mape is not None else ")"
-            )
-
-    def cost(self, layers: list[LayerSpec], plan: Plan) -> dict[str, Any]:
-        p = predict(self.target, layers, plan)
-        out: dict[str, Any] = {
-            "latency_ms": p.latency_ms,
-            "provenance": self.provenance,
-            "weight_bytes": p.weight_bytes,
-            "macs": p.macs,
-        }
-        if self.learned is not None:
-            mid, lo, hi = self.learned[0].predict(network_features(self.target, layers, plan)[None, :])
-            out.update(latency_ms=float(mid[0]), latency_low_ms=float(lo[0]), latency_high_ms=float(hi[0]))
-        if self.target.power_w is not None:
-            out["energy_mj"] = self.target.power_w * out["latency_ms"]
-        if p.dsp is not None:
-            out.update(dsp=p.dsp, lut=p.lut, bram36=p.bram36, fits_board=p.feasible)
-        return out
 
 
 @dataclass
@@ -108,7 +76,7 @@ class Problem:
         costers = []
         for i, name in enumerate(spec.targets):
             try:
-                costers.append(Coster(cat.target(name), cat.predictor(name)))
+                costers.append(Coster.active(cat, name))
             except LatencyModelError as exc:
                 raise SearchError(f"targets[{i}]", name, str(exc)) from None
         net = entry.build()
