@@ -230,7 +230,7 @@ class Space:
             if layer.group is not None and layer.prunable:
                 pick["keep"] = group_keep.setdefault(layer.group, pick["keep"])
             choices[layer.name] = Choice(**pick)
-        return self._tie_groups(Plan(choices))
+        return self.tie_groups(Plan(choices))
 
     def mutate(self, plan: Plan, rng: np.random.Generator, rate: float = 0.1) -> Plan:
         """Resample each knob of each layer with probability ``rate``."""
@@ -243,10 +243,11 @@ class Space:
                 if rng.random() < rate:
                     pick[knob] = _pick(kn.options(knob), rng)
             choices[layer.name] = Choice(**pick)
-        return self._tie_groups(Plan(choices))
+        return self.tie_groups(Plan(choices))
 
-    def _tie_groups(self, plan: Plan) -> Plan:
-        # The first member of a group (in inventory order) decides the group's keep.
+    def tie_groups(self, plan: Plan) -> Plan:
+        """``plan`` with every coupled group's keep set to its first member's (inventory order):
+        layers pruned together must keep the same channels."""
         group_keep: dict[str, float] = {}
         choices = dict(plan.choices)
         for layer in self.layers:

@@ -601,7 +601,7 @@ def search(
         f"{len(result.trials)} trials, {len(result.front)} on the feasible front, "
         f"hypervolume {result.hypervolume:.4f} (reference point {result.reference_point})"
     )
-    names = [t for t in spec.targets]
+    names = spec.targets
     typer.echo(
         f"{'trial':>5}  {'quality':>8}  " + "  ".join(f"{'ms@' + n:>16}" for n in names) + "  provenance"
     )

@@ -126,8 +126,7 @@ class GuidedStrategy(Strategy):
         out = np.repeat(base.reshape(1, -1), n, axis=0)
         if len(self.free) == 0:
             return out.reshape(n, self.n_layers, len(KNOBS))
-        changes = 1 + self.rng.geometric(1.0 / mean_changes, size=n) - 1
-        changes = np.minimum(changes, len(self.free))
+        changes = np.minimum(self.rng.geometric(1.0 / mean_changes, size=n), len(self.free))
         opts = self.n_opts.ravel()
         for row in range(n):
             pos = self.rng.choice(self.free, size=changes[row], replace=False)

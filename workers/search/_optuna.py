@@ -73,7 +73,7 @@ class _OptunaStrategy(Strategy):
             i, knob = self.params[name]
             picks[i][knob] = space.knobs_of(space.layers[i].name).options(knob)[int(idx)]
         plan = Plan({layer.name: Choice(**p) for layer, p in zip(space.layers, picks, strict=True)})
-        return space._tie_groups(plan)
+        return space.tie_groups(plan)
 
     def _values(self, plan: Plan) -> dict[str, int]:
         space = self.problem.space

@@ -17,7 +17,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from search_spaces import Plan
@@ -304,16 +304,10 @@ def run_search(
     if not cancelled and measure_front and HOST_TARGET in spec.targets:
         for number, measured in measure_on_host(problem, result.front):
             sink.on_measurement(job_id, number, measured)
-            trials[number] = _with_measured(trials[number], measured)
+            trials[number] = replace(trials[number], measured=measured)
         result = _result(job_id, problem, trials, history, result.status)
     status(result.status, hypervolume=result.hypervolume, front_size=len(result.front))
     return result
-
-
-def _with_measured(trial: Trial, measured: dict[str, Any]) -> Trial:
-    from dataclasses import replace
-
-    return replace(trial, measured=measured)
 
 
 def _feasible(problem: Problem, trials: Iterable[Trial]) -> tuple[list[Trial], list[list[float]]]:

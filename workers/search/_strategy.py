@@ -148,7 +148,7 @@ class UniformStrategy(Strategy):
                 else:
                     pick[knob] = opts[int(np.argmin([abs(float(o) - float(v)) for o in opts]))]
             choices[layer.name] = Choice(**pick)
-        return space._tie_groups(Plan(choices))
+        return space.tie_groups(Plan(choices))
 
     def ask(self, n: int) -> list[Plan]:
         out, self._queue = self._queue[:n], self._queue[n:]
