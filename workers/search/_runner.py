@@ -10,7 +10,6 @@ highest stored number, so no number is used twice.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -174,9 +173,29 @@ def run_search(
         pids = ray.get([a.pid.remote() for a in actors])
         status("running", workers=n_workers, worker_pids=pids)
 
+        # Each trial's objectives are computed once, when it is recorded: repeats are answered from
+        # ``observed`` and the hypervolume after every batch from ``front_points``.
+        observed: dict[Plan, Observation] = {}
+        front_points: list[list[float]] = []
+
+        def remember(trial: Trial) -> Observation:
+            plan = Plan.from_dict(trial.plan)
+            if trial.quality is None:
+                obs = Observation(plan, None, False, None)
+            else:
+                objectives = tuple(problem.objectives(trial.quality, trial.costs))
+                obs = Observation(plan, objectives, trial.feasible, trial.quality)
+                if trial.feasible:
+                    front_points.append(list(objectives))
+            observed.setdefault(plan, obs)
+            return obs
+
+        def hv() -> float:
+            return hypervolume(front_points, problem.reference_point()) if front_points else 0.0
+
         def record(
             number: int, plan: Plan, result: dict[str, Any], costs: dict[str, Any], predict_s: float
-        ) -> Trial:
+        ) -> Observation:
             quality = result.get("quality")
             if quality is not None and number == 0:
                 problem.reference_quality = float(quality)
@@ -198,14 +217,7 @@ def run_search(
             )
             trials[number] = trial
             sink.on_trial(trial)
-            return trial
-
-        def observation(trial: Trial) -> Observation:
-            plan = Plan.from_dict(trial.plan)
-            if trial.quality is None:
-                return Observation(plan, None, False, None)
-            objectives = tuple(problem.objectives(trial.quality, trial.costs))
-            return Observation(plan, objectives, trial.feasible, trial.quality)
+            return remember(trial)
 
         def predicted(plan: Plan) -> tuple[dict[str, Any], float]:
             t0 = time.perf_counter()
@@ -213,7 +225,8 @@ def run_search(
             return costs, time.perf_counter() - t0
 
         # Trial 0: the uncompressed model fixes the reference quality (part of the problem).
-        if 0 not in trials:
+        fresh_zero = 0 not in trials
+        if fresh_zero:
             identity = Plan()
             costs, predict_s = predicted(identity)
             result = ray.get(actors[0].evaluate.remote([identity.to_dict()]))[0]
@@ -224,12 +237,11 @@ def run_search(
             raise RuntimeError(f"the uncompressed model failed to evaluate: {trials[0].error}")
 
         strategy = create_strategy(spec.strategy, problem, spec.seed)
-        cache: dict[Plan, Trial] = {}
-        for t in sorted(trials.values(), key=lambda t: t.number):
-            with contextlib.suppress(ValueError):
-                cache.setdefault(Plan.from_dict(t.plan), t)
-        strategy.tell([observation(t) for t in sorted(trials.values(), key=lambda t: t.number)])
-        history.append((len(trials), _hypervolume(problem, trials.values())))
+        # Stored trials (resume) are remembered now that the reference quality is known.
+        told = [observed[Plan()]] if fresh_zero else []
+        told += [remember(t) for n, t in sorted(trials.items()) if n != 0 or not fresh_zero]
+        strategy.tell(told)
+        history.append((len(trials), hv()))
 
         next_number = max(trials) + 1
         in_flight: dict[Any, tuple[Any, list[tuple[int, Plan, dict[str, Any], float]]]] = {}
@@ -244,8 +256,8 @@ def run_search(
                 fresh: list[Plan] = []
                 repeats: list[Observation] = []
                 for plan in asked:
-                    if plan in cache:
-                        repeats.append(observation(cache[plan]))
+                    if plan in observed:
+                        repeats.append(observed[plan])
                     elif plan not in fresh:
                         fresh.append(plan)
                 if repeats:
@@ -261,9 +273,8 @@ def run_search(
                         problem.space.validate_plan(plan)
                         costs, predict_s = predicted(plan)
                     except Exception as exc:  # a plan the cost model rejects fails as a trial
-                        trial = record(next_number, plan, {"error": f"{type(exc).__name__}: {exc}"}, {}, 0.0)
-                        cache[plan] = trial
-                        strategy.tell([observation(trial)])
+                        error = {"error": f"{type(exc).__name__}: {exc}"}
+                        strategy.tell([record(next_number, plan, error, {}, 0.0)])
                         next_number += 1
                         room -= 1
                         continue
@@ -284,15 +295,14 @@ def run_search(
                 except Exception as exc:  # the actor died beyond its retries: fail the batch, replace it
                     results = [{"error": f"worker lost: {type(exc).__name__}: {exc}"} for _ in batch]
                     actors[actors.index(actor)] = cls.remote(spec.model, spec.quality_examples)
-                new = []
-                for (number, plan, costs, predict_s), result in zip(batch, results, strict=True):
-                    trial = record(number, plan, result, costs, predict_s)
-                    cache[plan] = trial
-                    new.append(observation(trial))
-                strategy.tell(new)
-                hv = _hypervolume(problem, trials.values())
-                history.append((len(trials), hv))
-                status("running", hypervolume=hv, workers=len(actors))
+                strategy.tell(
+                    [
+                        record(number, plan, result, costs, predict_s)
+                        for (number, plan, costs, predict_s), result in zip(batch, results, strict=True)
+                    ]
+                )
+                history.append((len(trials), hv()))
+                status("running", hypervolume=history[-1][1], workers=len(actors))
             if time.monotonic() >= deadline and not in_flight:
                 break
         cancelled = cancel.is_set()
@@ -313,11 +323,6 @@ def run_search(
 def _feasible(problem: Problem, trials: Iterable[Trial]) -> tuple[list[Trial], list[list[float]]]:
     ok = [t for t in trials if t.feasible and t.quality is not None]
     return ok, [problem.objectives(t.quality, t.costs) for t in ok]  # type: ignore[arg-type]
-
-
-def _hypervolume(problem: Problem, trials: Iterable[Trial]) -> float:
-    _, points = _feasible(problem, trials)
-    return hypervolume(points, problem.reference_point()) if points else 0.0
 
 
 def _result(
