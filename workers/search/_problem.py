@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from latency_models import BatchPredictor, LatencyModelError, predict
-from search_spaces import LayerSpec, Plan, Space, SpaceError, plan_cost
-from workers.calibration import Coster
+from search_spaces import LayerSpec, Plan, Space, SpaceError
+from workers.calibration import Coster, catalogue
 
 from ._spec import JobSpec
 
@@ -59,7 +59,6 @@ class Problem:
     @classmethod
     def build(cls, spec: JobSpec) -> Problem:
         from kernels import trace
-        from workers.calibration import catalogue
         from workers.zoo import ZooError, create_model
 
         try:
@@ -211,6 +210,3 @@ class Problem:
             ]
             out.append(min(ceilings) if ceilings else None)
         return out
-
-    def plan_weight_bytes(self, plan: Plan) -> int:
-        return plan_cost(self.layers, plan).weight_bytes
