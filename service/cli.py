@@ -531,13 +531,21 @@ def search(
     spec_file: Annotated[
         Path | None, typer.Option("--spec", help="A JobSpec JSON file instead of the flags above.")
     ] = None,
+    trials_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--trials",
+            help="JSON-lines file that keeps every trial as it finishes; run again with the same "
+            "file (and the same search) to resume an interrupted search.",
+        ),
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Search per-layer compression plans on an embedded Ray (or RAY_ADDRESS) and print the front."""
     _quiet_torch()
     from pydantic import ValidationError
 
-    from workers.search import JobSpec, MemorySink, SearchError, run_search
+    from workers.search import JobSpec, JsonlSink, MemorySink, SearchError, Trial, run_search
 
     try:
         if spec_file is not None:
@@ -570,6 +578,22 @@ def search(
             )
     except ValidationError as exc:
         _fail(_validation_message(exc))
+    job_id = spec.fingerprint()
+    sink: MemorySink = MemorySink()
+    stored: list[Trial] = []
+    if trials_file is not None:
+        try:
+            sink = JsonlSink(trials_file)
+        except (OSError, ValueError, TypeError) as exc:
+            _fail(f"--trials: {trials_file}: a JSON-lines file of hwsearch trials is required ({exc})")
+        others = sorted({j for j, _ in sink.trials} - {job_id})
+        if others:
+            _fail(
+                f"--trials: {trials_file} holds trials of another search ({', '.join(others)}; this one is "
+                f"{job_id}): use a new file, or the model, targets, space, objectives, constraints, "
+                "strategy and seed of that search"
+            )
+        stored = sink.job_trials(job_id)
     progress: dict[str, Any] = {"bar": None, "done": 0}  # typer's bar, opened at the first report
 
     def on_progress(p: dict[str, Any]) -> None:
@@ -585,7 +609,7 @@ def search(
             progress["done"] += step
 
     try:
-        result = run_search(spec, MemorySink(), on_progress=on_progress)
+        result = run_search(spec, sink, job_id=job_id, resume=stored, on_progress=on_progress)
     except SearchError as exc:
         _fail(str(exc))
     finally:

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -360,3 +361,43 @@ def test_cli_search_bad_input_exits_2(args: list[str], words: str) -> None:
     out = CliRunner().invoke(app, base + args)
     assert out.exit_code == 2, out.output
     assert words in out.output
+
+
+def test_cli_search_resumes_from_its_trials_file(ray_cluster: None, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    trials = tmp_path / "trials.jsonl"
+    base = ["search", "--model", "digits-cnn", "--target", "xeon-gold-6240", "--strategy", "tpe"]
+    base += ["--keep", "0.5,0.75", "--wbits", "4,8", "--trials", str(trials), "--json"]
+    first = CliRunner().invoke(app, [*base, "--budget", "5"])
+    assert first.exit_code == 0, first.output
+    assert len(trials.read_text().splitlines()) == 5
+    again = CliRunner().invoke(app, [*base, "--budget", "8"])  # more budget: resumes, 3 new trials
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["trials"] == 8
+    lines = [json.loads(line) for line in trials.read_text().splitlines()]
+    assert sorted(t["number"] for t in lines) == list(range(8))  # in the order they finished
+    other = CliRunner().invoke(app, [*base, "--budget", "8", "--seed", "1"])
+    assert other.exit_code == 2 and "another search" in other.output
+
+
+def test_host_cpu_front_is_measured_for_real(
+    ray_cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.calibration import catalogue
+    from workers.profiling import measure_host_target
+
+    monkeypatch.setenv("HWSEARCH_DATA_DIR", str(tmp_path / "data"))
+    catalogue().add_target(measure_host_target(repeats=3))
+    sink = MemorySink()
+    s = spec(targets=["host-cpu"], space={"keep": [0.5, 0.75], "wbits": [4, 8]}, budget={"evaluations": 8})
+    result = run_search(s, sink, job_id="h")
+    assert result.front
+    assert set(sink.measurements) == {("h", t.number) for t in result.front}
+    for t in result.front:
+        m = t.measured
+        assert m is not None and m["latency_ms"] > 0 and m["reference_ms"] > 0
+        assert m["predicted_ms"] == t.costs["host-cpu"]["latency_ms"]
+        assert m["relative_error"] == pytest.approx((m["predicted_ms"] - m["latency_ms"]) / m["latency_ms"])

@@ -8,6 +8,7 @@ spec without loading a model.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated, Any, Literal
 
@@ -159,6 +160,12 @@ class JobSpec(BaseModel):
                     f"constraint {c} names target {c.target!r}, which is not in targets {self.targets}"
                 )
         return self
+
+    def fingerprint(self) -> str:
+        """12 hex digits naming the search this spec defines: everything but the budget and
+        how it is run (concurrency, plans per task), so a resumed search may get more budget."""
+        search = self.model_dump_json(exclude={"budget", "concurrency", "plans_per_task"})
+        return hashlib.sha256(search.encode()).hexdigest()[:12]
 
     @property
     def quality_floor(self) -> float | None:
