@@ -53,7 +53,9 @@ def problems(host_ref_ms: float | None) -> dict[str, dict[str, Any]]:
             "model": "digits-vit",
             "targets": ["cortex-a76"],
             "space": {"rank_fractions": [0.25, 0.5, 0.75], "token_keep": [0.5, 0.7, 0.85]},
-            "constraints": ["latency_ms<=0.24"],
+            # 0.9 × the uncompressed 0.345 ms: on this prior the tiny ViT is launch-bound (a low-rank
+            # layer adds a GEMM), so only token keep, alone or with few factorised layers, gets there.
+            "constraints": ["latency_ms<=0.31"],
         },
     }
 
