@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import fnmatch
+import importlib
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,21 +67,23 @@ def register_strategy(cls: S) -> S:
     return cls
 
 
+#: Built-in strategies that live in modules with heavy imports (Optuna; torch for the
+#: sensitivity probes), imported when first created, so validating a JobSpec (the API
+#: process) imports neither.
+_BUILTIN_MODULES = {"nsga2": "._optuna", "tpe": "._optuna", "guided": "._guided"}
+
+
 def list_strategies(pattern: str = "*") -> list[str]:
-    _load_builtin()
-    return sorted(n for n in _STRATEGIES if fnmatch.fnmatchcase(n, pattern))
+    return sorted(n for n in set(_STRATEGIES) | set(_BUILTIN_MODULES) if fnmatch.fnmatchcase(n, pattern))
 
 
 def create_strategy(name: str, problem: Problem, seed: int) -> Strategy:
     """The strategy ``name``; the error lists the valid names."""
-    _load_builtin()
+    if name not in _STRATEGIES and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name], __package__)  # registers on import
     if name not in _STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; valid names: {', '.join(list_strategies())}")
     return _STRATEGIES[name](problem, seed)
-
-
-def _load_builtin() -> None:
-    from . import _guided, _optuna  # noqa: F401  (registration side effect)
 
 
 # ---------------------------------------------------------------------------------- baselines
