@@ -53,7 +53,13 @@ def test_import_direction(src: str, dst: str, path: Path) -> None:
 
 @pytest.mark.parametrize(
     "module,forbidden",
-    [("search_spaces", ("torch",)), ("latency_models", ("torch",)), ("service", ("torch", "ray"))],
+    [
+        ("search_spaces", ("torch",)),
+        ("latency_models", ("torch",)),
+        ("service", ("torch", "ray")),
+        # The API process: validating a JobSpec must not load a model or start Ray either.
+        ("service.app", ("torch", "ray", "optuna")),
+    ],
 )
 def test_light_packages_do_not_pull_heavy_imports(module: str, forbidden: tuple[str, ...]) -> None:
     code = f"import sys, {module}; print(','.join(m for m in {forbidden!r} if m in sys.modules))"

@@ -84,9 +84,9 @@ def test_spec_round_trips_as_json() -> None:
 
 
 def test_problem_errors_name_model_and_target() -> None:
-    with pytest.raises(SearchError) as info:
-        Problem.build(spec(model="resnet-9000"))
-    assert info.value.field == "model" and "valid names" in str(info.value)
+    with pytest.raises(SearchError) as info:  # an argument the zoo entry refuses
+        Problem.build(spec(model="digits-cnn:7"))
+    assert info.value.field == "model" and "takes no argument" in str(info.value)
     with pytest.raises(SearchError) as info:
         Problem.build(spec(targets=["xeon-gold-6240", "no-such-device"]))
     assert info.value.field == "targets[1]"
@@ -401,3 +401,12 @@ def test_host_cpu_front_is_measured_for_real(
         assert m is not None and m["latency_ms"] > 0 and m["reference_ms"] > 0
         assert m["predicted_ms"] == t.costs["host-cpu"]["latency_ms"]
         assert m["relative_error"] == pytest.approx((m["predicted_ms"] - m["latency_ms"]) / m["latency_ms"])
+
+
+def test_spec_knows_exactly_the_zoo() -> None:
+    from workers.search._spec import ZOO_MODELS
+    from workers.zoo import list_models
+
+    assert list(ZOO_MODELS) == list_models()
+    with pytest.raises(ValidationError, match="valid names: digits-cnn"):
+        spec(model="resnet-9000")

@@ -11,7 +11,7 @@ catalogue and the report live in ``latency_models``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,11 @@ from search_spaces import LayerSpec, Plan, SpaceError
 FAMILY_TEMPLATES = {"gpu": "gtx-1080ti", "cpu": "xeon-gold-6240", "mobile": "cortex-a76", "fpga": "zcu102"}
 
 
-def data_dir() -> Path:
-    """``$HWSEARCH_DATA_DIR`` or the user data dir: the catalogue of targets and predictors."""
-    root = os.environ.get("HWSEARCH_DATA_DIR") or platformdirs.user_data_dir("hwsearch")
+def data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``$HWSEARCH_DATA_DIR`` (of ``env``, default the process environment) or the user data
+    dir: the catalogue of targets and predictors, and the service's database and artifacts."""
+    env = os.environ if env is None else env
+    root = env.get("HWSEARCH_DATA_DIR") or platformdirs.user_data_dir("hwsearch")
     return Path(root)
 
 

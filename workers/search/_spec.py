@@ -14,6 +14,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+#: The zoo's model names, so a spec can be checked without importing the zoo (torch); a test
+#: keeps this equal to ``workers.zoo.list_models()``.
+ZOO_MODELS = (
+    "digits-cnn",
+    "digits-vit",
+    "efficientnet-lite0",
+    "fbnet",
+    "minilm-l6",
+    "mobilenet-v2",
+    "nasbench201",
+)
 COST_METRICS = ("latency_ms", "weight_bytes", "energy_mj", "dsp", "lut", "bram36")
 OBJECTIVES = ("quality", "latency_ms", "weight_bytes", "energy_mj")
 _CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(?:@\s*([A-Za-z0-9_.\-]+)\s*)?(<=|>=)\s*([-+0-9.eE]+)\s*$")
@@ -126,6 +137,14 @@ class JobSpec(BaseModel):
     def _parse_constraints(cls, value: Any) -> Any:
         if isinstance(value, list):
             return [Constraint.parse(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        name = value.partition(":")[0]
+        if name not in ZOO_MODELS:
+            raise ValueError(f"unknown model {name!r}; valid names: {', '.join(ZOO_MODELS)}")
         return value
 
     @field_validator("targets")

@@ -1,0 +1,370 @@
+"""The FastAPI application: REST API under /api/v1, /healthz and /metrics.
+
+Routes are thin: validation is the JobSpec's (422 names the field), storage is ``Store``'s,
+searches run in the dispatcher, never in a request. Mutating endpoints need
+``Authorization: Bearer <token>`` (tokens are stored hashed); reads are open unless
+``HWSEARCH_READS_OPEN=false``. Importing this module pulls in neither torch nor ray.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
+from sqlalchemy import func, select, text
+
+from workers.search import JobSpec
+
+from .db import JOB_STATUSES, Job, TrialRow, make_engine, migrate, utcnow
+from .dispatcher import Dispatcher
+from .settings import Settings
+from .store import Conflict, NotFound, Store
+
+API = "/api/v1"
+_STATUS_PATTERN = "^(" + "|".join(JOB_STATUSES) + ")$"
+
+
+class JobOut(BaseModel):
+    id: str
+    status: str
+    model: str
+    targets: list[str]
+    strategy: str
+    budget: int | None
+    evaluations: int
+    hypervolume: float | None
+    progress: dict[str, Any]
+    error: str | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    spec: dict[str, Any]
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class TrialPage(BaseModel):
+    items: list[dict[str, Any]]
+    total: int
+    limit: int
+    offset: int
+
+
+# ---------------------------------------------------------------------------- dependencies
+def get_store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def require_token(request: Request, store: StoreDep) -> None:
+    token = _bearer(request)
+    if token is None or not store.token_valid(token):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a valid API token is required: send 'Authorization: Bearer <token>' "
+            "(create one with `hwsearch token create`)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def require_read(request: Request, store: StoreDep) -> None:
+    if not request.app.state.settings.reads_open:
+        require_token(request, store)
+
+
+Write = Depends(require_token)
+Read = Depends(require_read)
+
+
+def _job_or_404(store: Store, job_id: str) -> dict[str, Any]:
+    try:
+        return store.get_job(job_id)
+    except NotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}") from None
+
+
+# ---------------------------------------------------------------------------- the app
+def create_app(settings: Settings | None = None, *, dispatcher: bool | None = None) -> FastAPI:
+    """The service; ``dispatcher`` overrides ``settings.run_dispatcher`` (tests run without)."""
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        migrate(engine)
+        app.state.store = Store(engine)
+        app.state.dispatcher = None
+        if settings.run_dispatcher if dispatcher is None else dispatcher:
+            app.state.dispatcher = Dispatcher(app.state.store, settings)
+            app.state.dispatcher.start()
+        yield
+        if app.state.dispatcher is not None:
+            app.state.dispatcher.stop()
+        engine.dispose()
+
+    app = FastAPI(
+        title="hwsearch",
+        version="0.1",
+        description="Hardware-aware search of per-layer ranks, pruning, bit widths and token keep rates.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.request_seconds = {}  # route → (count, total seconds), for /metrics
+
+    @app.middleware("http")
+    async def timing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        key = getattr(route, "path", "unmatched")
+        count, total = app.state.request_seconds.get(key, (0, 0.0))
+        app.state.request_seconds[key] = (count + 1, total + time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # The field path, the message and the value, for every error (never the traceback).
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "input": _jsonable(e.get("input"))}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    # ---- jobs -------------------------------------------------------------------------------
+    @app.post(f"{API}/jobs", status_code=201, response_model=JobOut, dependencies=[Write])
+    def create_job(spec: JobSpec, store: StoreDep) -> dict[str, Any]:
+        from latency_models import LatencyModelError
+        from workers.calibration import catalogue
+
+        cat = catalogue()
+        for i, name in enumerate(spec.targets):
+            try:
+                cat.target(name)
+            except LatencyModelError as exc:
+                raise RequestValidationError(
+                    [{"loc": ("body", "targets", i), "msg": str(exc), "input": name, "type": "value_error"}]
+                ) from None
+        return store.create_job(spec.model_dump(mode="json"))
+
+    @app.get(f"{API}/jobs", response_model=JobPage, dependencies=[Read])
+    def list_jobs(
+        store: StoreDep,
+        status_: Annotated[str | None, Query(alias="status", pattern=_STATUS_PATTERN)] = None,
+        model: str | None = None,
+        target: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        items, total = store.list_jobs(status=status_, model=model, target=target, limit=limit, offset=offset)
+        return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+    @app.get(f"{API}/jobs/{{job_id}}", response_model=JobOut, dependencies=[Read])
+    def get_job(job_id: str, store: StoreDep) -> dict[str, Any]:
+        return _job_or_404(store, job_id)
+
+    @app.post(f"{API}/jobs/{{job_id}}/cancel", response_model=JobOut, dependencies=[Write])
+    def cancel_job(job_id: str, store: StoreDep) -> dict[str, Any]:
+        try:
+            return store.request_cancel(job_id)
+        except NotFound:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}") from None
+
+    @app.delete(f"{API}/jobs/{{job_id}}", status_code=204, dependencies=[Write])
+    def delete_job(job_id: str, store: StoreDep) -> Response:
+        try:
+            store.delete_job(job_id)
+        except NotFound:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}") from None
+        except Conflict as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        return Response(status_code=204)
+
+    # ---- results ------------------------------------------------------------------------------
+    @app.get(f"{API}/jobs/{{job_id}}/trials", response_model=TrialPage, dependencies=[Read])
+    def trials(
+        job_id: str,
+        store: StoreDep,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        try:
+            items, total = store.trials(job_id, limit=limit, offset=offset)
+        except NotFound:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}") from None
+        return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+    @app.get(f"{API}/jobs/{{job_id}}/trials/{{number}}/plan", dependencies=[Read])
+    def trial_plan(job_id: str, number: int, store: StoreDep) -> dict[str, Any]:
+        try:
+            plan: dict[str, Any] = store.trial(job_id, number)["plan"]
+        except NotFound:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no trial {number} in job {job_id!r}") from None
+        return plan
+
+    @app.get(f"{API}/jobs/{{job_id}}/front", dependencies=[Read], response_model=None)
+    def front(
+        job_id: str,
+        store: StoreDep,
+        format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
+    ) -> Any:
+        job = _job_or_404(store, job_id)
+        rows = front_of(job, store.trials(job_id)[0])
+        if format == "csv":
+            return PlainTextResponse(_front_csv(job, rows), media_type="text/csv")
+        return {
+            "job_id": job_id,
+            "objectives": job["spec"]["objectives"],
+            "targets": job["targets"],
+            "hypervolume": job["hypervolume"],
+            "front": rows,
+        }
+
+    # ---- operations ------------------------------------------------------------------------
+    @app.get("/healthz")
+    def healthz(request: Request) -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            with request.app.state.store.engine.connect() as c:
+                c.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"error: {type(exc).__name__}"
+        checks["ray"] = _ray_state(request.app.state.settings)
+        healthy = checks["database"] == "ok" and not checks["ray"].startswith("error")
+        return JSONResponse(
+            {"status": "ok" if healthy else "error", **checks}, status_code=200 if healthy else 503
+        )
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics(request: Request, store: StoreDep) -> str:
+        lines = ["# HELP hwsearch_jobs Jobs by status.", "# TYPE hwsearch_jobs gauge"]
+        with store.session() as s:
+            counts = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            since = utcnow() - timedelta(seconds=60)
+            recent = s.scalar(select(func.count()).where(TrialRow.created_at >= since))
+        for name in JOB_STATUSES:
+            lines.append(f'hwsearch_jobs{{status="{name}"}} {counts.get(name, 0)}')
+        lines += [
+            "# HELP hwsearch_queue_depth Jobs waiting for a dispatcher.",
+            "# TYPE hwsearch_queue_depth gauge",
+            f"hwsearch_queue_depth {counts.get('queued', 0)}",
+            "# HELP hwsearch_trials_per_second Trials stored per second over the last minute.",
+            "# TYPE hwsearch_trials_per_second gauge",
+            f"hwsearch_trials_per_second {(recent or 0) / 60:.6g}",
+            "# HELP hwsearch_request_seconds Time spent answering requests, by route.",
+            "# TYPE hwsearch_request_seconds summary",
+        ]
+        for route, (count, total) in sorted(request.app.state.request_seconds.items()):
+            lines.append(f'hwsearch_request_seconds_count{{route="{route}"}} {count}')
+            lines.append(f'hwsearch_request_seconds_sum{{route="{route}"}} {total:.6g}')
+        return "\n".join(lines) + "\n"
+
+    return app
+
+
+def _ray_state(settings: Settings) -> str:
+    import sys
+
+    if "ray" not in sys.modules:
+        return "not started (starts with the first job)" if not settings.ray_address else "not connected yet"
+    import ray
+
+    try:
+        return "ok" if ray.is_initialized() else "not started"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def front_of(job: dict[str, Any], trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The non-dominated feasible trials, derived from the trials every time.
+
+    Dominance does not change when an objective is scaled by a positive constant, so the
+    raw quality and costs give the same front as the search's normalised objectives.
+    """
+    from workers.search import front_mask
+
+    spec = job["spec"]
+    ok = [t for t in trials if t.get("feasible") and t.get("quality") is not None]
+    if not ok:
+        return []
+    columns = []
+    for t in ok:
+        row = [-float(t["quality"])]
+        for metric in spec["objectives"]:
+            if metric == "quality":
+                continue
+            for target in [spec["targets"][0]] if metric == "weight_bytes" else spec["targets"]:
+                value = t["costs"].get(target, {}).get(metric)
+                row.append(float("inf") if value is None else float(value))
+        columns.append(row)
+    mask = front_mask(columns)
+    front = [t for t, m in zip(ok, mask, strict=True) if m]
+    return sorted(front, key=lambda t: -float(t["quality"]))
+
+
+def _front_csv(job: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    targets = job["targets"]
+    writer = csv.writer(out)
+    header = [
+        "number",
+        "quality",
+        *[f"latency_ms@{t}" for t in targets],
+        "weight_bytes",
+        "provenance",
+        "plan",
+    ]
+    writer.writerow(header)
+    for t in rows:
+        costs = t["costs"]
+        writer.writerow(
+            [
+                t["number"],
+                t["quality"],
+                *[costs[name]["latency_ms"] for name in targets],
+                costs[targets[0]].get("weight_bytes"),
+                costs[targets[0]].get("provenance"),
+                _plan_json(t["plan"]),
+            ]
+        )
+    return out.getvalue()
+
+
+def _plan_json(plan: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(plan, separators=(",", ":"))

@@ -1,0 +1,137 @@
+"""The dispatcher: claims queued jobs and runs them on Ray; no search runs in a request.
+
+Each service replica runs one ``Dispatcher`` thread. It claims a queued job (``Store.claim``:
+one replica per job) and starts ``execute_job`` as a Ray task (zero CPUs: the search's driver;
+its evaluator actors take the CPUs), so the API process never imports torch. The task writes
+trials and status through ``DbSink``, beats a heartbeat every ``HEARTBEAT_S`` seconds and stops
+its search when the job's cancel flag is set. A job whose heartbeat stops (its process died)
+goes back to the queue and resumes from its stored trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from typing import Any
+
+from .db import make_engine
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger("hwsearch.dispatcher")
+HEARTBEAT_S = 2.0
+#: A running job whose heartbeat is older than this is taken to be orphaned.
+STALE_AFTER_S = 30.0
+
+
+class DbSink:
+    """``workers.search.Sink`` on the database: trials idempotent, status and progress on the job."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def on_trial(self, trial: Any) -> None:
+        self.store.add_trial(trial.to_dict())
+
+    def on_status(self, job_id: str, status: str, progress: dict[str, Any]) -> None:
+        self.store.set_status(job_id, status, progress=progress)
+
+    def on_measurement(self, job_id: str, number: int, measured: dict[str, Any]) -> None:
+        self.store.add_measurement(job_id, number, measured)
+
+
+def execute_job(database_url: str, job_id: str, worker: str) -> str:
+    """Run one claimed job to its end (inside a Ray task, or inline); returns its final status."""
+    from workers.search import JobSpec, SearchError, Trial, run_search
+
+    store = Store(make_engine(database_url))
+    finished = threading.Event()
+    cancel = threading.Event()
+
+    def beat() -> None:
+        while not finished.wait(HEARTBEAT_S):
+            if store.heartbeat(job_id, worker):
+                cancel.set()
+
+    threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True).start()
+    try:
+        job = store.get_job(job_id)
+        spec = JobSpec.model_validate(job["spec"])
+        stored = [Trial.from_dict(t) for t in store.trials(job_id)[0]]
+        if job["cancel_requested"]:
+            cancel.set()
+        result = run_search(spec, DbSink(store), job_id=job_id, resume=stored, cancel=cancel)
+        return result.status
+    except SearchError as exc:
+        store.set_status(job_id, "failed", error=str(exc))
+        return "failed"
+    except Exception as exc:  # the job fails with its error; the dispatcher goes on
+        log.exception("job %s failed", job_id)
+        store.set_status(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        return "failed"
+    finally:
+        finished.set()
+
+
+class Dispatcher:
+    def __init__(
+        self, store: Store, settings: Settings, *, poll_s: float = 0.5, inline: bool = False
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.poll_s = poll_s
+        self.inline = inline  # run jobs in this process (tests of the queue without Ray)
+        self.worker = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.current: str | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="hwsearch-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                requeued = self.store.requeue_orphans(STALE_AFTER_S)
+                if requeued:
+                    log.warning("resuming orphaned jobs %s", requeued)
+                job = self.store.claim(self.worker)
+                if job is None:
+                    self._stop.wait(self.poll_s)
+                    continue
+                self.current = job["id"]
+                self._run(job["id"])
+            except Exception:  # a database hiccup must not kill the dispatcher
+                log.exception("dispatcher loop")
+                self._stop.wait(self.poll_s)
+            finally:
+                self.current = None
+
+    def _run(self, job_id: str) -> None:
+        if self.inline:
+            execute_job(self.settings.database_url, job_id, self.worker)
+            return
+        import ray
+
+        from workers.search import ensure_ray
+
+        ensure_ray(self.settings.ray_address)
+        task = ray.remote(num_cpus=0, max_retries=0)(execute_job)
+        ref = task.remote(self.settings.database_url, job_id, self.worker)
+        while not self._stop.is_set():
+            done, _ = ray.wait([ref], timeout=self.poll_s)
+            if done:
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # the task's process died: fail the job with the reason
+                    self.store.set_status(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+                return

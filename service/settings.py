@@ -1,0 +1,90 @@
+"""Service settings from the environment, validated once at start-up.
+
+A wrong value stops start-up with a message that names the variable, the value and the fix
+(``SettingsError``). Nothing here imports torch or ray.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from workers.calibration import data_dir as calibration_data_dir
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """A bad environment variable: names it, its value and what is allowed."""
+
+    def __init__(self, variable: str, value: str, fix: str) -> None:
+        super().__init__(f"{variable}={value!r}: {fix}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the service reads (the names are the environment variables)."""
+
+    data_dir: Path
+    database_url: str
+    ray_address: str | None
+    reads_open: bool
+    max_upload_bytes: int
+    run_dispatcher: bool
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        data_dir = calibration_data_dir(env)
+        if data_dir.exists() and not data_dir.is_dir():
+            raise SettingsError("HWSEARCH_DATA_DIR", str(data_dir), "a directory is required")
+        url = env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'hwsearch.db'}"
+        scheme = urlparse(url).scheme.split("+")[0]
+        if scheme not in ("sqlite", "postgresql"):
+            raise SettingsError(
+                "DATABASE_URL",
+                url,
+                "a sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB URL is required",
+            )
+        if scheme == "postgresql" and "+" not in urlparse(url).scheme:
+            url = "postgresql+psycopg" + url[len("postgresql") :]  # the driver that is installed
+        ray_address = env.get("RAY_ADDRESS") or None
+        if ray_address is not None and not (ray_address == "auto" or ":" in ray_address):
+            raise SettingsError("RAY_ADDRESS", ray_address, "HOST:PORT, ray://HOST:PORT or auto is required")
+        return cls(
+            data_dir=data_dir,
+            database_url=url,
+            ray_address=ray_address,
+            reads_open=_flag(env, "HWSEARCH_READS_OPEN", True),
+            max_upload_bytes=_positive_int(env, "HWSEARCH_MAX_UPLOAD_BYTES", 20 * 1024 * 1024),
+            run_dispatcher=_flag(env, "HWSEARCH_DISPATCHER", True),
+        )
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise SettingsError(name, raw, "true or false is required")
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(name, raw, "a positive whole number is required") from None
+    if value <= 0:
+        raise SettingsError(name, raw, "a positive whole number is required")
+    return value

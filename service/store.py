@@ -1,0 +1,279 @@
+"""Storage of jobs, trials and tokens: the only module that writes SQL.
+
+- A job is committed before ``create_job`` returns (the API answers 201 after that).
+- ``add_trial`` is idempotent on (job id, trial number): INSERT … ON CONFLICT DO NOTHING.
+- ``claim`` hands a queued job to exactly one dispatcher: on PostgreSQL with SELECT … FOR UPDATE
+  SKIP LOCKED, on SQLite (one writer at a time) with a conditional UPDATE; either way the
+  UPDATE only succeeds while the job is still queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, literal, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from .db import FINISHED, ApiToken, Job, TrialRow, utcnow
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(RuntimeError):
+    pass
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=utcnow().tzinfo)
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "status": job.status,
+        "model": job.model,
+        "targets": job.targets.split(","),
+        "strategy": job.strategy,
+        "budget": job.budget,
+        "evaluations": job.evaluations,
+        "hypervolume": job.hypervolume,
+        "progress": job.progress or {},
+        "error": job.error,
+        "cancel_requested": job.cancel_requested,
+        "created_at": _aware(job.created_at),
+        "started_at": _aware(job.started_at),
+        "finished_at": _aware(job.finished_at),
+        "spec": job.spec,
+    }
+
+
+def trial_dict(row: TrialRow) -> dict[str, Any]:
+    return {**row.data, "measured": row.measured if row.measured is not None else row.data.get("measured")}
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    # ---- jobs -----------------------------------------------------------------------------
+    def create_job(self, spec: dict[str, Any]) -> dict[str, Any]:
+        job = Job(
+            id=uuid.uuid4().hex[:16],
+            status="queued",
+            spec=spec,
+            model=spec["model"],
+            targets=",".join(spec["targets"]),
+            strategy=spec["strategy"],
+            budget=(spec.get("budget") or {}).get("evaluations"),
+            evaluations=0,
+            progress={},
+            cancel_requested=False,
+            created_at=utcnow(),
+        )
+        with self.session() as s:
+            s.add(job)
+        return job_dict(job)
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(job_id)
+            return job_dict(job)
+
+    def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        target: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        query = select(Job)
+        if status:
+            query = query.where(Job.status == status)
+        if model:
+            query = query.where(Job.model == model)
+        if target:
+            # targets is "a,b,c": match a whole name
+            query = query.where((literal(",") + Job.targets + literal(",")).contains(f",{target},"))
+        with self.session() as s:
+            total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = s.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+            return [job_dict(j) for j in rows], total
+
+    def request_cancel(self, job_id: str) -> dict[str, Any]:
+        """A queued job is cancelled at once; a running one is flagged for its dispatcher."""
+        with self.session() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise NotFound(job_id)
+            if job.status == "queued":
+                job.status, job.finished_at = "cancelled", utcnow()
+            elif job.status == "running":
+                job.cancel_requested = True
+            return job_dict(job)
+
+    def delete_job(self, job_id: str) -> None:
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(job_id)
+            if job.status not in FINISHED:
+                raise Conflict(
+                    f"job {job_id} is {job.status}; only finished jobs can be deleted (cancel it first)"
+                )
+            s.execute(delete(TrialRow).where(TrialRow.job_id == job_id))
+            s.delete(job)
+
+    # ---- the dispatcher's side ----------------------------------------------------------------
+    def claim(self, worker: str) -> dict[str, Any] | None:
+        """Move the oldest queued job to running for ``worker``; None when there is none."""
+        with self.session() as s:
+            query = select(Job.id).where(Job.status == "queued").order_by(Job.created_at).limit(1)
+            if self.engine.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            job_id = s.scalar(query)
+            if job_id is None:
+                return None
+            now = utcnow()
+            done = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "queued")
+                .values(status="running", claimed_by=worker, heartbeat_at=now, started_at=now)
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            job = s.get(Job, job_id)
+            assert job is not None  # just updated in this transaction
+            s.refresh(job)
+            return job_dict(job)
+
+    def requeue_orphans(self, stale_after_s: float) -> list[str]:
+        """Running jobs whose dispatcher stopped beating go back to the queue (they resume
+        from their stored trials when claimed again)."""
+        limit = utcnow() - timedelta(seconds=stale_after_s)
+        with self.session() as s:
+            rows = s.scalars(
+                select(Job).where(Job.status == "running", Job.heartbeat_at < limit).with_for_update()
+            ).all()
+            for job in rows:
+                job.status, job.claimed_by = "queued", None
+            return [j.id for j in rows]
+
+    def heartbeat(self, job_id: str, worker: str) -> bool:
+        """Refresh the claim; returns whether a cancel was requested."""
+        with self.session() as s:
+            s.execute(
+                update(Job).where(Job.id == job_id, Job.claimed_by == worker).values(heartbeat_at=utcnow())
+            )
+            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+    def set_status(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        progress: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"status": status}
+        if progress is not None:
+            values["progress"] = progress
+            if "evaluations" in progress:
+                values["evaluations"] = int(progress["evaluations"])
+            if progress.get("hypervolume") is not None:
+                values["hypervolume"] = float(progress["hypervolume"])
+        if error is not None:
+            values["error"] = error
+        if status in FINISHED:
+            values["finished_at"] = utcnow()
+        with self.session() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(**values))
+
+    # ---- trials -----------------------------------------------------------------------------
+    def add_trial(self, trial: dict[str, Any]) -> bool:
+        """Store a trial once; False when (job id, number) was already stored."""
+        values = {
+            "job_id": trial["job_id"],
+            "number": int(trial["number"]),
+            "status": trial["status"],
+            "quality": trial.get("quality"),
+            "feasible": bool(trial.get("feasible")),
+            "data": trial,
+            "measured": trial.get("measured"),
+            "created_at": utcnow(),
+        }
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        stmt = insert(TrialRow).values(**values).on_conflict_do_nothing(index_elements=["job_id", "number"])
+        with self.session() as s:
+            # RETURNING says whether a row went in (rowcount is unreliable for DO NOTHING).
+            return s.execute(stmt.returning(TrialRow.id)).first() is not None
+
+    def add_measurement(self, job_id: str, number: int, measured: dict[str, Any]) -> None:
+        with self.session() as s:
+            s.execute(
+                update(TrialRow)
+                .where(TrialRow.job_id == job_id, TrialRow.number == number)
+                .values(measured=measured)
+            )
+
+    def trials(
+        self, job_id: str, *, limit: int | None = None, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        with self.session() as s:
+            if s.get(Job, job_id) is None:
+                raise NotFound(job_id)
+            total = s.scalar(select(func.count()).where(TrialRow.job_id == job_id)) or 0
+            query = select(TrialRow).where(TrialRow.job_id == job_id).order_by(TrialRow.number).offset(offset)
+            if limit is not None:
+                query = query.limit(limit)
+            return [trial_dict(r) for r in s.scalars(query).all()], total
+
+    def trial(self, job_id: str, number: int) -> dict[str, Any]:
+        with self.session() as s:
+            row = s.scalar(select(TrialRow).where(TrialRow.job_id == job_id, TrialRow.number == number))
+            if row is None:
+                raise NotFound(f"{job_id}/{number}")
+            return trial_dict(row)
+
+    # ---- tokens -----------------------------------------------------------------------------
+    def create_token(self, name: str) -> str:
+        """A new API token; only its SHA-256 is stored, so it is shown once."""
+        token = "hws_" + secrets.token_urlsafe(32)
+        with self.session() as s:
+            s.add(ApiToken(name=name, token_sha256=_sha256(token), created_at=utcnow()))
+        return token
+
+    def token_valid(self, token: str) -> bool:
+        with self.session() as s:
+            return s.scalar(select(ApiToken.id).where(ApiToken.token_sha256 == _sha256(token))) is not None
+
+    def has_tokens(self) -> bool:
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(ApiToken)) != 0
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
