@@ -509,25 +509,92 @@ def _floats(text: str | None, flag: str) -> list[float]:
         _fail(f"{flag}: {text!r} is not a comma-separated list of numbers, e.g. {flag} 0.25,0.5")
 
 
+# Options shared by `search` (local) and `submit` (to the service): one JobSpec either way.
+ModelOpt = Annotated[str | None, typer.Option(help="Zoo model (see `hwsearch models`).")]
+TargetOpt = Annotated[
+    list[str] | None, typer.Option(help="Target (see `hwsearch targets`); repeat for several.")
+]
+StrategyOpt = Annotated[str, typer.Option(help="random, uniform, nsga2, tpe or guided.")]
+BudgetEvalOpt = Annotated[
+    int, typer.Option(help="Quality evaluations (trial 0, the uncompressed model, counts).")
+]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+ConstraintOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="Hard constraint, e.g. latency_ms<=5, dsp@zcu102<=2000, quality>=0.9; repeatable."),
+]
+RankOpt = Annotated[str | None, typer.Option(help="Rank fractions offered, e.g. 0.25,0.5.")]
+KeepOpt = Annotated[str | None, typer.Option(help="Channel keep ratios offered, e.g. 0.5,0.75.")]
+WbitsOpt = Annotated[str | None, typer.Option(help="Weight bit widths offered, e.g. 4,8.")]
+AbitsOpt = Annotated[str | None, typer.Option(help="Activation bit widths offered, e.g. 8.")]
+TokensOpt = Annotated[str | None, typer.Option(help="Token keep rates offered, e.g. 0.5,0.7.")]
+ConcurrencyOpt = Annotated[int, typer.Option(help="Ray evaluator actors.", min=1)]
+
+
+def job_spec(
+    spec_file: Path | None,
+    model: str | None,
+    target: list[str] | None,
+    strategy: str,
+    budget: int,
+    seed: int,
+    constraint: list[str] | None,
+    space_flags: dict[str, str | None],
+    concurrency: int,
+) -> Any:
+    """The JobSpec of a spec file or of the search flags; bad input exits 2 naming the field."""
+    from pydantic import ValidationError
+
+    from workers.search import JobSpec
+
+    try:
+        if spec_file is not None:
+            try:
+                data = json.loads(spec_file.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                _fail(f"--spec: {spec_file}: a readable JobSpec JSON file is required ({exc})")
+            return JobSpec.model_validate(data)
+        if not model or not target:
+            _fail("--model and --target are required (or a JobSpec file)")
+        space: dict[str, Any] = {
+            "rank_fractions": _floats(space_flags["rank"], "--rank"),
+            "keep": _floats(space_flags["keep"], "--keep"),
+            "wbits": [int(b) for b in _floats(space_flags["wbits"], "--wbits")],
+            "abits": [int(b) for b in _floats(space_flags["abits"], "--abits")],
+            "token_keep": _floats(space_flags["tokens"], "--tokens"),
+        }
+        if not any(space.values()):
+            space = {"rank_fractions": [0.25, 0.5, 0.75], "keep": [0.5, 0.75], "wbits": [4, 8]}
+        return JobSpec.model_validate(
+            {
+                "model": model,
+                "targets": target,
+                "space": space,
+                "strategy": strategy,
+                "budget": {"evaluations": budget},
+                "seed": seed,
+                "constraints": constraint or [],
+                "concurrency": concurrency,
+            }
+        )
+    except ValidationError as exc:
+        _fail(_validation_message(exc))
+
+
 @app.command()
 def search(
-    model: Annotated[str, typer.Option(help="Zoo model (see `hwsearch models`).")],
-    target: Annotated[list[str], typer.Option(help="Target (see `hwsearch targets`); repeat for several.")],
-    strategy: Annotated[str, typer.Option(help="random, uniform, nsga2, tpe or guided.")] = "guided",
-    budget: Annotated[
-        int, typer.Option(help="Quality evaluations (trial 0, the uncompressed model, counts).")
-    ] = 50,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    constraint: Annotated[
-        list[str] | None,
-        typer.Option(help="Hard constraint, e.g. latency_ms<=5, dsp@zcu102<=2000, quality>=0.9; repeatable."),
-    ] = None,
-    rank: Annotated[str | None, typer.Option(help="Rank fractions offered, e.g. 0.25,0.5.")] = None,
-    keep: Annotated[str | None, typer.Option(help="Channel keep ratios offered, e.g. 0.5,0.75.")] = None,
-    wbits: Annotated[str | None, typer.Option(help="Weight bit widths offered, e.g. 4,8.")] = None,
-    abits: Annotated[str | None, typer.Option(help="Activation bit widths offered, e.g. 8.")] = None,
-    tokens: Annotated[str | None, typer.Option(help="Token keep rates offered, e.g. 0.5,0.7.")] = None,
-    concurrency: Annotated[int, typer.Option(help="Ray evaluator actors.", min=1)] = 2,
+    model: ModelOpt = None,
+    target: TargetOpt = None,
+    strategy: StrategyOpt = "guided",
+    budget: BudgetEvalOpt = 50,
+    seed: SeedOpt = 0,
+    constraint: ConstraintOpt = None,
+    rank: RankOpt = None,
+    keep: KeepOpt = None,
+    wbits: WbitsOpt = None,
+    abits: AbitsOpt = None,
+    tokens: TokensOpt = None,
+    concurrency: ConcurrencyOpt = 2,
     spec_file: Annotated[
         Path | None, typer.Option("--spec", help="A JobSpec JSON file instead of the flags above.")
     ] = None,
@@ -543,41 +610,19 @@ def search(
 ) -> None:
     """Search per-layer compression plans on an embedded Ray (or RAY_ADDRESS) and print the front."""
     _quiet_torch()
-    from pydantic import ValidationError
+    from workers.search import JsonlSink, MemorySink, SearchError, Trial, run_search
 
-    from workers.search import JobSpec, JsonlSink, MemorySink, SearchError, Trial, run_search
-
-    try:
-        if spec_file is not None:
-            try:
-                data = json.loads(spec_file.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                _fail(f"--spec: {spec_file}: a readable JobSpec JSON file is required ({exc})")
-            spec = JobSpec.model_validate(data)
-        else:
-            space: dict[str, Any] = {
-                "rank_fractions": _floats(rank, "--rank"),
-                "keep": _floats(keep, "--keep"),
-                "wbits": [int(b) for b in _floats(wbits, "--wbits")],
-                "abits": [int(b) for b in _floats(abits, "--abits")],
-                "token_keep": _floats(tokens, "--tokens"),
-            }
-            if not any(space.values()):
-                space = {"rank_fractions": [0.25, 0.5, 0.75], "keep": [0.5, 0.75], "wbits": [4, 8]}
-            spec = JobSpec.model_validate(
-                {
-                    "model": model,
-                    "targets": target,
-                    "space": space,
-                    "strategy": strategy,
-                    "budget": {"evaluations": budget},
-                    "seed": seed,
-                    "constraints": constraint or [],
-                    "concurrency": concurrency,
-                }
-            )
-    except ValidationError as exc:
-        _fail(_validation_message(exc))
+    spec = job_spec(
+        spec_file,
+        model,
+        target,
+        strategy,
+        budget,
+        seed,
+        constraint,
+        {"rank": rank, "keep": keep, "wbits": wbits, "abits": abits, "tokens": tokens},
+        concurrency,
+    )
     job_id = spec.fingerprint()
     sink: MemorySink = MemorySink()
     stored: list[Trial] = []
