@@ -688,6 +688,10 @@ def _validation_message(exc: Any) -> str:
     return "; ".join(parts)
 
 
+# The service's commands (serve, token, submit, status, front, cancel) register on `app`.
+from . import cli_remote  # noqa: E402, F401
+
+
 def main() -> None:
     """Entry point of the ``hwsearch`` script."""
     try:

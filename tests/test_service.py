@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import threading
 import time
 import uuid
@@ -263,3 +264,62 @@ def test_a_job_runs_end_to_end_through_the_dispatcher(tmp_path: Path) -> None:
         trials = c.get(f"/api/v1/jobs/{job['id']}/trials").json()
         assert [t["number"] for t in trials["items"]] == list(range(6))
         assert c.get(f"/api/v1/jobs/{job['id']}/front").json()["front"]
+
+
+# ------------------------------------------------------------------------------- the CLI over HTTP
+@pytest.fixture()
+def live_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real uvicorn server on a free port (SQLite, dispatcher on); yields its URL."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"HWSEARCH_DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'hwsearch.db'}"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(Settings.from_env(env)), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.1)
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("HWSEARCH_URL", url)
+    yield url
+    server.should_exit = True
+    thread.join(15)
+
+
+def test_cli_talks_to_the_service(live_service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    run = CliRunner().invoke
+    flags = ["--model", "digits-cnn", "--target", "xeon-gold-6240", "--strategy", "random"]
+    flags += ["--keep", "0.5,0.75", "--wbits", "4,8", "--budget", "5"]
+    denied = run(app, ["submit", *flags, "--detach"])
+    assert denied.exit_code == 2 and "HWSEARCH_TOKEN" in denied.output
+    token = run(app, ["token", "create", "--name", "test"]).stdout.strip()
+    assert token.startswith("hws_")
+    monkeypatch.setenv("HWSEARCH_TOKEN", token)
+    bad = run(app, ["submit", "--model", "digits-cnn", "--target", "no-such-device", "--detach"])
+    assert bad.exit_code == 2 and "targets.0" in bad.output
+    followed = run(app, ["submit", *flags, "--json"])  # follows the job to its end
+    assert followed.exit_code == 0, followed.output
+    job_id = followed.stdout.splitlines()[0]
+    doc = json.loads(followed.stdout[len(job_id) + 1 :])
+    assert doc["status"] == "succeeded" and doc["evaluations"] == 5
+    table = run(app, ["front", job_id, "--csv"])
+    assert table.exit_code == 0 and table.stdout.startswith("number,quality,latency_ms@xeon-gold-6240")
+    queued = run(app, ["submit", *flags, "--budget", "500", "--detach"]).stdout.strip()
+    cancelled = run(app, ["cancel", queued])
+    assert cancelled.exit_code == 0 and queued in cancelled.stdout
+    listing = run(app, ["status", "--json"])
+    assert {j["id"] for j in json.loads(listing.stdout)["items"]} == {job_id, queued}
+    assert run(app, ["status", "nope"]).exit_code == 2

@@ -1,0 +1,215 @@
+"""CLI commands of the service: ``serve`` and ``token create`` run where the service runs; the
+others talk to its REST API (``HWSEARCH_URL``, default http://127.0.0.1:8000, with
+``HWSEARCH_TOKEN`` for changes), never to the database."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .cli import (
+    AbitsOpt,
+    BudgetEvalOpt,
+    ConcurrencyOpt,
+    ConstraintOpt,
+    JsonFlag,
+    KeepOpt,
+    ModelOpt,
+    RankOpt,
+    SeedOpt,
+    StrategyOpt,
+    TargetOpt,
+    TokensOpt,
+    WbitsOpt,
+    _fail,
+    _print_json,
+    app,
+    job_spec,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def _settings() -> Any:
+    from .settings import Settings, SettingsError
+
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+class Api:
+    """A small client of /api/v1; errors exit 2 with the service's message."""
+
+    def __init__(self) -> None:
+        import httpx
+
+        self.base = (os.environ.get("HWSEARCH_URL") or DEFAULT_URL).rstrip("/")
+        token = os.environ.get("HWSEARCH_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=self.base, headers=headers, timeout=30)
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
+        try:
+            r = self.client.request(method, f"/api/v1{path}", **kw)
+        except httpx.HTTPError as exc:
+            _fail(
+                f"HWSEARCH_URL={self.base}: the service does not answer ({exc}); "
+                "start it with `hwsearch serve`"
+            )
+        if r.status_code == 401:
+            _fail("the service needs a token: set HWSEARCH_TOKEN (create one with `hwsearch token create`)")
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail")
+            except ValueError:
+                detail = r.text
+            if isinstance(detail, list):
+                detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in detail)
+            _fail(f"{r.status_code}: {detail}")
+        if r.status_code == 204:
+            return None
+        return r.json() if "json" in r.headers.get("content-type", "") else r.text
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 8000,
+) -> None:
+    """Run the service: REST API, dispatcher (jobs on Ray) and scheduler."""
+    import uvicorn
+
+    from .app import create_app
+
+    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info")
+
+
+token_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(name: Annotated[str, typer.Option(help="What the token is for.")] = "cli") -> None:
+    """Create an API token in the service's database (run where the service runs)."""
+    from .db import make_engine, migrate
+    from .store import Store
+
+    engine = make_engine(_settings().database_url)
+    migrate(engine)
+    typer.echo(Store(engine).create_token(name))
+
+
+@app.command()
+def submit(
+    spec_file: Annotated[Path | None, typer.Argument(help="A JobSpec JSON file (or use the flags).")] = None,
+    model: ModelOpt = None,
+    target: TargetOpt = None,
+    strategy: StrategyOpt = "guided",
+    budget: BudgetEvalOpt = 50,
+    seed: SeedOpt = 0,
+    constraint: ConstraintOpt = None,
+    rank: RankOpt = None,
+    keep: KeepOpt = None,
+    wbits: WbitsOpt = None,
+    abits: AbitsOpt = None,
+    tokens: TokensOpt = None,
+    concurrency: ConcurrencyOpt = 2,
+    detach: Annotated[bool, typer.Option(help="Print the job id and return at once.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Submit a search to the service; prints the job id, then follows it unless --detach."""
+    spec = job_spec(
+        spec_file,
+        model,
+        target,
+        strategy,
+        budget,
+        seed,
+        constraint,
+        {"rank": rank, "keep": keep, "wbits": wbits, "abits": abits, "tokens": tokens},
+        concurrency,
+    )
+    api = Api()
+    job = api.call("POST", "/jobs", json=spec.model_dump(mode="json"))
+    typer.echo(job["id"])
+    if detach:
+        return
+    done = 0
+    with typer.progressbar(length=job["budget"] or 0, label="evaluations", file=sys.stderr) as bar:
+        while job["status"] not in FINISHED:
+            time.sleep(1.0)
+            job = api.call("GET", f"/jobs/{job['id']}")
+            bar.update(max(0, job["evaluations"] - done))
+            done = max(done, job["evaluations"])
+    _show_job(job, json_output)
+    if job["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def _show_job(job: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        _print_json(job)
+        return
+    hv = job["hypervolume"]
+    typer.echo(
+        f"{job['id']}  {job['status']:<9}  {job['model']} on {', '.join(job['targets'])}  "
+        f"{job['strategy']}  {job['evaluations']}/{job['budget']} evaluations"
+        + (f"  hypervolume {hv:.4f}" if hv is not None else "")
+        + (f"  error: {job['error']}" if job.get("error") else "")
+    )
+
+
+@app.command()
+def status(
+    job_id: Annotated[str | None, typer.Argument(help="A job id; without one, the latest jobs.")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Show a job, or list the latest jobs."""
+    api = Api()
+    if job_id:
+        _show_job(api.call("GET", f"/jobs/{job_id}"), json_output)
+        return
+    page = api.call("GET", "/jobs", params={"limit": 20})
+    if json_output:
+        _print_json(page)
+        return
+    for job in page["items"]:
+        _show_job(job, False)
+
+
+@app.command()
+def front(
+    job_id: Annotated[str, typer.Argument(help="A job id.")],
+    csv_output: Annotated[bool, typer.Option("--csv", help="CSV instead of a table.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """The job's Pareto front (derived from its trials)."""
+    api = Api()
+    if csv_output:
+        typer.echo(api.call("GET", f"/jobs/{job_id}/front", params={"format": "csv"}), nl=False)
+        return
+    doc = api.call("GET", f"/jobs/{job_id}/front")
+    if json_output:
+        _print_json(doc)
+        return
+    typer.echo(f"{len(doc['front'])} plans on the front; hypervolume {doc['hypervolume']}")
+    for t in doc["front"]:
+        lat = "  ".join(f"{c['latency_ms']:.4f} ms@{name}" for name, c in t["costs"].items())
+        typer.echo(f"{t['number']:>5}  quality {t['quality']:.4f}  {lat}")
+
+
+@app.command()
+def cancel(job_id: Annotated[str, typer.Argument(help="A job id.")]) -> None:
+    """Cancel a job (a running one stops within seconds; finished trials are kept)."""
+    job = Api().call("POST", f"/jobs/{job_id}/cancel")
+    typer.echo(f"{job['id']}: {job['status']}" + (" (cancel requested)" if job["cancel_requested"] else ""))
