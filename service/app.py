@@ -19,13 +19,14 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select, text
 
 from workers.search import JobSpec
 
 from .db import JOB_STATUSES, Job, TrialRow, make_engine, migrate, utcnow
 from .dispatcher import Dispatcher
+from .scheduler import Scheduler
 from .settings import Settings
 from .store import Conflict, NotFound, Store
 
@@ -56,6 +57,53 @@ class JobPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class ScheduleIn(BaseModel):
+    """A cron schedule: every firing creates an ordinary job from ``spec``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    cron: str = Field(description="five-field cron expression, e.g. '0 2 * * *' (02:00 every day)")
+    timezone: str = Field("UTC", description="IANA time zone the cron expression is read in")
+    spec: JobSpec
+    enabled: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        if len(value.split()) != 5 or not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a five-field cron expression, e.g. '0 2 * * *'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone, e.g. UTC or Europe/Berlin") from None
+        return value
+
+
+class ScheduleUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    cron: str | None = None
+    timezone: str | None = None
+    spec: JobSpec | None = None
+    enabled: bool | None = None
+
+    _cron = field_validator("cron")(classmethod(lambda cls, v: v if v is None else ScheduleIn._cron(v)))
+    _timezone = field_validator("timezone")(
+        classmethod(lambda cls, v: v if v is None else ScheduleIn._timezone(v))
+    )
 
 
 class TrialPage(BaseModel):
@@ -107,6 +155,27 @@ def _job_or_404(store: Store, job_id: str) -> dict[str, Any]:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}") from None
 
 
+def _check_targets(spec: JobSpec, loc: tuple[Any, ...]) -> None:
+    from latency_models import LatencyModelError
+    from workers.calibration import catalogue
+
+    cat = catalogue()
+    for i, name in enumerate(spec.targets):
+        try:
+            cat.target(name)
+        except LatencyModelError as exc:
+            raise RequestValidationError(
+                [{"loc": (*loc, "targets", i), "msg": str(exc), "input": name, "type": "value_error"}]
+            ) from None
+
+
+def _schedule_or_404(store: Store, schedule_id: str) -> dict[str, Any]:
+    try:
+        return store.get_schedule(schedule_id)
+    except NotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no schedule {schedule_id!r}") from None
+
+
 # ---------------------------------------------------------------------------- the app
 def create_app(settings: Settings | None = None, *, dispatcher: bool | None = None) -> FastAPI:
     """The service; ``dispatcher`` overrides ``settings.run_dispatcher`` (tests run without)."""
@@ -117,13 +186,16 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
         engine = make_engine(settings.database_url)
         migrate(engine)
         app.state.store = Store(engine)
-        app.state.dispatcher = None
+        app.state.dispatcher = app.state.scheduler = None
         if settings.run_dispatcher if dispatcher is None else dispatcher:
             app.state.dispatcher = Dispatcher(app.state.store, settings)
             app.state.dispatcher.start()
+            app.state.scheduler = Scheduler(app.state.store)
+            app.state.scheduler.start()
         yield
-        if app.state.dispatcher is not None:
-            app.state.dispatcher.stop()
+        for worker in (app.state.scheduler, app.state.dispatcher):
+            if worker is not None:
+                worker.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -157,17 +229,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
     # ---- jobs -------------------------------------------------------------------------------
     @app.post(f"{API}/jobs", status_code=201, response_model=JobOut, dependencies=[Write])
     def create_job(spec: JobSpec, store: StoreDep) -> dict[str, Any]:
-        from latency_models import LatencyModelError
-        from workers.calibration import catalogue
-
-        cat = catalogue()
-        for i, name in enumerate(spec.targets):
-            try:
-                cat.target(name)
-            except LatencyModelError as exc:
-                raise RequestValidationError(
-                    [{"loc": ("body", "targets", i), "msg": str(exc), "input": name, "type": "value_error"}]
-                ) from None
+        _check_targets(spec, ("body",))
         return store.create_job(spec.model_dump(mode="json"))
 
     @app.get(f"{API}/jobs", response_model=JobPage, dependencies=[Read])
@@ -242,6 +304,44 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
             "hypervolume": job["hypervolume"],
             "front": rows,
         }
+
+    # ---- schedules ----------------------------------------------------------------------------
+    @app.post(f"{API}/schedules", status_code=201, dependencies=[Write])
+    def create_schedule(body: ScheduleIn, store: StoreDep) -> dict[str, Any]:
+        _check_targets(body.spec, ("body", "spec"))
+        return store.create_schedule(
+            name=body.name,
+            cron=body.cron,
+            timezone=body.timezone,
+            spec=body.spec.model_dump(mode="json"),
+            enabled=body.enabled,
+        )
+
+    @app.get(f"{API}/schedules", dependencies=[Read])
+    def list_schedules(store: StoreDep) -> list[dict[str, Any]]:
+        return store.list_schedules()
+
+    @app.get(f"{API}/schedules/{{schedule_id}}", dependencies=[Read])
+    def get_schedule(schedule_id: str, store: StoreDep) -> dict[str, Any]:
+        return _schedule_or_404(store, schedule_id)
+
+    @app.patch(f"{API}/schedules/{{schedule_id}}", dependencies=[Write])
+    def update_schedule(schedule_id: str, body: ScheduleUpdate, store: StoreDep) -> dict[str, Any]:
+        changes = body.model_dump(exclude_unset=True, mode="json")
+        if body.spec is not None:
+            _check_targets(body.spec, ("body", "spec"))
+        try:
+            return store.update_schedule(schedule_id, changes)
+        except NotFound:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no schedule {schedule_id!r}") from None
+
+    @app.delete(f"{API}/schedules/{{schedule_id}}", status_code=204, dependencies=[Write])
+    def delete_schedule(schedule_id: str, store: StoreDep) -> Response:
+        try:
+            store.delete_schedule(schedule_id)
+        except NotFound:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no schedule {schedule_id!r}") from None
+        return Response(status_code=204)
 
     # ---- operations ------------------------------------------------------------------------
     @app.get("/healthz")

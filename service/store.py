@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -19,9 +20,10 @@ from typing import Any
 
 from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .db import FINISHED, ApiToken, Job, TrialRow, utcnow
+from .db import FINISHED, ApiToken, Job, Schedule, TrialRow, utcnow
 
 
 class NotFound(LookupError):
@@ -74,19 +76,7 @@ class Store:
 
     # ---- jobs -----------------------------------------------------------------------------
     def create_job(self, spec: dict[str, Any]) -> dict[str, Any]:
-        job = Job(
-            id=uuid.uuid4().hex[:16],
-            status="queued",
-            spec=spec,
-            model=spec["model"],
-            targets=",".join(spec["targets"]),
-            strategy=spec["strategy"],
-            budget=(spec.get("budget") or {}).get("evaluations"),
-            evaluations=0,
-            progress={},
-            cancel_requested=False,
-            created_at=utcnow(),
-        )
+        job = _new_job(spec)
         with self.session() as s:
             s.add(job)
         return job_dict(job)
@@ -258,6 +248,97 @@ class Store:
                 raise NotFound(f"{job_id}/{number}")
             return trial_dict(row)
 
+    # ---- schedules ----------------------------------------------------------------------------
+    def create_schedule(
+        self, *, name: str, cron: str, timezone: str, spec: dict[str, Any], enabled: bool
+    ) -> dict[str, Any]:
+        now = utcnow()
+        schedule = Schedule(
+            id=uuid.uuid4().hex[:16],
+            name=name,
+            cron=cron,
+            timezone=timezone,
+            spec=spec,
+            enabled=enabled,
+            next_run_at=next_firing(cron, timezone, now),
+            created_at=now,
+            updated_at=now,
+        )
+        with self.session() as s:
+            s.add(schedule)
+        return schedule_dict(schedule, [])
+
+    def _runs(self, s: Session, schedule_id: str, limit: int = 10) -> list[Job]:
+        query = (
+            select(Job).where(Job.schedule_id == schedule_id).order_by(Job.scheduled_for.desc()).limit(limit)
+        )
+        return list(s.scalars(query).all())
+
+    def get_schedule(self, schedule_id: str) -> dict[str, Any]:
+        with self.session() as s:
+            schedule = s.get(Schedule, schedule_id)
+            if schedule is None:
+                raise NotFound(schedule_id)
+            return schedule_dict(schedule, self._runs(s, schedule_id))
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(Schedule).order_by(Schedule.created_at)).all()
+            return [schedule_dict(r, self._runs(s, r.id)) for r in rows]
+
+    def update_schedule(self, schedule_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        with self.session() as s:
+            schedule = s.get(Schedule, schedule_id, with_for_update=True)
+            if schedule is None:
+                raise NotFound(schedule_id)
+            for key, value in changes.items():
+                setattr(schedule, key, value)
+            if {"cron", "timezone", "enabled"} & set(changes):
+                schedule.next_run_at = next_firing(schedule.cron, schedule.timezone, utcnow())
+            schedule.updated_at = utcnow()
+            return schedule_dict(schedule, self._runs(s, schedule_id))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """The schedule goes; the jobs it created stay (they are ordinary jobs)."""
+        with self.session() as s:
+            schedule = s.get(Schedule, schedule_id)
+            if schedule is None:
+                raise NotFound(schedule_id)
+            s.delete(schedule)
+
+    def fire_due(self, now: datetime) -> list[str]:
+        """Create one job per due schedule firing; returns the new job ids.
+
+        The job is unique on (schedule, due time), so a firing that two replicas both see
+        creates one job; the next due time is the first after ``now``, so firings missed while
+        the service was down run once, not once per missed time.
+        """
+        created = []
+        with self.session() as s:
+            due = s.scalars(
+                select(Schedule.id).where(Schedule.enabled.is_(True), Schedule.next_run_at <= now)
+            ).all()
+        for schedule_id in due:
+            with self.session() as s:
+                schedule = s.get(Schedule, schedule_id)
+                if schedule is None or schedule.next_run_at is None:
+                    continue
+                firing = _aware(schedule.next_run_at)
+                assert firing is not None
+                try:
+                    with s.begin_nested():
+                        job = _new_job(schedule.spec, schedule.id, firing)
+                        s.add(job)
+                    created.append(job.id)
+                except IntegrityError:
+                    pass  # another replica fired it
+                s.execute(
+                    update(Schedule)
+                    .where(Schedule.id == schedule_id, Schedule.next_run_at == schedule.next_run_at)
+                    .values(next_run_at=next_firing(schedule.cron, schedule.timezone, max(now, firing)))
+                )
+        return created
+
     # ---- tokens -----------------------------------------------------------------------------
     def create_token(self, name: str) -> str:
         """A new API token; only its SHA-256 is stored, so it is shown once."""
@@ -273,6 +354,69 @@ class Store:
     def has_tokens(self) -> bool:
         with self.session() as s:
             return s.scalar(select(func.count()).select_from(ApiToken)) != 0
+
+
+def _new_job(
+    spec: dict[str, Any], schedule_id: str | None = None, scheduled_for: datetime | None = None
+) -> Job:
+    return Job(
+        id=uuid.uuid4().hex[:16],
+        status="queued",
+        spec=spec,
+        model=spec["model"],
+        targets=",".join(spec["targets"]),
+        strategy=spec["strategy"],
+        budget=(spec.get("budget") or {}).get("evaluations"),
+        evaluations=0,
+        progress={},
+        cancel_requested=False,
+        created_at=utcnow(),
+        schedule_id=schedule_id,
+        scheduled_for=scheduled_for,
+    )
+
+
+def next_firing(cron: str, timezone: str, after: datetime) -> datetime:
+    """The first time after ``after`` that ``cron`` fires in ``timezone``, in UTC."""
+    from zoneinfo import ZoneInfo
+
+    from croniter import croniter
+
+    local = after.astimezone(ZoneInfo(timezone))
+    nxt: datetime = croniter(cron, local).get_next(datetime)
+    return nxt.astimezone(utcnow().tzinfo)
+
+
+def schedule_dict(schedule: Schedule, runs: list[Job]) -> dict[str, Any]:
+    """A schedule with its last runs (newest first); a succeeded run whose hypervolume is below
+    the previous succeeded run's is flagged as a regression (same spec, same reference point)."""
+    done = [j for j in runs if j.status == "succeeded" and j.hypervolume is not None]
+    worse = {
+        newer.id
+        for newer, older in itertools.pairwise(done)
+        if (newer.hypervolume or 0.0) < (older.hypervolume or 0.0)
+    }
+    return {
+        "id": schedule.id,
+        "name": schedule.name,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "spec": schedule.spec,
+        "enabled": schedule.enabled,
+        "next_run_at": _aware(schedule.next_run_at) if schedule.enabled else None,
+        "created_at": _aware(schedule.created_at),
+        "last_runs": [
+            {
+                "job_id": j.id,
+                "status": j.status,
+                "scheduled_for": _aware(j.scheduled_for),
+                "hypervolume": j.hypervolume,
+                "regression": j.id in worse,
+            }
+            for j in runs
+        ],
+        "regression": bool(done) and done[0].id in worse,
+    }
 
 
 def _sha256(token: str) -> str:

@@ -323,3 +323,79 @@ def test_cli_talks_to_the_service(live_service: str, monkeypatch: pytest.MonkeyP
     listing = run(app, ["status", "--json"])
     assert {j["id"] for j in json.loads(listing.stdout)["items"]} == {job_id, queued}
     assert run(app, ["status", "nope"]).exit_code == 2
+
+
+# ------------------------------------------------------------------------------- schedules
+def _past(store: Store, schedule_id: str, days: float) -> None:
+    from service.db import Schedule
+
+    with store.session() as s:
+        s.execute(
+            sa.update(Schedule)
+            .where(Schedule.id == schedule_id)
+            .values(next_run_at=utcnow() - timedelta(days=days))
+        )
+
+
+def test_a_missed_firing_runs_once_and_each_firing_once(store: Store, database_url: str) -> None:
+    sch = store.create_schedule(
+        name="nightly", cron="0 2 * * *", timezone="Europe/Berlin", spec=SPEC, enabled=True
+    )
+    nxt = sch["next_run_at"]
+    assert nxt > utcnow() and (nxt.hour, nxt.minute) in {(1, 0), (0, 0)}  # 02:00 Berlin in UTC (CET/CEST)
+    assert store.fire_due(utcnow()) == []
+    _past(store, sch["id"], 3.2)  # the service was down for three nights
+    created = store.fire_due(utcnow())
+    assert len(created) == 1  # once, not once per missed night
+    assert store.fire_due(utcnow()) == []
+    again = store.get_schedule(sch["id"])
+    assert again["next_run_at"] > utcnow() and [r["job_id"] for r in again["last_runs"]] == created
+    assert store.get_job(created[0])["spec"] == SPEC
+    # Two replicas see the same firing due at once: one job.
+    _past(store, sch["id"], 0.5)
+    other = Store(make_engine(database_url))
+    results: list[list[str]] = []
+    threads = [
+        threading.Thread(target=lambda st=st: results.append(st.fire_due(utcnow()))) for st in (store, other)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(len(r) for r in results) == 1
+    assert len(store.get_schedule(sch["id"])["last_runs"]) == 2
+
+
+def test_a_run_worse_than_the_previous_is_flagged(store: Store) -> None:
+    sch = store.create_schedule(name="n", cron="*/5 * * * *", timezone="UTC", spec=SPEC, enabled=True)
+    ids = []
+    for hv in (0.50, 0.60, 0.55):
+        _past(store, sch["id"], 0.01)
+        (job_id,) = store.fire_due(utcnow())
+        store.set_status(job_id, "succeeded", progress={"hypervolume": hv})
+        ids.append(job_id)
+        time.sleep(0.01)
+    runs = store.get_schedule(sch["id"])["last_runs"]
+    assert [r["job_id"] for r in runs] == ids[::-1]  # newest first
+    assert [r["regression"] for r in runs] == [True, False, False]
+    assert store.get_schedule(sch["id"])["regression"] is True
+
+
+def test_schedules_over_rest(client: tuple[TestClient, str]) -> None:
+    c, token = client
+    body = {"name": "nightly", "cron": "0 2 * * *", "timezone": "UTC", "spec": SPEC}
+    for change, loc in [
+        ({"cron": "every night"}, ["body", "cron"]),
+        ({"timezone": "Mars/Olympus"}, ["body", "timezone"]),
+        ({"spec": {**SPEC, "targets": ["no-such-device"]}}, ["body", "spec", "targets", 0]),
+    ]:
+        r = c.post("/api/v1/schedules", json={**body, **change}, headers=_auth(token))
+        assert r.status_code == 422 and any(e["loc"][: len(loc)] == loc for e in r.json()["detail"]), r.text
+    assert c.post("/api/v1/schedules", json=body).status_code == 401
+    sch = c.post("/api/v1/schedules", json=body, headers=_auth(token)).json()
+    assert sch["next_run_at"] and sch["last_runs"] == []
+    off = c.patch(f"/api/v1/schedules/{sch['id']}", json={"enabled": False}, headers=_auth(token)).json()
+    assert off["enabled"] is False and off["next_run_at"] is None
+    assert c.get("/api/v1/schedules").json()[0]["id"] == sch["id"]
+    assert c.delete(f"/api/v1/schedules/{sch['id']}", headers=_auth(token)).status_code == 204
+    assert c.get(f"/api/v1/schedules/{sch['id']}").status_code == 404

@@ -1,0 +1,43 @@
+"""The scheduler: turns due cron firings into ordinary jobs (``Store.fire_due``).
+
+It runs inside every service replica; the database makes each firing happen once (jobs are
+unique on schedule and due time), and a firing missed while the service was down runs once
+at start-up, not once per missed time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .db import utcnow
+from .store import Store
+
+log = logging.getLogger("hwsearch.scheduler")
+
+
+class Scheduler:
+    def __init__(self, store: Store, *, poll_s: float = 5.0) -> None:
+        self.store = store
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="hwsearch-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                created = self.store.fire_due(utcnow())
+                if created:
+                    log.info("scheduled jobs created: %s", created)
+            except Exception:  # a database hiccup must not kill the scheduler
+                log.exception("scheduler loop")
+            self._stop.wait(self.poll_s)
