@@ -213,3 +213,71 @@ def cancel(job_id: Annotated[str, typer.Argument(help="A job id.")]) -> None:
     """Cancel a job (a running one stops within seconds; finished trials are kept)."""
     job = Api().call("POST", f"/jobs/{job_id}/cancel")
     typer.echo(f"{job['id']}: {job['status']}" + (" (cancel requested)" if job["cancel_requested"] else ""))
+
+
+schedule_app = typer.Typer(
+    help="Cron schedules that re-run a search (each firing is a job).", no_args_is_help=True
+)
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("add")
+def schedule_add(
+    cron: Annotated[str, typer.Option(help="Five-field cron expression, e.g. '0 2 * * *'.")],
+    name: Annotated[str, typer.Option(help="A name for the schedule.")] = "nightly",
+    timezone: Annotated[str, typer.Option(help="IANA time zone of the cron expression.")] = "UTC",
+    spec_file: Annotated[Path | None, typer.Argument(help="A JobSpec JSON file (or use the flags).")] = None,
+    model: ModelOpt = None,
+    target: TargetOpt = None,
+    strategy: StrategyOpt = "guided",
+    budget: BudgetEvalOpt = 50,
+    seed: SeedOpt = 0,
+    constraint: ConstraintOpt = None,
+    rank: RankOpt = None,
+    keep: KeepOpt = None,
+    wbits: WbitsOpt = None,
+    abits: AbitsOpt = None,
+    tokens: TokensOpt = None,
+    concurrency: ConcurrencyOpt = 2,
+    json_output: JsonFlag = False,
+) -> None:
+    """Add a schedule; prints its id and next firing."""
+    spec = job_spec(
+        spec_file,
+        model,
+        target,
+        strategy,
+        budget,
+        seed,
+        constraint,
+        {"rank": rank, "keep": keep, "wbits": wbits, "abits": abits, "tokens": tokens},
+        concurrency,
+    )
+    body = {"name": name, "cron": cron, "timezone": timezone, "spec": spec.model_dump(mode="json")}
+    sch = Api().call("POST", "/schedules", json=body)
+    if json_output:
+        _print_json(sch)
+        return
+    typer.echo(f"{sch['id']}  next firing {sch['next_run_at']}")
+
+
+@schedule_app.command("list")
+def schedule_list(json_output: JsonFlag = False) -> None:
+    """Schedules with their next firing and last runs (regressions flagged)."""
+    rows = Api().call("GET", "/schedules")
+    if json_output:
+        _print_json(rows)
+        return
+    for s in rows:
+        flag = "  REGRESSION: the last run's front is worse than the previous one" if s["regression"] else ""
+        typer.echo(
+            f"{s['id']}  {s['name']}  '{s['cron']}' {s['timezone']}  "
+            f"{'next ' + s['next_run_at'] if s['enabled'] else 'disabled'}  {len(s['last_runs'])} runs{flag}"
+        )
+
+
+@schedule_app.command("remove")
+def schedule_remove(schedule_id: Annotated[str, typer.Argument(help="A schedule id.")]) -> None:
+    """Remove a schedule (the jobs it created stay)."""
+    Api().call("DELETE", f"/schedules/{schedule_id}")
+    typer.echo(f"{schedule_id}: removed")

@@ -323,6 +323,16 @@ def test_cli_talks_to_the_service(live_service: str, monkeypatch: pytest.MonkeyP
     listing = run(app, ["status", "--json"])
     assert {j["id"] for j in json.loads(listing.stdout)["items"]} == {job_id, queued}
     assert run(app, ["status", "nope"]).exit_code == 2
+    added = run(
+        app, ["schedule", "add", "--cron", "0 2 * * *", "--timezone", "Europe/Berlin", *flags, "--json"]
+    )
+    assert added.exit_code == 0, added.output
+    sch = json.loads(added.stdout)
+    listed = run(app, ["schedule", "list"])
+    assert sch["id"] in listed.stdout and "Europe/Berlin" in listed.stdout
+    assert run(app, ["schedule", "add", "--cron", "nightly", *flags]).exit_code == 2
+    assert run(app, ["schedule", "remove", sch["id"]]).exit_code == 0
+    assert json.loads(run(app, ["schedule", "list", "--json"]).stdout) == []
 
 
 # ------------------------------------------------------------------------------- schedules
