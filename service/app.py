@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -106,6 +109,12 @@ class ScheduleUpdate(BaseModel):
     )
 
 
+class ActivateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(min_length=1, max_length=100)
+
+
 class TrialPage(BaseModel):
     items: list[dict[str, Any]]
     total: int
@@ -164,9 +173,7 @@ def _check_targets(spec: JobSpec, loc: tuple[Any, ...]) -> None:
         try:
             cat.target(name)
         except LatencyModelError as exc:
-            raise RequestValidationError(
-                [{"loc": (*loc, "targets", i), "msg": str(exc), "input": name, "type": "value_error"}]
-            ) from None
+            raise invalid((*loc, "targets", i), str(exc), name) from None
 
 
 def _schedule_or_404(store: Store, schedule_id: str) -> dict[str, Any]:
@@ -174,6 +181,43 @@ def _schedule_or_404(store: Store, schedule_id: str) -> dict[str, Any]:
         return store.get_schedule(schedule_id)
     except NotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no schedule {schedule_id!r}") from None
+
+
+def invalid(loc: tuple[Any, ...], msg: str, value: Any) -> RequestValidationError:
+    """A 422 like pydantic's: the field's path, what is wrong, and the value given."""
+    return RequestValidationError([{"loc": loc, "msg": msg, "input": value, "type": "value_error"}])
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+
+def _catalogue(request: Request) -> Any:
+    from workers.calibration import catalogue
+
+    return catalogue(request.app.state.settings.data_dir)
+
+
+def _target_or_404(request: Request, name: str) -> Any:
+    from latency_models import LatencyModelError
+
+    try:
+        return _catalogue(request).target(name)
+    except LatencyModelError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no target {name!r}") from None
+
+
+def _target_summary(target: Any) -> dict[str, Any]:
+    return {
+        "name": target.name,
+        "family": target.family,
+        "description": target.description,
+        "predictor_version": target.predictor_version,
+        "provenance": "analytic prior (uncalibrated)" if target.predictor_version is None else "learned",
+    }
+
+
+def _public_fit(fit: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fit.items() if k != "csv_path"}  # a server path is not the client's business
 
 
 # ---------------------------------------------------------------------------- the app
@@ -218,7 +262,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # The field path, the message and the value, for every error (never the traceback).
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "input": _jsonable(e.get("input"))}
@@ -343,6 +387,116 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no schedule {schedule_id!r}") from None
         return Response(status_code=204)
 
+    # ---- targets and latency models --------------------------------------------------------------
+    @app.get(f"{API}/targets", dependencies=[Read])
+    def list_targets(request: Request) -> list[dict[str, Any]]:
+        from latency_models import list_targets as names
+
+        cat = _catalogue(request)
+        return [_target_summary(cat.target(n)) for n in names()]
+
+    @app.post(f"{API}/targets", status_code=201, dependencies=[Write])
+    def create_target(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        """A target from the same JSON shape as latency_models/targets/*.json."""
+        from latency_models import LatencyModelError, Target, list_targets
+
+        cat = _catalogue(request)
+        try:
+            target = Target.from_dict(body)
+        except LatencyModelError as exc:
+            raise invalid(("body", str(exc.field)), str(exc), exc.value) from None
+        if target.name in list_targets():
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"target {target.name!r} exists; choose another name"
+            )
+        return _target_summary(cat.add_target(target))
+
+    @app.get(f"{API}/targets/{{name}}", dependencies=[Read])
+    def get_target(request: Request, name: str) -> dict[str, Any]:
+        target = _target_or_404(request, name)
+        return {**_target_summary(target), "spec": target.to_dict()}
+
+    @app.get(f"{API}/targets/{{name}}/predictors", dependencies=[Read])
+    def predictors(request: Request, name: str) -> dict[str, Any]:
+        target = _target_or_404(request, name)
+        cat = _catalogue(request)
+        versions = []
+        for version in cat.versions(target.name):
+            report_path = cat.root / "predictors" / target.name / version / "report.json"
+            versions.append({"version": version, "report": json.loads(report_path.read_text())})
+        return {"target": target.name, "active": cat.active_version(target.name), "versions": versions}
+
+    @app.put(f"{API}/targets/{{name}}/predictors/active", dependencies=[Write])
+    def activate(request: Request, name: str, body: ActivateIn) -> dict[str, Any]:
+        from latency_models import LatencyModelError
+
+        target = _target_or_404(request, name)
+        try:
+            _catalogue(request).activate(target.name, body.version)
+        except LatencyModelError as exc:
+            raise invalid(("body", "version"), str(exc), body.version) from None
+        return {"target": target.name, "active": body.version}
+
+    @app.post(f"{API}/targets/{{name}}/measurements", status_code=202, dependencies=[Write])
+    async def upload_measurements(
+        request: Request,
+        name: str,
+        store: StoreDep,
+        family: Annotated[str | None, Query(pattern="^(gpu|cpu|mobile|fpga)$")] = None,
+        kind: Annotated[str, Query(pattern="^(calibrated-prior|boosted-residual)$")] = "boosted-residual",
+    ) -> dict[str, Any]:
+        """Upload a measurement CSV (either documented format, as the request body); the table is
+        checked now (422 naming row and column) and a new predictor version is fitted as a job:
+        poll GET /fits/{id} for its validation report."""
+        from latency_models import (
+            LatencyModelError,
+            list_targets,
+            measurement_format,
+            read_layer_measurements,
+            read_network_measurements,
+        )
+
+        limit = request.app.state.settings.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"uploads are limited to {limit} bytes")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise HTTPException(
+                    status.HTTP_413_CONTENT_TOO_LARGE, f"uploads are limited to {limit} bytes"
+                )
+        _catalogue(request)  # registers user targets
+        if name not in list_targets() and family is None:
+            raise invalid(
+                ("query", "family"), f"target {name!r} does not exist: give its family to create it", None
+            )
+        if not _SAFE_NAME.match(name):
+            raise invalid(("path", "name"), "letters, digits, '.', '_' and '-' only", name)
+        folder = request.app.state.settings.data_dir / "uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        fit_id = uuid.uuid4().hex[:16]
+        path = folder / f"{fit_id}.csv"
+        path.write_bytes(body)
+        try:
+            reader = (
+                read_layer_measurements if measurement_format(path) == "layer" else read_network_measurements
+            )
+            reader(path)
+        except (LatencyModelError, UnicodeDecodeError) as exc:
+            path.unlink(missing_ok=True)
+            raise invalid(("body",), str(exc), None) from None
+        fit = store.create_fit(fit_id=fit_id, target=name, family=family, kind=kind, csv_path=str(path))
+        return _public_fit(fit)
+
+    @app.get(f"{API}/fits/{{fit_id}}", dependencies=[Read])
+    def get_fit(fit_id: str, store: StoreDep) -> dict[str, Any]:
+        try:
+            return _public_fit(store.get_fit(fit_id))
+        except NotFound:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no fit {fit_id!r}") from None
+
     # ---- operations ------------------------------------------------------------------------
     @app.get("/healthz")
     def healthz(request: Request) -> JSONResponse:
@@ -465,6 +619,4 @@ def _front_csv(job: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 
 def _plan_json(plan: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(plan, separators=(",", ":"))

@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from .db import make_engine
@@ -43,9 +44,33 @@ class DbSink:
         self.store.add_measurement(job_id, number, measured)
 
 
-def execute_job(database_url: str, job_id: str, worker: str) -> str:
+def _use_data_dir(data_dir: str | None) -> None:
+    # A Ray task's process reads the catalogue (targets, predictors) from the service's data dir.
+    if data_dir is not None:
+        os.environ["HWSEARCH_DATA_DIR"] = data_dir
+
+
+def execute_fit(database_url: str, fit_id: str, data_dir: str | None = None) -> str:
+    """Fit a predictor version from an uploaded table (inside a Ray task); returns its status."""
+    from workers.calibration import fit
+
+    _use_data_dir(data_dir)
+    store = Store(make_engine(database_url))
+    try:
+        row = store.get_fit(fit_id)
+        report = fit(row["target"], row["csv_path"], family=row["family"], kind=row["kind"])
+    except Exception as exc:  # LatencyModelError/MeasurementError name the field; anything else too
+        store.finish_fit(fit_id, error=f"{type(exc).__name__}: {exc}")
+        return "failed"
+    store.finish_fit(fit_id, report=report)
+    return "succeeded"
+
+
+def execute_job(database_url: str, job_id: str, worker: str, data_dir: str | None = None) -> str:
     """Run one claimed job to its end (inside a Ray task, or inline); returns its final status."""
     from workers.search import JobSpec, SearchError, Trial, run_search
+
+    _use_data_dir(data_dir)
 
     store = Store(make_engine(database_url))
     finished = threading.Event()
@@ -105,33 +130,44 @@ class Dispatcher:
                 if requeued:
                     log.warning("resuming orphaned jobs %s", requeued)
                 job = self.store.claim(self.worker)
-                if job is None:
-                    self._stop.wait(self.poll_s)
+                if job is not None:
+                    self.current = job["id"]
+                    self._run(execute_job, job["id"], self.worker)
                     continue
-                self.current = job["id"]
-                self._run(job["id"])
+                fit = self.store.claim_fit(self.worker)
+                if fit is not None:
+                    self.current = fit["id"]
+                    self._run(execute_fit, fit["id"])
+                    continue
+                self._stop.wait(self.poll_s)
             except Exception:  # a database hiccup must not kill the dispatcher
                 log.exception("dispatcher loop")
                 self._stop.wait(self.poll_s)
             finally:
                 self.current = None
 
-    def _run(self, job_id: str) -> None:
+    def _run(self, fn: Callable[..., str], row_id: str, *args: str) -> None:
+        call = (self.settings.database_url, row_id, *args)
+        data_dir = str(self.settings.data_dir)
         if self.inline:
-            execute_job(self.settings.database_url, job_id, self.worker)
+            fn(*call, data_dir=data_dir)
             return
         import ray
 
         from workers.search import ensure_ray
 
         ensure_ray(self.settings.ray_address)
-        task = ray.remote(num_cpus=0, max_retries=0)(execute_job)
-        ref = task.remote(self.settings.database_url, job_id, self.worker)
+        task = ray.remote(num_cpus=0, max_retries=0)(fn)
+        ref = task.remote(*call, data_dir=data_dir)
         while not self._stop.is_set():
             done, _ = ray.wait([ref], timeout=self.poll_s)
             if done:
                 try:
                     ray.get(ref)
-                except Exception as exc:  # the task's process died: fail the job with the reason
-                    self.store.set_status(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+                except Exception as exc:  # the task's process died: fail it with the reason
+                    error = f"{type(exc).__name__}: {exc}"
+                    if fn is execute_fit:
+                        self.store.finish_fit(row_id, error=error)
+                    else:
+                        self.store.set_status(row_id, "failed", error=error)
                 return

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import secrets
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .db import FINISHED, ApiToken, Job, Schedule, TrialRow, utcnow
+from .db import FINISHED, ApiToken, Fit, Job, Schedule, TrialRow, utcnow
+
+R = TypeVar("R", Job, Fit)
 
 
 class NotFound(LookupError):
@@ -138,36 +141,51 @@ class Store:
     def claim(self, worker: str) -> dict[str, Any] | None:
         """Move the oldest queued job to running for ``worker``; None when there is none."""
         with self.session() as s:
-            query = select(Job.id).where(Job.status == "queued").order_by(Job.created_at).limit(1)
-            if self.engine.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            job_id = s.scalar(query)
-            if job_id is None:
-                return None
-            now = utcnow()
-            done = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == "queued")
-                .values(status="running", claimed_by=worker, heartbeat_at=now, started_at=now)
-            )
-            if done.rowcount != 1:  # type: ignore[attr-defined]
-                return None
-            job = s.get(Job, job_id)
-            assert job is not None  # just updated in this transaction
-            s.refresh(job)
-            return job_dict(job)
+            job = self._claim(s, Job, worker)
+            return None if job is None else job_dict(job)
+
+    def claim_fit(self, worker: str) -> dict[str, Any] | None:
+        """Like ``claim``, for predictor fits."""
+        with self.session() as s:
+            fit = self._claim(s, Fit, worker)
+            return None if fit is None else fit_dict(fit)
+
+    def _claim(self, s: Session, model: type[R], worker: str) -> R | None:
+        query = select(model.id).where(model.status == "queued").order_by(model.created_at).limit(1)
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        row_id = s.scalar(query)
+        if row_id is None:
+            return None
+        now = utcnow()
+        done = s.execute(
+            update(model)
+            .where(model.id == row_id, model.status == "queued")
+            .values(status="running", claimed_by=worker, heartbeat_at=now, started_at=now)
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        row = s.get(model, row_id)
+        if row is not None:
+            s.refresh(row)
+        return row
 
     def requeue_orphans(self, stale_after_s: float) -> list[str]:
-        """Running jobs whose dispatcher stopped beating go back to the queue (they resume
-        from their stored trials when claimed again)."""
+        """Running jobs and fits whose dispatcher stopped beating go back to the queue (a job
+        resumes from its stored trials when claimed again)."""
         limit = utcnow() - timedelta(seconds=stale_after_s)
+        ids = []
         with self.session() as s:
-            rows = s.scalars(
-                select(Job).where(Job.status == "running", Job.heartbeat_at < limit).with_for_update()
-            ).all()
-            for job in rows:
-                job.status, job.claimed_by = "queued", None
-            return [j.id for j in rows]
+            ids += self._requeue(s, Job, limit) + self._requeue(s, Fit, limit)
+        return ids
+
+    @staticmethod
+    def _requeue(s: Session, model: type[R], limit: datetime) -> list[str]:
+        stale = (model.status == "running") & (model.heartbeat_at < limit)
+        rows = s.scalars(select(model).where(stale).with_for_update()).all()
+        for row in rows:
+            row.status, row.claimed_by = "queued", None
+        return [row.id for row in rows]
 
     def heartbeat(self, job_id: str, worker: str) -> bool:
         """Refresh the claim; returns whether a cancel was requested."""
@@ -187,7 +205,7 @@ class Store:
     ) -> None:
         values: dict[str, Any] = {"status": status}
         if progress is not None:
-            values["progress"] = progress
+            values["progress"] = json_safe(progress)
             if "evaluations" in progress:
                 values["evaluations"] = int(progress["evaluations"])
             if progress.get("hypervolume") is not None:
@@ -208,8 +226,8 @@ class Store:
             "status": trial["status"],
             "quality": trial.get("quality"),
             "feasible": bool(trial.get("feasible")),
-            "data": trial,
-            "measured": trial.get("measured"),
+            "data": json_safe(trial),
+            "measured": json_safe(trial.get("measured")),
             "created_at": utcnow(),
         }
         if self.engine.dialect.name == "postgresql":
@@ -226,7 +244,7 @@ class Store:
             s.execute(
                 update(TrialRow)
                 .where(TrialRow.job_id == job_id, TrialRow.number == number)
-                .values(measured=measured)
+                .values(measured=json_safe(measured))
             )
 
     def trials(
@@ -321,23 +339,64 @@ class Store:
         for schedule_id in due:
             with self.session() as s:
                 schedule = s.get(Schedule, schedule_id)
-                if schedule is None or schedule.next_run_at is None:
+                if schedule is None or not schedule.enabled or schedule.next_run_at is None:
                     continue
                 firing = _aware(schedule.next_run_at)
                 assert firing is not None
-                try:
-                    with s.begin_nested():
-                        job = _new_job(schedule.spec, schedule.id, firing)
-                        s.add(job)
-                    created.append(job.id)
-                except IntegrityError:
-                    pass  # another replica fired it
-                s.execute(
+                if firing > now:
+                    continue  # another replica fired it and moved it on
+                # Whoever moves next_run_at on creates the job; the unique (schedule, due time)
+                # of jobs guards the same firing a second time.
+                moved = s.execute(
                     update(Schedule)
                     .where(Schedule.id == schedule_id, Schedule.next_run_at == schedule.next_run_at)
                     .values(next_run_at=next_firing(schedule.cron, schedule.timezone, max(now, firing)))
                 )
+                if moved.rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                try:
+                    with s.begin_nested():
+                        job = _new_job(schedule.spec, schedule.id, firing)
+                        s.add(job)
+                except IntegrityError:
+                    continue
+                created.append(job.id)
         return created
+
+    # ---- predictor fits -------------------------------------------------------------------------
+    def create_fit(
+        self, *, fit_id: str, target: str, family: str | None, kind: str, csv_path: str
+    ) -> dict[str, Any]:
+        fit = Fit(
+            id=fit_id,
+            target=target,
+            family=family,
+            kind=kind,
+            status="queued",
+            csv_path=csv_path,
+            created_at=utcnow(),
+        )
+        with self.session() as s:
+            s.add(fit)
+        return fit_dict(fit)
+
+    def get_fit(self, fit_id: str) -> dict[str, Any]:
+        with self.session() as s:
+            fit = s.get(Fit, fit_id)
+            if fit is None:
+                raise NotFound(fit_id)
+            return fit_dict(fit)
+
+    def finish_fit(
+        self, fit_id: str, *, report: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
+        values = {"status": "failed" if error else "succeeded", "report": json_safe(report), "error": error}
+        with self.session() as s:
+            s.execute(update(Fit).where(Fit.id == fit_id).values(finished_at=utcnow(), **values))
+
+    def fit_heartbeat(self, fit_id: str) -> None:
+        with self.session() as s:
+            s.execute(update(Fit).where(Fit.id == fit_id).values(heartbeat_at=utcnow()))
 
     # ---- tokens -----------------------------------------------------------------------------
     def create_token(self, name: str) -> str:
@@ -417,6 +476,33 @@ def schedule_dict(schedule: Schedule, runs: list[Job]) -> dict[str, Any]:
         ],
         "regression": bool(done) and done[0].id in worse,
     }
+
+
+def fit_dict(fit: Fit) -> dict[str, Any]:
+    return {
+        "id": fit.id,
+        "target": fit.target,
+        "family": fit.family,
+        "kind": fit.kind,
+        "status": fit.status,
+        "csv_path": fit.csv_path,
+        "report": fit.report,
+        "error": fit.error,
+        "created_at": _aware(fit.created_at),
+        "finished_at": _aware(fit.finished_at),
+    }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and ±inf as None: PostgreSQL's json type refuses them (a Spearman of
+    two rows is NaN), and JSON itself has no spelling for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _sha256(token: str) -> str:

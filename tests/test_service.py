@@ -156,8 +156,12 @@ def test_settings_name_the_bad_variable(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- REST API
 @pytest.fixture()
 def client(database_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
-    settings = Settings.from_env({"HWSEARCH_DATA_DIR": str(tmp_path), "DATABASE_URL": database_url})
-    with TestClient(create_app(settings, dispatcher=False)) as c:
+    env = {
+        "HWSEARCH_DATA_DIR": str(tmp_path),
+        "DATABASE_URL": database_url,
+        "HWSEARCH_MAX_UPLOAD_BYTES": "1000000",
+    }
+    with TestClient(create_app(Settings.from_env(env), dispatcher=False)) as c:
         token = c.app.state.store.create_token("tests")  # type: ignore[attr-defined]
         yield c, token
 
@@ -409,3 +413,54 @@ def test_schedules_over_rest(client: tuple[TestClient, str]) -> None:
     assert c.get("/api/v1/schedules").json()[0]["id"] == sch["id"]
     assert c.delete(f"/api/v1/schedules/{sch['id']}", headers=_auth(token)).status_code == 204
     assert c.get(f"/api/v1/schedules/{sch['id']}").status_code == 404
+
+
+# ------------------------------------------------------------------------------- targets, fits
+def test_targets_and_fits_over_rest(
+    client: tuple[TestClient, str], database_url: str, tmp_path: Path
+) -> None:
+    from service.dispatcher import execute_fit
+
+    c, token = client
+    names = {t["name"] for t in c.get("/api/v1/targets").json()}
+    assert {"zcu102", "raspi4", "a100"} <= names
+    spec = json.loads((Path(__file__).parents[1] / "latency_models" / "targets" / "raspi4.json").read_text())
+    board = "lab-" + uuid.uuid4().hex[:6]  # the target registry is per process
+    mine = {**spec, "name": board}
+    assert c.post("/api/v1/targets", json=mine).status_code == 401
+    created = c.post("/api/v1/targets", json=mine, headers=_auth(token))
+    assert created.status_code == 201 and created.json()["provenance"].startswith("analytic")
+    assert c.post("/api/v1/targets", json=mine, headers=_auth(token)).status_code == 409
+    bad = c.post("/api/v1/targets", json={**mine, "name": "x", "family": "tpu"}, headers=_auth(token))
+    assert bad.status_code == 422 and "family" in bad.text
+    # A bad table is refused at upload, naming row and column; nothing is queued.
+    csv_bad = "model,latency_ms\ndigits-cnn,1\ndigits-cnn,-2\n"
+    r = c.post(f"/api/v1/targets/{board}/measurements", content=csv_bad, headers=_auth(token))
+    assert r.status_code == 422 and "row 3" in r.text and "latency_ms" in r.text
+    huge = "model,latency_ms\n" + "digits-cnn,1\n" * 2_000_000
+    assert (
+        c.post(f"/api/v1/targets/{board}/measurements", content=huge, headers=_auth(token)).status_code == 413
+    )
+    no_family = c.post(
+        "/api/v1/targets/new-npu/measurements", content="model,latency_ms\n", headers=_auth(token)
+    )
+    assert no_family.status_code == 422 and "family" in no_family.text
+    rows = "".join(
+        f'digits-cnn,"{{""layers"": {{}}}}",{b},{0.05 + 0.01 * b:.3f}\n' for b in (1, 2, 4, 8, 16, 32)
+    )
+    table = "model,plan,batch,latency_ms\n" + rows
+    queued = c.post(f"/api/v1/targets/{board}/measurements", content=table, headers=_auth(token))
+    assert queued.status_code == 202, queued.text
+    fit = queued.json()
+    assert fit["status"] == "queued" and "csv_path" not in fit
+    store: Store = c.app.state.store  # type: ignore[attr-defined]
+    assert store.claim_fit("test")["id"] == fit["id"]  # type: ignore[index]
+    assert execute_fit(database_url, fit["id"], str(tmp_path)) == "succeeded"
+    done = c.get(f"/api/v1/fits/{fit['id']}").json()
+    assert done["status"] == "succeeded" and done["report"]["n_fit"] == 6
+    versions = c.get(f"/api/v1/targets/{board}/predictors").json()
+    assert versions["active"] == done["report"]["version"] and len(versions["versions"]) == 1
+    assert c.get(f"/api/v1/targets/{board}").json()["provenance"] == "learned"
+    wrong = c.put(f"/api/v1/targets/{board}/predictors/active", json={"version": "v0"}, headers=_auth(token))
+    assert wrong.status_code == 422 and "version" in wrong.text
+    assert c.get("/api/v1/targets/nope").status_code == 404

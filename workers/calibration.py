@@ -53,8 +53,9 @@ def data_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(root)
 
 
-def catalogue() -> Catalogue:
-    cat = Catalogue(data_dir())
+def catalogue(root: Path | None = None) -> Catalogue:
+    """The catalogue under ``root`` (default ``data_dir()``), its user targets registered."""
+    cat = Catalogue(root or data_dir())
     cat.load_targets()
     return cat
 
