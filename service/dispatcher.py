@@ -101,6 +101,39 @@ def execute_job(database_url: str, job_id: str, worker: str, data_dir: str | Non
         finished.set()
 
 
+_ray_lock = threading.Lock()
+_ray_ready = threading.Event()
+_ray_failure: list[BaseException] = []
+
+
+def start_ray(address: str | None) -> None:
+    """Connect to or start Ray once per process, from a thread that lives as long as the process.
+
+    Ray's local processes die with the thread that started them (the parent-death signal is
+    per thread on Linux): started from a dispatcher thread, they were killed when a service
+    shut its dispatcher down, and the next dispatcher of the process found Ray dead.
+    """
+    with _ray_lock:
+        if not any(t.name == "hwsearch-ray" for t in threading.enumerate()):
+            _ray_ready.clear()
+
+            def own() -> None:
+                from workers.search import ensure_ray
+
+                try:
+                    ensure_ray(address)
+                except BaseException as exc:
+                    _ray_failure.append(exc)
+                finally:
+                    _ray_ready.set()
+                threading.Event().wait()  # hold Ray's processes for the life of the process
+
+            threading.Thread(target=own, name="hwsearch-ray", daemon=True).start()
+    _ray_ready.wait()
+    if _ray_failure:
+        raise RuntimeError(f"Ray did not start: {_ray_failure[-1]}")
+
+
 class Dispatcher:
     def __init__(
         self, store: Store, settings: Settings, *, poll_s: float = 0.5, inline: bool = False
@@ -154,9 +187,7 @@ class Dispatcher:
             return
         import ray
 
-        from workers.search import ensure_ray
-
-        ensure_ray(self.settings.ray_address)
+        start_ray(self.settings.ray_address)
         task = ray.remote(num_cpus=0, max_retries=0)(fn)
         ref = task.remote(*call, data_dir=data_dir)
         while not self._stop.is_set():
