@@ -17,11 +17,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select, text
 
@@ -331,6 +333,30 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no trial {number} in job {job_id!r}") from None
         return plan
 
+    @app.get(f"{API}/jobs/{{job_id}}/trials/{{number}}/model", dependencies=[Read], response_model=None)
+    async def trial_model(request: Request, job_id: str, number: int, store: StoreDep) -> FileResponse:
+        """The compressed model of a trial as a zip (weights, plan, README), built on demand by a
+        Ray worker and cached under the artifact directory."""
+        job = _job_or_404(store, job_id)
+        try:
+            trial = store.trial(job_id, number)
+        except NotFound:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no trial {number} in job {job_id!r}") from None
+        if trial.get("status") != "ok":
+            raise HTTPException(status.HTTP_409_CONFLICT, f"trial {number} failed; it has no model")
+        root = (request.app.state.settings.data_dir / "artifacts").resolve()
+        path = (root / job["id"] / f"trial-{int(number)}.zip").resolve()
+        if not path.is_relative_to(root):  # ids come from the database, but never trust a path
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such artifact")
+        if not path.exists():
+            try:
+                await run_in_threadpool(_build_artifact, request.app.state.settings, job, trial, path)
+            except Exception as exc:  # a stored plan that no longer builds: say why, not a bare 500
+                raise HTTPException(
+                    status.HTTP_500_INTERNAL_SERVER_ERROR, f"building the model failed: {type(exc).__name__}"
+                ) from None
+        return FileResponse(path, media_type="application/zip", filename=f"{job['id']}-trial-{number}.zip")
+
     @app.get(f"{API}/jobs/{{job_id}}/front", dependencies=[Read], response_model=None)
     def front(
         job_id: str,
@@ -538,6 +564,18 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
         return "\n".join(lines) + "\n"
 
     return app
+
+
+def _build_artifact(settings: Settings, job: dict[str, Any], trial: dict[str, Any], path: Path) -> None:
+    import ray
+
+    from workers.artifacts import export_compressed
+
+    from .dispatcher import start_ray
+
+    start_ray(settings.ray_address)
+    task = ray.remote(num_cpus=1, max_retries=1)(export_compressed)
+    ray.get(task.remote(job["model"], trial, str(path), job["id"]), timeout=600)
 
 
 def _ray_state(settings: Settings) -> str:

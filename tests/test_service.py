@@ -464,3 +464,42 @@ def test_targets_and_fits_over_rest(
     wrong = c.put(f"/api/v1/targets/{board}/predictors/active", json={"version": "v0"}, headers=_auth(token))
     assert wrong.status_code == 422 and "version" in wrong.text
     assert c.get("/api/v1/targets/nope").status_code == 404
+
+
+def test_the_compressed_model_of_a_trial_downloads_and_loads(tmp_path: Path) -> None:
+    import zipfile
+
+    import torch
+    from safetensors.torch import load
+
+    from kernels import apply
+    from search_spaces import Plan
+    from workers.zoo import create_model
+
+    url = f"sqlite:///{tmp_path / 'hwsearch.db'}"
+    settings = Settings.from_env({"HWSEARCH_DATA_DIR": str(tmp_path), "DATABASE_URL": url})
+    with TestClient(create_app(settings, dispatcher=False)) as c:
+        token = c.app.state.store.create_token("tests")  # type: ignore[attr-defined]
+        job = c.post("/api/v1/jobs", json=SPEC, headers=_auth(token)).json()
+        plan = {"layers": {"conv3": {"keep": 0.5}, "fc1": {"wbits": 4}}}
+        trial = {**_trial(job["id"], 3, 0.9, 1.0), "plan": plan}
+        c.app.state.store.add_trial(trial)  # type: ignore[attr-defined]
+        c.app.state.store.add_trial({**_trial(job["id"], 4, 0.9, 1.0), "status": "failed"})  # type: ignore[attr-defined]
+        r = c.get(f"/api/v1/jobs/{job['id']}/trials/3/model")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+        cached = tmp_path / "artifacts" / job["id"] / "trial-3.zip"
+        assert cached.exists() and c.get(f"/api/v1/jobs/{job['id']}/trials/3/model").content == r.content
+        assert c.get(f"/api/v1/jobs/{job['id']}/trials/4/model").status_code == 409
+        assert c.get(f"/api/v1/jobs/{job['id']}/trials/9/model").status_code == 404
+        assert c.get("/api/v1/jobs/..%2F..%2Fetc/trials/3/model").status_code == 404
+    with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+        assert set(z.namelist()) == {"model.safetensors", "plan.json", "trial.json", "README.md"}
+        state = load(z.read("model.safetensors"))
+        assert Plan.from_dict(json.loads(z.read("plan.json"))) == Plan.from_dict(plan)
+        assert "load_state_dict" in z.read("README.md").decode()
+    entry = create_model("digits-cnn")
+    rebuilt = apply(entry.build(), Plan.from_dict(plan), entry.example_input())
+    rebuilt.load_state_dict(state)  # the README's recipe: every key and shape matches
+    assert rebuilt.conv3.out_channels < entry.build().conv3.out_channels
+    with torch.no_grad():
+        assert torch.isfinite(rebuilt(entry.example_input())).all()
