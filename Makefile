@@ -16,12 +16,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Until the service exists (issue 5), `make run` is a real local demo: compress zoo models,
-# print quality before/after and the measured host-CPU speed-up.
+# The service on SQLite (in HWSEARCH_DATA_DIR or the user data dir) and an embedded Ray at
+# http://127.0.0.1:8000; on an empty database it queues a demo search (digits-cnn on host-cpu
+# and the ZCU102 FPGA board) and prints an API token. Follow it with `hwsearch status`.
 run: $(STAMP)
-	$(VENV)/bin/hwsearch models
-	$(VENV)/bin/hwsearch compress digits-cnn --plan examples/digits-cnn-rank-plan.json --measure
-	$(VENV)/bin/hwsearch compress minilm-l6 --uniform wbits=8,abits=8 --measure
+	$(VENV)/bin/hwsearch serve --host 127.0.0.1 --port 8000 --demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

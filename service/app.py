@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -223,8 +225,11 @@ def _public_fit(fit: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the app
-def create_app(settings: Settings | None = None, *, dispatcher: bool | None = None) -> FastAPI:
-    """The service; ``dispatcher`` overrides ``settings.run_dispatcher`` (tests run without)."""
+def create_app(
+    settings: Settings | None = None, *, dispatcher: bool | None = None, demo: bool = False
+) -> FastAPI:
+    """The service; ``dispatcher`` overrides ``settings.run_dispatcher`` (tests run without);
+    ``demo`` queues the demo search on an empty database (``make run``)."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
@@ -238,6 +243,8 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
             app.state.dispatcher.start()
             app.state.scheduler = Scheduler(app.state.store)
             app.state.scheduler.start()
+        if demo:
+            threading.Thread(target=_demo, args=(settings, app.state.store), daemon=True).start()
         yield
         for worker in (app.state.scheduler, app.state.dispatcher):
             if worker is not None:
@@ -576,6 +583,15 @@ def _build_artifact(settings: Settings, job: dict[str, Any], trial: dict[str, An
     start_ray(settings.ray_address)
     task = ray.remote(num_cpus=1, max_retries=1)(export_compressed)
     ray.get(task.remote(job["model"], trial, str(path), job["id"]), timeout=600)
+
+
+def _demo(settings: Settings, store: Store) -> None:
+    from .demo import seed_demo
+
+    try:
+        seed_demo(settings, store)
+    except Exception:  # the demo is a convenience; the service runs without it
+        logging.getLogger("hwsearch.demo").exception("demo job not queued")
 
 
 def _ray_state(settings: Settings) -> str:

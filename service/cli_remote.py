@@ -85,13 +85,28 @@ class Api:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 8000,
+    demo: Annotated[
+        bool, typer.Option(help="On an empty database, queue a demo search and print an API token.")
+    ] = False,
 ) -> None:
     """Run the service: REST API, dispatcher (jobs on Ray) and scheduler."""
     import uvicorn
 
     from .app import create_app
 
-    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info")
+    settings = _settings()
+    if demo:
+        from .db import make_engine, migrate
+        from .store import Store
+
+        engine = make_engine(settings.database_url)
+        migrate(engine)
+        store = Store(engine)
+        if not store.has_tokens():
+            typer.echo(f"API token (shown once): {store.create_token('demo')}")
+        engine.dispose()
+    typer.echo(f"hwsearch on http://{host}:{port} (database {settings.database_url})")
+    uvicorn.run(create_app(settings, demo=demo), host=host, port=port, log_level="info")
 
 
 token_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)

@@ -26,6 +26,18 @@ class SettingsError(ValueError):
         self.variable = variable
 
 
+#: Every environment variable the service reads (the CLI's HWSEARCH_URL and HWSEARCH_TOKEN
+#: are read by the client commands, not by the service).
+VARIABLES = (
+    "DATABASE_URL",
+    "HWSEARCH_DATA_DIR",
+    "RAY_ADDRESS",
+    "HWSEARCH_READS_OPEN",
+    "HWSEARCH_MAX_UPLOAD_BYTES",
+    "HWSEARCH_DISPATCHER",
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting the service reads (the names are the environment variables)."""

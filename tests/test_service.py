@@ -503,3 +503,18 @@ def test_the_compressed_model_of_a_trial_downloads_and_loads(tmp_path: Path) -> 
     assert rebuilt.conv3.out_channels < entry.build().conv3.out_channels
     with torch.no_grad():
         assert torch.isfinite(rebuilt(entry.example_input())).all()
+
+
+def test_the_demo_job_is_queued_once_on_an_empty_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'hwsearch.db'}"
+    settings = Settings.from_env({"HWSEARCH_DATA_DIR": str(tmp_path), "DATABASE_URL": url})
+    for _ in range(2):  # a second start finds the job and queues nothing
+        with TestClient(create_app(settings, dispatcher=False, demo=True)) as c:
+            deadline = time.monotonic() + 120
+            while c.get("/api/v1/jobs").json()["total"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            time.sleep(1.0)
+            page = c.get("/api/v1/jobs").json()
+            assert page["total"] == 1
+            assert page["items"][0]["targets"] == ["host-cpu", "zcu102"]
+    assert (tmp_path / "targets" / "host-cpu.json").exists()  # measured on this machine

@@ -1,0 +1,44 @@
+"""``hwsearch serve --demo`` (what ``make run`` starts): on an empty database, measure this CPU
+(the host-cpu target) and queue one search of digits-cnn on host-cpu and on the ZCU102 FPGA
+board, so a new user sees a front growing within minutes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger("hwsearch.demo")
+
+DEMO_SPEC: dict[str, Any] = {
+    "model": "digits-cnn",
+    "targets": ["host-cpu", "zcu102"],
+    "space": {"rank_fractions": [0.25, 0.5, 0.75], "keep": [0.5, 0.75], "wbits": [4, 6, 8]},
+    "strategy": "guided",
+    "budget": {"evaluations": 120},
+}
+
+
+def seed_demo(settings: Settings, store: Store) -> str | None:
+    """Queue the demo job when the database has no jobs; returns its id (None: nothing to do)."""
+    if store.list_jobs(limit=1)[1] > 0:
+        return None
+    from latency_models import list_targets
+    from workers.calibration import catalogue
+    from workers.search import JobSpec
+
+    cat = catalogue(settings.data_dir)
+    if "host-cpu" not in list_targets():
+        import ray
+
+        from workers.profiling import measure_host_target
+
+        from .dispatcher import start_ray
+
+        start_ray(settings.ray_address)  # measured in a Ray worker: the API process stays torch-free
+        cat.add_target(ray.get(ray.remote(num_cpus=1)(measure_host_target).remote()))
+    job = store.create_job(JobSpec.model_validate(DEMO_SPEC).model_dump(mode="json"))
+    log.warning("demo job %s queued: digits-cnn on host-cpu and zcu102", job["id"])
+    return str(job["id"])
