@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi import Path as FastApiPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
@@ -38,6 +39,9 @@ from .settings import Settings
 from .store import Conflict, NotFound, Store
 
 API = "/api/v1"
+#: Integers the databases store (SQLite's INTEGER is 64-bit; PostgreSQL's 32): larger ones are a 422.
+MAX_INT = 2**31 - 1
+TrialNumber = Annotated[int, FastApiPath(ge=0, le=MAX_INT, description="trial number within the job")]
 _STATUS_PATTERN = "^(" + "|".join(JOB_STATUSES) + ")$"
 
 
@@ -292,7 +296,7 @@ def create_app(
         model: str | None = None,
         target: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     ) -> dict[str, Any]:
         items, total = store.list_jobs(status=status_, model=model, target=target, limit=limit, offset=offset)
         return {"items": items, "total": total, "limit": limit, "offset": offset}
@@ -324,7 +328,7 @@ def create_app(
         job_id: str,
         store: StoreDep,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     ) -> dict[str, Any]:
         try:
             items, total = store.trials(job_id, limit=limit, offset=offset)
@@ -333,7 +337,7 @@ def create_app(
         return {"items": items, "total": total, "limit": limit, "offset": offset}
 
     @app.get(f"{API}/jobs/{{job_id}}/trials/{{number}}/plan", dependencies=[Read])
-    def trial_plan(job_id: str, number: int, store: StoreDep) -> dict[str, Any]:
+    def trial_plan(job_id: str, number: TrialNumber, store: StoreDep) -> dict[str, Any]:
         try:
             plan: dict[str, Any] = store.trial(job_id, number)["plan"]
         except NotFound:
@@ -341,7 +345,9 @@ def create_app(
         return plan
 
     @app.get(f"{API}/jobs/{{job_id}}/trials/{{number}}/model", dependencies=[Read], response_model=None)
-    async def trial_model(request: Request, job_id: str, number: int, store: StoreDep) -> FileResponse:
+    async def trial_model(
+        request: Request, job_id: str, number: TrialNumber, store: StoreDep
+    ) -> FileResponse:
         """The compressed model of a trial as a zip (weights, plan, README), built on demand by a
         Ray worker and cached under the artifact directory."""
         job = _job_or_404(store, job_id)
