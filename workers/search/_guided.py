@@ -5,8 +5,8 @@ batch predictor of every target) and on a quality surrogate, and proposes for re
 only the candidates that would move the feasible Pareto front the most:
 
 1. Candidates: sparse plans (a few layer knobs changed from the uncompressed model), local
-   moves around the evaluated front, and some uniformly random plans, all in option-index
-   space (no Python loop per plan).
+   moves around the evaluated front, the uniform plans and local moves around them, and some
+   uniformly random plans, all in option-index space (no Python loop per plan).
 2. Hard constraints by construction: a candidate passes a latency ceiling only if its
    predicted latency plus one predictor sigma fits (the learned predictor's interval where
    the target has one); FPGA resources and every other ceiling are checked exactly on the
@@ -34,7 +34,7 @@ from search_spaces import KNOBS, Plan
 from ._pareto import front_mask, hypervolume
 from ._problem import Problem
 from ._sensitivity import damage_table
-from ._strategy import Observation, Strategy, register_strategy
+from ._strategy import Observation, Strategy, register_strategy, uniform_plans
 
 IntArray = npt.NDArray[np.int64]
 _BINS = 3
@@ -70,6 +70,12 @@ class GuidedStrategy(Strategy):
                 self.ties.append((i, first[layer.group]))
             else:
                 first[layer.group] = i
+        # The uniform plans are candidates too, and bases for local moves: a plan that
+        # compresses every layer a little is far from the uncompressed model in knob changes.
+        uniform = uniform_plans(problem)
+        self.uniform = np.stack([space.encode(p) for p in uniform]).reshape(
+            len(uniform), self.n_layers, len(KNOBS)
+        )
         self.seen: set[bytes] = set()
         self.obs_idx: list[IntArray] = []
         self.obs_drop: list[float] = []
@@ -141,7 +147,9 @@ class GuidedStrategy(Strategy):
         if front:
             per = max(1, (n * 2 // 5) // len(front))
             parts += [self._moves(f, per, mean_changes=2.0) for f in front]
-        rand = self.rng.integers(0, self.n_opts[None, :, :], size=(n // 5, self.n_layers, len(KNOBS)))
+        per = max(1, (n // 10) // len(self.uniform))
+        parts += [self.uniform, *(self._moves(u, per, mean_changes=2.0) for u in self.uniform)]
+        rand = self.rng.integers(0, self.n_opts[None, :, :], size=(n // 10, self.n_layers, len(KNOBS)))
         parts.append(rand)
         pool = self._tie(np.concatenate(parts))
         flat = pool.reshape(len(pool), -1)

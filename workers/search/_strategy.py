@@ -114,44 +114,11 @@ class UniformStrategy(Strategy):
 
     def __init__(self, problem: Problem, seed: int) -> None:
         super().__init__(problem, seed)
-        spec = problem.spec.space
-        axes: dict[str, list[Any]] = {
-            "rank": [None, *spec.rank_fractions],
-            "keep": [1.0, *spec.keep],
-            "wbits": [32, *spec.wbits],
-            "abits": [32, *spec.abits],
-            "token_keep": [1.0, *spec.token_keep],
-        }
-        plans: dict[Plan, None] = {}
-        for combo in itertools.product(*(dict.fromkeys(axes[k]) for k in KNOBS)):
-            plan = self._uniform(dict(zip(KNOBS, combo, strict=True)))
-            plans.setdefault(plan)
-        ordered = list(plans)
+        ordered = uniform_plans(problem)
         encoded = np.stack([problem.space.encode(p) for p in ordered])
         latency = problem.screen_latency_ms(encoded)[:, 0]
         by_latency = [ordered[i] for i in np.argsort(latency, kind="stable")]
         self._queue = [by_latency[i] for i in _bisecting_order(len(by_latency))]
-
-    def _uniform(self, value: dict[str, Any]) -> Plan:
-        space = self.problem.space
-        choices: dict[str, Choice] = {}
-        for layer in space.layers:
-            kn = space.knobs_of(layer.name)
-            pick: dict[str, Any] = {}
-            for knob in KNOBS:
-                opts = kn.options(knob)
-                v = value[knob]
-                if knob == "rank":
-                    if v is None or opts == (None,):
-                        pick[knob] = None
-                        continue
-                    full = layer.full_rank
-                    numeric = [(full if o is None else o) / full for o in opts]
-                    pick[knob] = opts[int(np.argmin([abs(f - float(v)) for f in numeric]))]
-                else:
-                    pick[knob] = opts[int(np.argmin([abs(float(o) - float(v)) for o in opts]))]
-            choices[layer.name] = Choice(**pick)
-        return space.tie_groups(Plan(choices))
 
     def ask(self, n: int) -> list[Plan]:
         out, self._queue = self._queue[:n], self._queue[n:]
@@ -159,6 +126,45 @@ class UniformStrategy(Strategy):
 
     def tell(self, observations: Sequence[Observation]) -> None:
         pass
+
+
+def uniform_plans(problem: Problem) -> list[Plan]:
+    """Every uniform plan of the space: one per combination of its global knob values, each
+    layer taking its own option nearest to that value (distinct plans, in combination order)."""
+    spec = problem.spec.space
+    axes: dict[str, list[Any]] = {
+        "rank": [None, *spec.rank_fractions],
+        "keep": [1.0, *spec.keep],
+        "wbits": [32, *spec.wbits],
+        "abits": [32, *spec.abits],
+        "token_keep": [1.0, *spec.token_keep],
+    }
+    plans: dict[Plan, None] = {}
+    for combo in itertools.product(*(dict.fromkeys(axes[k]) for k in KNOBS)):
+        plans.setdefault(_uniform(problem, dict(zip(KNOBS, combo, strict=True))))
+    return list(plans)
+
+
+def _uniform(problem: Problem, value: dict[str, Any]) -> Plan:
+    space = problem.space
+    choices: dict[str, Choice] = {}
+    for layer in space.layers:
+        kn = space.knobs_of(layer.name)
+        pick: dict[str, Any] = {}
+        for knob in KNOBS:
+            opts = kn.options(knob)
+            v = value[knob]
+            if knob == "rank":
+                if v is None or opts == (None,):
+                    pick[knob] = None
+                    continue
+                full = layer.full_rank
+                numeric = [(full if o is None else o) / full for o in opts]
+                pick[knob] = opts[int(np.argmin([abs(f - float(v)) for f in numeric]))]
+            else:
+                pick[knob] = opts[int(np.argmin([abs(float(o) - float(v)) for o in opts]))]
+        choices[layer.name] = Choice(**pick)
+    return space.tie_groups(Plan(choices))
 
 
 def _bisecting_order(n: int) -> list[int]:
