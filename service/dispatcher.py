@@ -24,8 +24,6 @@ from .store import Store
 
 log = logging.getLogger("hwsearch.dispatcher")
 HEARTBEAT_S = 2.0
-#: A running job whose heartbeat is older than this is taken to be orphaned.
-STALE_AFTER_S = 30.0
 
 
 class DbSink:
@@ -159,7 +157,7 @@ class Dispatcher:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                requeued = self.store.requeue_orphans(STALE_AFTER_S)
+                requeued = self.store.requeue_orphans(max(self.settings.orphan_after_s, 3 * HEARTBEAT_S))
                 if requeued:
                     log.warning("resuming orphaned jobs %s", requeued)
                 job = self.store.claim(self.worker)

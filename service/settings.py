@@ -35,6 +35,7 @@ VARIABLES = (
     "HWSEARCH_READS_OPEN",
     "HWSEARCH_MAX_UPLOAD_BYTES",
     "HWSEARCH_DISPATCHER",
+    "HWSEARCH_ORPHAN_AFTER_S",
 )
 
 
@@ -48,6 +49,8 @@ class Settings:
     reads_open: bool
     max_upload_bytes: int
     run_dispatcher: bool
+    #: A running job whose heartbeat is older than this is taken to be orphaned and resumed.
+    orphan_after_s: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +78,7 @@ class Settings:
             reads_open=_flag(env, "HWSEARCH_READS_OPEN", True),
             max_upload_bytes=_positive_int(env, "HWSEARCH_MAX_UPLOAD_BYTES", 20 * 1024 * 1024),
             run_dispatcher=_flag(env, "HWSEARCH_DISPATCHER", True),
+            orphan_after_s=_positive_int(env, "HWSEARCH_ORPHAN_AFTER_S", 30),
         )
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -518,3 +522,136 @@ def test_the_demo_job_is_queued_once_on_an_empty_database(tmp_path: Path) -> Non
             assert page["total"] == 1
             assert page["items"][0]["targets"] == ["host-cpu", "zcu102"]
     assert (tmp_path / "targets" / "host-cpu.json").exists()  # measured on this machine
+
+
+def test_a_schedule_fires_at_its_time_exactly_once(store: Store) -> None:
+    """An injected clock: nothing before the due time, one job at it, nothing again until the next."""
+    created_at = utcnow()
+    sch = store.create_schedule(name="n", cron="30 3 * * *", timezone="UTC", spec=SPEC, enabled=True)
+    due = sch["next_run_at"]
+    assert (due.hour, due.minute) == (3, 30) and due > created_at
+    assert store.fire_due(due - timedelta(seconds=1)) == []
+    (job_id,) = store.fire_due(due)
+    assert store.fire_due(due) == [] and store.fire_due(due + timedelta(minutes=1)) == []
+    run = store.get_schedule(sch["id"])
+    assert run["last_runs"][0]["job_id"] == job_id and run["last_runs"][0]["scheduled_for"] == due
+    assert run["next_run_at"] == due + timedelta(days=1)
+    (second,) = store.fire_due(due + timedelta(days=1))
+    assert second != job_id
+
+
+def test_two_dispatchers_never_run_one_job(
+    store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two dispatcher threads on one database, each job run by exactly one of them."""
+    import service.dispatcher as dispatcher_module
+    from service.dispatcher import Dispatcher
+
+    ran: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def fake_execute(url: str, job_id: str, worker: str, data_dir: str | None = None) -> str:
+        with lock:
+            ran.append((job_id, worker))
+        time.sleep(0.05)
+        store.set_status(job_id, "succeeded")
+        return "succeeded"
+
+    monkeypatch.setattr(dispatcher_module, "execute_job", fake_execute)
+    ids = {store.create_job(SPEC)["id"] for _ in range(12)}
+    settings = Settings.from_env({"HWSEARCH_DATA_DIR": str(tmp_path), "DATABASE_URL": "sqlite:///unused.db"})
+    pair = [Dispatcher(store, settings, poll_s=0.05, inline=True) for _ in range(2)]
+    for d in pair:
+        d.start()
+    deadline = time.monotonic() + 60
+    while len(ran) < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for d in pair:
+        d.stop()
+    assert sorted(j for j, _ in ran) == sorted(ids)  # every job once
+    assert len({w for _, w in ran}) == 2  # and both dispatchers took part
+
+
+# ------------------------------------------------------------------------------- real runs
+def _serve(tmp_path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`hwsearch serve` in its own process (SQLite, embedded Ray), orphans resumed after 4 s."""
+    env = {
+        **os.environ,
+        "HWSEARCH_DATA_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'hwsearch.db'}",
+        "HWSEARCH_ORPHAN_AFTER_S": "4",
+    }
+    exe = Path(sys.executable).with_name("hwsearch")
+    return subprocess.Popen(
+        [str(exe), "serve", "--port", str(port)], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+
+
+def _wait(predicate: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except httpx.HTTPError:
+            value = None
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_restart_recovery_and_cancel_with_a_real_service(tmp_path: Path) -> None:
+    """Kill the service mid-job; started again, the job finishes with every trial once.
+    Then cancel a running job: it stops within seconds and keeps its trials."""
+    from service.db import make_engine, migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'hwsearch.db'}")
+    migrate(engine)
+    token = Store(engine).create_token("test")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    spec = {**SPEC, "strategy": "tpe", "budget": {"evaluations": 60}, "plans_per_task": 2}
+    server = _serve(tmp_path, port, log)
+    try:
+        _wait(lambda: httpx.get(f"{base}/healthz").status_code == 200, 60, "the service")
+        job = httpx.post(f"{base}/api/v1/jobs", json=spec, headers=_auth(token)).json()
+        url = f"{base}/api/v1/jobs/{job['id']}"
+        _wait(lambda: httpx.get(url).json()["evaluations"] >= 8, 180, "trials before the kill")
+        server.kill()  # no shutdown: the job stays 'running' with a heartbeat that stops
+        server.wait(30)
+        stored_before = Store(engine).trials(job["id"])[1]
+        assert 8 <= stored_before < 60
+        server = _serve(tmp_path, port, log)
+        done = _wait(
+            lambda: (r := httpx.get(url).json())["status"] in ("succeeded", "failed") and r,
+            240,
+            "the resumed job",
+        )
+        assert done["status"] == "succeeded", done
+        trials = Store(engine).trials(job["id"])[0]
+        assert [t["number"] for t in trials] == list(range(60))  # none lost, none twice
+        # Cancel a running job.
+        long = httpx.post(
+            f"{base}/api/v1/jobs", json={**spec, "budget": {"evaluations": 5000}}, headers=_auth(token)
+        )
+        url = f"{base}/api/v1/jobs/{long.json()['id']}"
+        _wait(lambda: httpx.get(url).json()["evaluations"] >= 4, 120, "the long job to run")
+        asked = time.monotonic()
+        assert httpx.post(f"{url}/cancel", headers=_auth(token)).json()["cancel_requested"] is True
+        final = _wait(lambda: (r := httpx.get(url).json())["status"] == "cancelled" and r, 60, "the cancel")
+        assert time.monotonic() - asked < 20
+        kept = httpx.get(f"{url}/trials", params={"limit": 1000}).json()
+        assert kept["total"] == final["evaluations"] >= 4 and kept["total"] < 5000
+    finally:
+        server.kill()
+        server.wait(30)
+        engine.dispose()
