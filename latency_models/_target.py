@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -189,6 +190,7 @@ def _non_negative(value: Any, where: str) -> float:
 
 _TARGETS: dict[str, Target] = {}
 _BUILTIN_LOADED = False
+_BUILTIN_LOCK = threading.Lock()
 
 
 def register_target(target: Target, *, replace: bool = False) -> Target:
@@ -203,16 +205,22 @@ def register_target(target: Target, *, replace: bool = False) -> Target:
 
 
 def _ensure_builtin() -> None:
-    """Load the built-in catalogue (targets/*.json) once, before any other registration."""
+    """Load the built-in catalogue (targets/*.json) once, before any other registration.
+
+    Thread-safe: the service answers requests from a thread pool, and a second thread must
+    not see the registry between "loading started" and "loaded" (it saw no targets at all)."""
     global _BUILTIN_LOADED
     if _BUILTIN_LOADED:
         return
-    _BUILTIN_LOADED = True
-    folder = resources.files("latency_models") / "targets"
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".json"):
-            target = Target.from_dict(json.loads(entry.read_text()))
-            _TARGETS[target.name] = target
+    with _BUILTIN_LOCK:
+        if _BUILTIN_LOADED:
+            return
+        folder = resources.files("latency_models") / "targets"
+        for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+            if entry.name.endswith(".json"):
+                target = Target.from_dict(json.loads(entry.read_text()))
+                _TARGETS.setdefault(target.name, target)
+        _BUILTIN_LOADED = True
 
 
 def list_targets(pattern: str = "*") -> list[str]:

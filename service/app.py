@@ -382,7 +382,7 @@ def create_app(
             return PlainTextResponse(_front_csv(job, rows), media_type="text/csv")
         return {
             "job_id": job_id,
-            "objectives": job["spec"]["objectives"],
+            "objectives": JobSpec.model_validate(job["spec"]).objectives,
             "targets": job["targets"],
             "hypervolume": job["hypervolume"],
             "front": rows,
@@ -631,7 +631,7 @@ def front_of(job: dict[str, Any], trials: list[dict[str, Any]]) -> list[dict[str
     """
     from workers.search import front_mask
 
-    spec = job["spec"]
+    spec = JobSpec.model_validate(job["spec"]).model_dump()  # stored specs get today's defaults
     ok = [t for t in trials if t.get("feasible") and t.get("quality") is not None]
     if not ok:
         return []

@@ -189,3 +189,29 @@ def test_batch_prediction_equals_per_plan_prediction(target_name: str) -> None:
     batch = BatchPredictor(target, SPACE).latency_ms(encoded)
     single = np.array([predict(target, LAYERS, p).latency_ms for p in plans])
     np.testing.assert_allclose(batch, single, rtol=1e-12)
+
+
+def test_builtin_targets_load_once_under_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service looks targets up from a thread pool: the first lookups race to load them."""
+    import threading
+
+    from latency_models import _target
+
+    monkeypatch.setattr(_target, "_TARGETS", {})
+    monkeypatch.setattr(_target, "_BUILTIN_LOADED", False)
+    barrier = threading.Barrier(8)
+    errors: list[Exception] = []
+
+    def lookup() -> None:
+        barrier.wait()
+        try:
+            _target.get_target("zcu102")
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=lookup) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
