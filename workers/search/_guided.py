@@ -7,17 +7,18 @@ only the candidates that would move the feasible Pareto front the most:
 1. Candidates: sparse plans (a few layer knobs changed from the uncompressed model), local
    moves around the evaluated front, the uniform plans and local moves around them, and some
    uniformly random plans, all in option-index space (no Python loop per plan).
-2. Hard constraints by construction: a candidate passes a latency ceiling only if its
-   predicted latency plus one predictor sigma fits (the learned predictor's interval where
-   the target has one); FPGA resources and every other ceiling are checked exactly on the
-   shortlist with ``latency_models.predict``.
+2. Hard constraints by construction: candidates over a latency ceiling are dropped in the
+   screen, FPGA resources and every other ceiling are checked exactly on the shortlist with
+   ``latency_models.predict``, so no infeasible plan is proposed. Near a ceiling the
+   predictor's uncertainty (the learned predictor's interval, or 15% for a prior) gives the
+   probability that the plan also fits on the device, which scales its hypervolume gain.
 3. Quality surrogate: per-layer sensitivity probes from the weights (``_sensitivity``)
    summed per knob and per third of the network, weighted by non-negative least squares on
    the real evaluations so far and calibrated by isotonic regression (quality collapses
    non-linearly); before any evaluation it ranks by total damage. An optimistic bonus of
    the surrogate's residual spread keeps it exploring.
-4. Selection: greedy hypervolume improvement of the predicted points over the real feasible
-   front (moocore), re-computed after each pick so a batch spreads along the front.
+4. Selection: greedy hypervolume improvement (times that probability) of the predicted points
+   over the real feasible front (moocore), re-computed after each pick so a batch spreads.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import nnls
+from scipy.special import ndtr
 from sklearn.isotonic import IsotonicRegression
 
 from search_spaces import KNOBS, Plan
@@ -174,12 +176,18 @@ class GuidedStrategy(Strategy):
         flat = pool.reshape(len(pool), -1)
         latency = problem.screen_latency_ms(flat)
         ok = np.ones(len(pool), dtype=bool)
+        # Probability that the plan also meets each ceiling on the device, under the predictor's
+        # uncertainty (a learned predictor's interval; 15% for a prior): it scales a candidate's
+        # hypervolume gain, so plans just under a ceiling are tried after safer ones.
+        p_ok = np.ones(len(pool))
         for t, budget in enumerate(problem.latency_budgets_ms()):
             if budget is not None:
-                ok &= latency[:, t] * (1.0 + problem.latency_sigma(t)) <= budget
-        if not ok.any():  # nothing passes with a margin: aim at the budget, the exact check decides
+                ok &= latency[:, t] <= budget
+                sigma = np.maximum(problem.latency_sigma(t) * latency[:, t], 1e-12)
+                p_ok *= ndtr((budget - latency[:, t]) / sigma)
+        if not ok.any():  # nothing meets the ceilings: aim at the cheapest, the exact check decides
             ok = latency.min(axis=1) <= np.min(latency.min(axis=1)) * 1.05
-        pool, flat, latency = pool[ok], flat[ok], latency[ok]
+        pool, flat, latency, p_ok = pool[ok], flat[ok], latency[ok], p_ok[ok]
         drop = self._predict_drop(self._features(pool))
         bonus = self.sigma * (1.0 if len(self.obs_drop) < 10 else 0.5)
         quality = np.clip(1.0 - drop + bonus, 0.0, None)
@@ -196,24 +204,24 @@ class GuidedStrategy(Strategy):
             rest = rest[np.argsort(-quality[rest])][: self.shortlist - len(order)]
             order = np.concatenate([order, rest])
         order = order[: self.shortlist]
-        candidates: list[tuple[Plan, list[float], bytes]] = []
+        candidates: list[tuple[Plan, list[float], bytes, float]] = []
         for i in order:
             plan = problem.space.decode(flat[i])
             costs = problem.costs(plan)
             if problem.violations(None, costs):
                 continue
             objectives = problem.objectives(float(quality[i]) * (problem.reference_quality or 1.0), costs)
-            candidates.append((plan, objectives, flat[i].tobytes()))
+            candidates.append((plan, objectives, flat[i].tobytes(), float(p_ok[i])))
         chosen: list[Plan] = []
         ref = problem.reference_point()
         points = [list(p) for p in self.obs_points if p is not None]
         while candidates and len(chosen) < n:
             base = hypervolume(points, ref) if points else 0.0
-            gains = [hypervolume([*points, c[1]], ref) - base for c in candidates]
+            gains = [(hypervolume([*points, c[1]], ref) - base) * c[3] for c in candidates]
             best = int(np.argmax(gains))
             if gains[best] <= 0.0:
                 best = int(self.rng.integers(len(candidates)))
-            plan, objectives, key = candidates.pop(best)
+            plan, objectives, key, _ = candidates.pop(best)
             chosen.append(plan)
             points.append(objectives)
             self.seen.add(key)
