@@ -105,7 +105,14 @@ async def load(url: str, token: str, clients: int, requests: int, method: str, p
         ) as c:
             for _ in range(requests):
                 t0 = time.perf_counter()
-                r = await (c.post(path, json=SPEC) if method == "POST" else c.get(path))
+                try:
+                    r = await (c.post(path, json=SPEC) if method == "POST" else c.get(path))
+                except httpx.HTTPError as exc:  # a dropped connection is an error, not a crash
+                    latencies.append(time.perf_counter() - t0)
+                    errors += 1
+                    if len(first_errors) < 3:
+                        first_errors.append(repr(exc))
+                    continue
                 latencies.append(time.perf_counter() - t0)
                 if r.status_code >= 400:
                     errors += 1

@@ -92,7 +92,8 @@ class TrialRow(Base):
     quality: Mapped[float | None] = mapped_column(Float, nullable=True)
     feasible: Mapped[bool] = mapped_column(Boolean)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)  # the whole workers.search.Trial
-    measured: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # SQL NULL until the front is measured (so COUNT(measured) counts measured trials).
+    measured: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -259,6 +259,14 @@ class Store:
                 query = query.limit(limit)
             return [trial_dict(r) for r in s.scalars(query).all()], total
 
+    def trials_version(self, job_id: str) -> tuple[int, int, int]:
+        """(trials, newest trial row id, trials with a measurement): changes with every write."""
+        measured = func.count(TrialRow.measured)
+        query = select(func.count(), func.coalesce(func.max(TrialRow.id), 0), measured)
+        with self.session() as s:
+            count, newest, n_measured = s.execute(query.where(TrialRow.job_id == job_id)).one()
+            return int(count), int(newest), int(n_measured)
+
     def trial(self, job_id: str, number: int) -> dict[str, Any]:
         with self.session() as s:
             row = s.scalar(select(TrialRow).where(TrialRow.job_id == job_id, TrialRow.number == number))

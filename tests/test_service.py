@@ -655,3 +655,17 @@ def test_restart_recovery_and_cancel_with_a_real_service(tmp_path: Path) -> None
         server.kill()
         server.wait(30)
         engine.dispose()
+
+
+def test_the_front_follows_new_trials_and_measurements(store: Store) -> None:
+    from service.app import FrontCache
+
+    job = store.create_job(SPEC)
+    cache = FrontCache()
+    store.add_trial(_trial(job["id"], 0, 0.9, 1.0))
+    assert [t["number"] for t in cache.get(store, store.get_job(job["id"]))] == [0]
+    store.add_trial(_trial(job["id"], 1, 0.95, 0.5))  # dominates trial 0
+    assert [t["number"] for t in cache.get(store, store.get_job(job["id"]))] == [1]
+    store.add_measurement(job["id"], 1, {"latency_ms": 0.7})
+    (row,) = cache.get(store, store.get_job(job["id"]))
+    assert row["measured"] == {"latency_ms": 0.7}
