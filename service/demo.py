@@ -25,12 +25,11 @@ def seed_demo(settings: Settings, store: Store) -> str | None:
     """Queue the demo job when the database has no jobs; returns its id (None: nothing to do)."""
     if store.list_jobs(limit=1)[1] > 0:
         return None
-    from latency_models import list_targets
     from workers.calibration import catalogue
     from workers.search import JobSpec
 
     cat = catalogue(settings.data_dir)
-    if "host-cpu" not in list_targets():
+    if "host-cpu" not in cat.load_targets():  # this data dir's targets, not the process's registry
         import ray
 
         from workers.profiling import measure_host_target
