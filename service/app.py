@@ -172,11 +172,11 @@ def _job_or_404(store: Store, job_id: str) -> dict[str, Any]:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}") from None
 
 
-def _check_targets(spec: JobSpec, loc: tuple[Any, ...]) -> None:
+def _check_targets(request: Request, spec: JobSpec, loc: tuple[Any, ...]) -> None:
+    """Every target of ``spec`` exists in the service's catalogue (422 naming the one that does not)."""
     from latency_models import LatencyModelError
-    from workers.calibration import catalogue
 
-    cat = catalogue()
+    cat = _catalogue(request)
     for i, name in enumerate(spec.targets):
         try:
             cat.target(name)
@@ -286,8 +286,8 @@ def create_app(
 
     # ---- jobs -------------------------------------------------------------------------------
     @app.post(f"{API}/jobs", status_code=201, response_model=JobOut, dependencies=[Write])
-    def create_job(spec: JobSpec, store: StoreDep) -> dict[str, Any]:
-        _check_targets(spec, ("body",))
+    def create_job(request: Request, spec: JobSpec, store: StoreDep) -> dict[str, Any]:
+        _check_targets(request, spec, ("body",))
         return store.create_job(spec.model_dump(mode="json"))
 
     @app.get(f"{API}/jobs", response_model=JobPage, dependencies=[Read])
@@ -391,8 +391,8 @@ def create_app(
 
     # ---- schedules ----------------------------------------------------------------------------
     @app.post(f"{API}/schedules", status_code=201, dependencies=[Write])
-    def create_schedule(body: ScheduleIn, store: StoreDep) -> dict[str, Any]:
-        _check_targets(body.spec, ("body", "spec"))
+    def create_schedule(request: Request, body: ScheduleIn, store: StoreDep) -> dict[str, Any]:
+        _check_targets(request, body.spec, ("body", "spec"))
         return store.create_schedule(
             name=body.name,
             cron=body.cron,
@@ -410,10 +410,12 @@ def create_app(
         return _schedule_or_404(store, schedule_id)
 
     @app.patch(f"{API}/schedules/{{schedule_id}}", dependencies=[Write])
-    def update_schedule(schedule_id: str, body: ScheduleUpdate, store: StoreDep) -> dict[str, Any]:
+    def update_schedule(
+        request: Request, schedule_id: str, body: ScheduleUpdate, store: StoreDep
+    ) -> dict[str, Any]:
         changes = body.model_dump(exclude_unset=True, mode="json")
         if body.spec is not None:
-            _check_targets(body.spec, ("body", "spec"))
+            _check_targets(request, body.spec, ("body", "spec"))
         try:
             return store.update_schedule(schedule_id, changes)
         except NotFound:

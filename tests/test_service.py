@@ -669,3 +669,12 @@ def test_the_front_follows_new_trials_and_measurements(store: Store) -> None:
     store.add_measurement(job["id"], 1, {"latency_ms": 0.7})
     (row,) = cache.get(store, store.get_job(job["id"]))
     assert row["measured"] == {"latency_ms": 0.7}
+
+
+def test_a_job_may_use_a_target_created_through_the_api(client: tuple[TestClient, str]) -> None:
+    c, token = client
+    spec = json.loads((Path(__file__).parents[1] / "latency_models" / "targets" / "zcu102.json").read_text())
+    board = "api-board-" + uuid.uuid4().hex[:6]
+    assert c.post("/api/v1/targets", json={**spec, "name": board}, headers=_auth(token)).status_code == 201
+    r = c.post("/api/v1/jobs", json={**SPEC, "targets": [board]}, headers=_auth(token))
+    assert r.status_code == 201, r.text
