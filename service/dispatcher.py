@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .background import BackgroundLoop
 from .db import make_engine
 from .settings import Settings
 from .store import Store
@@ -132,27 +133,19 @@ def start_ray(address: str | None) -> None:
         raise RuntimeError(f"Ray did not start: {_ray_failure[-1]}")
 
 
-class Dispatcher:
+class Dispatcher(BackgroundLoop):
+    thread_name = "hwsearch-dispatcher"
+
     def __init__(
         self, store: Store, settings: Settings, *, poll_s: float = 0.5, inline: bool = False
     ) -> None:
+        super().__init__()
         self.store = store
         self.settings = settings
         self.poll_s = poll_s
         self.inline = inline  # run jobs in this process (tests of the queue without Ray)
         self.worker = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.current: str | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="hwsearch-dispatcher", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

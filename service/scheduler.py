@@ -8,29 +8,21 @@ at start-up, not once per missed time.
 from __future__ import annotations
 
 import logging
-import threading
 
+from .background import BackgroundLoop
 from .db import utcnow
 from .store import Store
 
 log = logging.getLogger("hwsearch.scheduler")
 
 
-class Scheduler:
+class Scheduler(BackgroundLoop):
+    thread_name = "hwsearch-scheduler"
+
     def __init__(self, store: Store, *, poll_s: float = 5.0) -> None:
+        super().__init__()
         self.store = store
         self.poll_s = poll_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="hwsearch-scheduler", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
