@@ -475,27 +475,23 @@ def latency_profile_host(
 ) -> None:
     """Measure this CPU, time compressed zoo models on it, and fit the host-cpu predictor."""
     _quiet_torch()
-    from latency_models import LatencyModelError
-    from workers.calibration import catalogue, data_dir, fit
-    from workers.profiling import HOST, measure_host_target, profile_networks, write_csv
+    from latency_models import LatencyModelError, get_target
+    from workers.profiling import HOST, calibrate_host
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     for name in names:
         _load_model(name)  # unknown names exit 2 before any timing
-    target = catalogue().add_target(measure_host_target())
-    rows = profile_networks(names, plans, repeats=repeats)
-    path = write_csv(
-        rows, out or data_dir() / "measurements" / f"{HOST}-{int(__import__('time').time())}.csv"
-    )
     try:
-        report = fit(target.name, path)
+        report = calibrate_host(names, plans, repeats=repeats, out=out)
     except LatencyModelError as exc:
         _fail(str(exc))
-    report["measurements"] = str(path)
+    target = get_target(HOST)
+    path = report["measurements"]
+    rows = report["n_networks_timed"]
     if not json_output:
         typer.echo(
             f"host-cpu: {target.peak_macs_per_s[32] / 1e9:.1f} G MAC/s fp32 (1 thread), "
-            f"{target.memory_bandwidth_gb_s:.1f} GB/s; {len(rows)} networks timed → {path}"
+            f"{target.memory_bandwidth_gb_s:.1f} GB/s; {rows} networks timed → {path}"
         )
     _emit_report(report, json_output)
 

@@ -154,23 +154,46 @@ def compare_page(request: Request, jobs: str = "") -> Response:
     return TEMPLATES.TemplateResponse(request, "compare.html", {"series": series, "recent": recent})
 
 
+def _calibration(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The held-out pairs a fit kept (``workers.calibration.holdout_pairs``), or None for a
+    report without them (a fit with no test split, or one written before they were kept)."""
+    holdout = (report or {}).get("holdout")
+    if not holdout or not holdout.get("measured_ms"):
+        return None
+    return {k: holdout[k] for k in ("name", "measured_ms", "predicted_ms", "prior_ms", "n_total")}
+
+
 @router.get("/targets", response_class=HTMLResponse)
 def targets_page(request: Request) -> Response:
+    """Every target with its provenance; every fitted predictor version with its validation
+    numbers, and the active one's calibration plot (held-out predicted against measured)."""
     import json
 
     from latency_models import list_targets
-    from workers.calibration import catalogue
+    from workers.calibration import catalogue, learned_provenance
 
     cat = catalogue(request.app.state.settings.data_dir)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    calibrations: dict[str, Any] = {}
     for name in list_targets():
         target = cat.target(name)
-        report = None
-        if target.predictor_version:
-            path = cat.root / "predictors" / name / target.predictor_version / "report.json"
-            report = json.loads(path.read_text())
-        rows.append({"target": target, "report": report})
-    return TEMPLATES.TemplateResponse(request, "targets.html", {"rows": rows})
+        versions: list[dict[str, Any]] = []
+        for version in cat.versions(name):
+            report = json.loads((cat.root / "predictors" / name / version / "report.json").read_text())
+            versions.append(
+                {
+                    "version": version,
+                    "active": version == target.predictor_version,
+                    "report": report,
+                    "provenance": learned_provenance(report),
+                    "calibration": _calibration(report),
+                }
+            )
+        active = next((v for v in versions if v["active"]), None)
+        rows.append({"target": target, "versions": versions, "active": active})
+        if active and active["calibration"]:
+            calibrations[name] = active["calibration"]
+    return TEMPLATES.TemplateResponse(request, "targets.html", {"rows": rows, "calibrations": calibrations})
 
 
 @router.get("/schedules", response_class=HTMLResponse)

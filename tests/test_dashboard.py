@@ -8,6 +8,8 @@ invalid job shows its error next to the field.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
 import threading
@@ -88,6 +90,21 @@ def _trials(job_id: str, n: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
+def _calibrate_host(data_dir: Path) -> None:
+    """A real host-cpu predictor in ``data_dir``: digits-cnn plans timed on this machine, fitted."""
+    from workers.profiling import calibrate_host
+
+    before = os.environ.get("HWSEARCH_DATA_DIR")
+    os.environ["HWSEARCH_DATA_DIR"] = str(data_dir)
+    try:
+        calibrate_host(("digits-cnn",), 15, repeats=5)
+    finally:
+        if before is None:
+            del os.environ["HWSEARCH_DATA_DIR"]
+        else:
+            os.environ["HWSEARCH_DATA_DIR"] = before
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     if not Path(CHROMIUM).exists():
@@ -97,6 +114,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"HWSEARCH_DATA_DIR": str(tmp), "DATABASE_URL": f"sqlite:///{tmp / 'hwsearch.db'}"}
+    _calibrate_host(tmp)
     app = create_app(Settings.from_env(env), dispatcher=False)
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
@@ -118,6 +136,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "job": job["id"],
         "big": big["id"],
         "token": store.create_token("ui"),
+        "data_dir": tmp,
     }
     server.should_exit = True
 
@@ -215,3 +234,22 @@ def test_an_invalid_job_shows_its_error_by_the_field(site: dict[str, Any], brows
     # The browser logs the two refused submissions (422) as failed loads; nothing else.
     assert [e for e in errors if "status of 422" not in e] == []
     assert len(errors) == 2
+
+
+def test_the_calibration_plot_draws_the_fits_held_out_rows_and_the_band(
+    site: dict[str, Any], browser: Any
+) -> None:
+    folder = site["data_dir"] / "predictors" / "host-cpu"
+    version = (folder / "ACTIVE").read_text().strip()
+    holdout = json.loads((folder / version / "report.json").read_text())["holdout"]
+    page, errors = _open(browser, f"{site['url']}/targets")
+    traces = page.evaluate(
+        "() => document.getElementById('calib-host-cpu').data.map(t => [t.name, t.x, t.y])"
+    )
+    by_name = {name: (x, y) for name, x, y in traces}
+    assert by_name["learned predictor"] == (holdout["measured_ms"], holdout["predicted_ms"])
+    band_x, band_y = by_name["±10% band"]
+    assert [round(y / x, 6) for x, y in zip(band_x, band_y, strict=True)] == [0.9, 0.9, 1.1, 1.1]
+    assert page.locator(f"#target-host-cpu td:has-text('{version}')").count() == 1
+    assert "learned (fitted on 15 measurements" in page.inner_text("#target-host-cpu")
+    assert errors == []

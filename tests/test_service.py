@@ -522,6 +522,12 @@ def test_the_demo_job_is_queued_once_on_an_empty_database(tmp_path: Path) -> Non
             assert page["total"] == 1
             assert page["items"][0]["targets"] == ["host-cpu", "zcu102"]
     assert (tmp_path / "targets" / "host-cpu.json").exists()  # measured on this machine
+    # ... and host-cpu's predictor fitted on this machine's timings, its held-out pairs kept
+    version = (tmp_path / "predictors" / "host-cpu" / "ACTIVE").read_text().strip()
+    report = json.loads((tmp_path / "predictors" / "host-cpu" / version / "report.json").read_text())
+    holdout = report["holdout"]
+    assert report["n_fit"] == 30 and len(holdout["measured_ms"]) == report["n_test"] == 6
+    assert all(v > 0 for v in holdout["measured_ms"] + holdout["predicted_ms"])
 
 
 def test_a_schedule_fires_at_its_time_exactly_once(store: Store) -> None:

@@ -241,10 +241,34 @@ def validate_split(
     report.update(metrics(predicted, y_te, budget_ms).to_dict())
     base = proxy_baselines(x_tr, y_tr, x_te, FEATURE_NAMES.index("total_macs"))
     report["baselines"] = {name: metrics(pred, y_te, budget_ms).to_dict() for name, pred in base.items()}
-    report["baselines"]["analytic_prior"] = metrics(
-        x_te[:, FEATURE_NAMES.index("prior_ms")], y_te, budget_ms
-    ).to_dict()
+    prior = x_te[:, FEATURE_NAMES.index("prior_ms")]
+    report["baselines"]["analytic_prior"] = metrics(prior, y_te, budget_ms).to_dict()
+    report["holdout"] = holdout_pairs(table.models, test, y_te, predicted, prior)
     return report
+
+
+#: At most this many held-out rows are kept in a report (for the calibration plot); the test
+#: split is a random permutation, so its first rows are a random sample of it.
+MAX_HOLDOUT_ROWS = 2000
+
+
+def holdout_pairs(
+    names: Sequence[str],
+    rows: np.ndarray,
+    measured_ms: np.ndarray,
+    predicted_ms: np.ndarray,
+    prior_ms: np.ndarray,
+) -> dict[str, Any]:
+    """The held-out rows as columns (what the dashboard's calibration plot draws): each row's
+    name (model or layer), measured, predicted and analytic-prior latency in ms."""
+    keep = slice(0, MAX_HOLDOUT_ROWS)
+    return {
+        "name": [names[int(i)] if int(i) < len(names) else "" for i in rows[keep]],
+        "measured_ms": [float(v) for v in measured_ms[keep]],
+        "predicted_ms": [float(v) for v in predicted_ms[keep]],
+        "prior_ms": [float(v) for v in prior_ms[keep]],
+        "n_total": len(rows),
+    }
 
 
 def validate(target_name: str, measurements: str | Path, budget_ms: float | None = None) -> dict[str, Any]:

@@ -146,3 +146,23 @@ def write_csv(rows: Iterable[Measured], path: str | Path) -> Path:
         for row in rows:
             writer.writerow([row.model, row.plan_json, 1, f"{row.latency_ms:.6f}"])
     return p
+
+
+def calibrate_host(
+    models: Sequence[str], plans_per_model: int, *, repeats: int = 15, out: str | Path | None = None
+) -> dict[str, object]:
+    """Measure this CPU (the host-cpu target), time compressed ``models`` on it and fit the host-cpu
+    predictor from them; returns the fit's report with ``measurements`` (the CSV written).
+
+    What ``hwsearch latency profile-host`` and ``hwsearch serve --demo`` run, so the demo's
+    host-cpu costs are learned from this machine's timings rather than the analytic prior.
+    """
+    from workers.calibration import catalogue, data_dir, fit
+
+    target = catalogue().add_target(measure_host_target())
+    rows = profile_networks(models, plans_per_model, repeats=repeats)
+    path = write_csv(rows, out or data_dir() / "measurements" / f"{HOST}-{int(time.time())}.csv")
+    report: dict[str, object] = fit(target.name, path)
+    report["measurements"] = str(path)
+    report["n_networks_timed"] = len(rows)
+    return report
