@@ -263,8 +263,10 @@ def create_app(
     )
     app.state.settings = settings
     fronts = app.state.fronts = FrontCache()
+    from .dashboard import ViewCache
     from .dashboard import router as dashboard
 
+    app.state.views = ViewCache()
     app.include_router(dashboard)
     app.state.request_seconds = {}  # route → (count, total seconds), for /metrics
 

@@ -8,6 +8,7 @@ Pages read through ``Store`` like the API. A job page thins dominated points for
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -63,37 +64,48 @@ def jobs_page(request: Request) -> Response:
     return TEMPLATES.TemplateResponse(request, "jobs.html", {"jobs": rows, "active": active})
 
 
+def _point(t: dict[str, Any], targets: list[str], on_front: set[int]) -> dict[str, Any]:
+    """One trial as the page plots it: costs per target (latency with its interval, energy
+    where the target has a power figure), weight bytes, the host measurement if any."""
+    costs = {name: t["costs"].get(name, {}) for name in targets}
+    measured = t.get("measured") or {}
+    return {
+        "number": t["number"],
+        "quality": t["quality"],
+        "latency_ms": {n: c.get("latency_ms") for n, c in costs.items()},
+        "low_ms": {n: c.get("latency_low_ms") for n, c in costs.items()},
+        "high_ms": {n: c.get("latency_high_ms") for n, c in costs.items()},
+        "energy_mj": {n: c.get("energy_mj") for n, c in costs.items()},
+        "weight_bytes": costs[targets[0]].get("weight_bytes"),
+        "measured_ms": measured.get("latency_ms"),
+        "feasible": bool(t.get("feasible")),
+        "front": t["number"] in on_front,
+    }
+
+
 def job_view(
-    job: dict[str, Any], trials: list[dict[str, Any]], front: list[dict[str, Any]]
+    job: dict[str, Any],
+    trials: list[dict[str, Any]],
+    front: list[dict[str, Any]],
+    *,
+    max_plotted: int | None = MAX_PLOTTED,
 ) -> dict[str, Any]:
-    """What the job page plots: points (front complete, the rest thinned), the hypervolume
-    curve, the front table. Objectives are normalised by trial 0 (the uncompressed model),
-    as the search normalises them, so the curve is the search's hypervolume."""
+    """What the job page plots: points (the front complete, the other trials thinned to
+    ``max_plotted`` evenly by number; None keeps them all), the hypervolume curve, the front.
+
+    Objectives of the curve are normalised by trial 0 (the uncompressed model), as the search
+    normalises them, so the curve is the search's hypervolume.
+    """
     from workers.search import hypervolume
 
     spec = JobSpec.model_validate(job["spec"])
-    targets = spec.targets
-    on_front = {t["number"] for t in front}
+    targets = list(spec.targets)
+    on_front = {int(t["number"]) for t in front}
     ok = [t for t in trials if t.get("quality") is not None]
     rest = [t for t in ok if t["number"] not in on_front]
-    if len(rest) > MAX_PLOTTED:
-        step = len(rest) / MAX_PLOTTED
-        rest = [rest[int(i * step)] for i in range(MAX_PLOTTED)]
-
-    def point(t: dict[str, Any]) -> dict[str, Any]:
-        cost = t["costs"].get(targets[0], {})
-        measured = t.get("measured") or {}
-        return {
-            "number": t["number"],
-            "quality": t["quality"],
-            "latency_ms": cost.get("latency_ms"),
-            "low": cost.get("latency_low_ms"),
-            "high": cost.get("latency_high_ms"),
-            "weight_bytes": cost.get("weight_bytes"),
-            "measured_ms": measured.get("latency_ms"),
-            "feasible": bool(t.get("feasible")),
-            "front": t["number"] in on_front,
-        }
+    if max_plotted is not None and len(rest) > max_plotted:
+        step = len(rest) / max_plotted
+        rest = [rest[int(i * step)] for i in range(max_plotted)]
 
     curve: list[list[float]] = []
     zero = next((t for t in ok if t["number"] == 0), None)
@@ -115,27 +127,81 @@ def job_view(
                 )
             if i % marks == 0 or i == len(ordered):
                 curve.append([i, hypervolume(points, ref) if points else 0.0])
+    front_points = [_point(t, targets, on_front) for t in front]
+    provenance = {
+        name: (front[0]["costs"].get(name, {}).get("provenance") if front else None) for name in targets
+    }
     return {
         "targets": targets,
-        "points": [point(t) for t in front] + [point(t) for t in rest],
+        "points": front_points + [_point(t, targets, on_front) for t in rest],
         "n_trials": len(trials),
+        "n_failed": len(trials) - len(ok),
         "n_plotted_rest": len(rest),
+        "n_rest": len(ok) - len(front),
         "curve": curve,
-        "front": [point(t) for t in front],
-        "provenance": (front[0]["costs"][targets[0]].get("provenance") if front else None),
+        "front": front_points,
+        "provenance": provenance,
+        "constraints": [c.model_dump() for c in spec.constraints],
     }
 
 
-@router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: str) -> Response:
-    store = _store(request)
+class ViewCache:
+    """Job views, recomputed only when the job's trials changed (the key of ``FrontCache``):
+    the page polls while a job runs, and a 10,000-trial job costs seconds to decode."""
+
+    def __init__(self, max_entries: int = 64) -> None:
+        self._cache: dict[tuple[str, bool], tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+
+    def get(self, request: Request, job: dict[str, Any], *, plot_all: bool) -> dict[str, Any]:
+        store = _store(request)
+        key = (str(job["id"]), plot_all)
+        version = store.trials_version(job["id"])
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        front = request.app.state.fronts.get(store, job)
+        trials = store.trials(job["id"])[0]
+        view = job_view(job, trials, front, max_plotted=None if plot_all else MAX_PLOTTED)
+        with self._lock:
+            if len(self._cache) >= self.max_entries:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = (version, view)
+        return view
+
+
+def _job_or_404(request: Request, job_id: str) -> dict[str, Any]:
     try:
-        job = store.get_job(job_id)
+        return _store(request).get_job(job_id)
     except NotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}") from None
-    front = request.app.state.fronts.get(store, job)
-    view = job_view(job, store.trials(job_id)[0], front)
-    return TEMPLATES.TemplateResponse(request, "job.html", {"job": job, "view": view, "knobs": KNOB_ROWS})
+
+
+JOB_FIELDS = ("id", "status", "model", "strategy", "evaluations", "budget", "hypervolume", "error")
+
+
+def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: job.get(k) for k in JOB_FIELDS} | {"active": job["status"] in ("queued", "running")}
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: str, all: bool = False) -> Response:
+    job = _job_or_404(request, job_id)
+    view = request.app.state.views.get(request, job, plot_all=all)
+    return TEMPLATES.TemplateResponse(
+        request,
+        "job.html",
+        {"job": job, "summary": _job_summary(job), "view": view, "knobs": KNOB_ROWS, "plot_all": all},
+    )
+
+
+@router.get("/jobs/{job_id}/view.json")
+def job_view_json(request: Request, job_id: str, all: bool = False) -> dict[str, Any]:
+    """What the job page polls while the job runs: its summary and the view to redraw."""
+    job = _job_or_404(request, job_id)
+    return {"job": _job_summary(job), "view": request.app.state.views.get(request, job, plot_all=all)}
 
 
 @router.get("/compare", response_class=HTMLResponse)
@@ -149,7 +215,7 @@ def compare_page(request: Request, jobs: str = "") -> Response:
             continue
         front = request.app.state.fronts.get(store, job)
         summary = {k: job[k] for k in ("id", "model", "targets", "strategy")}
-        series.append({"job": summary, "front": job_view(job, [], front)["front"]})
+        series.append({"job": summary, "front": [_point(t, job["targets"], set()) for t in front]})
     recent, _ = store.list_jobs(limit=50)
     return TEMPLATES.TemplateResponse(request, "compare.html", {"series": series, "recent": recent})
 

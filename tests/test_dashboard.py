@@ -72,6 +72,7 @@ def _trials(job_id: str, n: int, seed: int) -> list[dict[str, Any]]:
                         "latency_ms": lat,
                         "provenance": "analytic prior (uncalibrated)",
                         "weight_bytes": int(4e5 * lat / 0.15),
+                        "energy_mj": 15.0 * lat,
                         "dsp": 2268,
                         "lut": 136000,
                         "bram36": 4,
@@ -137,6 +138,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "big": big["id"],
         "token": store.create_token("ui"),
         "data_dir": tmp,
+        "store": store,
     }
     server.should_exit = True
 
@@ -185,12 +187,16 @@ def test_the_front_plot_has_the_apis_front_and_a_click_shows_the_plan(
         "() => document.getElementById('front-plot').data.find(t => t.name === 'front').customdata"
     )
     assert sorted(plotted) == sorted(t["number"] for t in api_front) and len(plotted) > 1
-    # Click a front marker in the SVG; the plan heatmap of that trial appears.
+    # The page opens on the front's middle plan; click the first front marker in the SVG and
+    # the plan heatmap of that trial appears instead.
+    page.wait_for_function("() => document.getElementById('plan-title').dataset.trial !== undefined")
+    first = plotted[0]
+    assert int(page.evaluate("() => document.getElementById('plan-title').dataset.trial")) != first
     point = page.locator("#front-plot .scatterlayer .trace").nth(2).locator(".point").first
     point.click(force=True)
-    page.wait_for_function("() => document.getElementById('plan-title').dataset.trial !== undefined")
-    trial = int(page.evaluate("() => document.getElementById('plan-title').dataset.trial"))
-    assert trial in plotted
+    page.wait_for_function(f"() => document.getElementById('plan-title').dataset.trial === '{first}'")
+    trial = first
+    assert page.locator(f".front-row[data-trial='{trial}']").get_attribute("aria-selected") == "true"
     heat = page.evaluate("() => document.getElementById('plan-plot').data[0]")
     plan = httpx.get(f"{site['url']}/api/v1/jobs/{site['job']}/trials/{trial}/plan").json()
     assert heat["x"] == list(plan["layers"])
@@ -252,4 +258,95 @@ def test_the_calibration_plot_draws_the_fits_held_out_rows_and_the_band(
     assert [round(y / x, 6) for x, y in zip(band_x, band_y, strict=True)] == [0.9, 0.9, 1.1, 1.1]
     assert page.locator(f"#target-host-cpu td:has-text('{version}')").count() == 1
     assert "learned (fitted on 15 measurements" in page.inner_text("#target-host-cpu")
+    assert errors == []
+
+
+def test_the_front_can_be_seen_by_weight_size_and_energy(site: dict[str, Any], browser: Any) -> None:
+    import httpx
+
+    api_front = httpx.get(f"{site['url']}/api/v1/jobs/{site['job']}/front").json()["front"]
+    page, errors = _open(browser, f"{site['url']}/jobs/{site['job']}")
+    options = page.eval_on_selector_all("#x-axis option", "os => os.map(o => o.value)")
+    assert options == ["latency:zcu102", "size", "energy:zcu102"]
+
+    def front_trace() -> dict[str, Any]:
+        trace: dict[str, Any] = page.evaluate(
+            "() => { const t = document.getElementById('front-plot').data.find(t => t.name === 'front');"
+            " return {x: t.x, n: t.customdata, color: t.marker.color}; }"
+        )
+        return trace
+
+    page.select_option("#x-axis", "size")
+    trace = front_trace()
+    by_number = {t["number"]: t["costs"]["zcu102"] for t in api_front}
+    assert trace["x"] == [by_number[n]["weight_bytes"] / 1e6 for n in trace["n"]]
+    title = page.evaluate("() => document.getElementById('front-plot').layout.xaxis.title.text")
+    assert "weight size" in title
+    page.select_option("#x-axis", "energy:zcu102")
+    page.select_option("#colour-by", "size")
+    trace = front_trace()
+    assert trace["x"] == [by_number[n]["energy_mj"] for n in trace["n"]]
+    assert trace["color"] == [by_number[n]["weight_bytes"] / 1e6 for n in trace["n"]]
+    assert errors == []
+
+
+def test_the_front_table_is_keyboard_navigable(site: dict[str, Any], browser: Any) -> None:
+    page, errors = _open(browser, f"{site['url']}/jobs/{site['job']}")
+    rows = page.eval_on_selector_all(".front-row", "rs => rs.map(r => r.dataset.trial)")
+    page.focus(".front-row")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"() => document.getElementById('plan-title').dataset.trial === '{rows[2]}'")
+    assert page.evaluate("() => document.activeElement.dataset.trial") == rows[2]
+    assert errors == []
+
+
+def test_a_running_job_updates_in_place(site: dict[str, Any], browser: Any) -> None:
+    """The page polls while the job runs: new trials and the final status appear without a
+    reload (a marker set on the window survives), and the plan shown stays selected."""
+    from service.store import Store
+
+    store: Store = site["store"]
+    job = store.create_job({**SPEC, "budget": {"evaluations": 40}})
+    trials = _trials(job["id"], 40, 7)
+    for t in trials[:10]:
+        store.add_trial(t)
+    store.set_status(job["id"], "running", progress={"evaluations": 10})
+    page, errors = _open(browser, f"{site['url']}/jobs/{job['id']}")
+    page.evaluate("() => { window.notReloaded = true; }")
+    assert page.inner_text("#job-status") == "running"
+    selected = page.evaluate("() => document.getElementById('plan-title').dataset.trial")
+    for t in trials[10:]:
+        store.add_trial(t)
+    store.set_status(job["id"], "succeeded", progress={"evaluations": 40, "hypervolume": 0.3})
+    page.wait_for_function(
+        "() => document.getElementById('job-status').textContent === 'succeeded'", timeout=15000
+    )
+    assert page.evaluate("() => window.notReloaded") is True
+    assert page.inner_text("#job-progress").startswith("40/40 evaluations")
+    plotted = page.evaluate("() => document.getElementById('front-plot').data.map(t => t.x.length)")
+    assert sum(plotted) == 40  # every trial is plotted (none failed, fewer than the thinning limit)
+    assert page.evaluate("() => document.getElementById('plan-title').dataset.trial") == selected
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    "path", ["/jobs", "/jobs/{job}", "/compare?jobs={job},{big}", "/targets", "/schedules", "/submit"]
+)
+def test_pages_have_no_serious_accessibility_violations(
+    site: dict[str, Any], browser: Any, path: str
+) -> None:
+    """axe-core (the engine of Lighthouse's accessibility audit) on each page: no violation of
+    moderate, serious or critical impact (labels, names, contrast, nesting, ARIA misuse)."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    page, errors = _open(browser, site["url"] + path.format(**site))
+    violations = Axe().run(page).response["violations"]
+    serious = [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+        for v in violations
+        if v["impact"] in ("moderate", "serious", "critical")
+    ]
+    assert serious == [], "\n".join(serious)
     assert errors == []
