@@ -55,12 +55,16 @@ def _best_within_budget(job: dict[str, Any], front: list[dict[str, Any]]) -> flo
 
 
 @router.get("/jobs", response_class=HTMLResponse)
-def jobs_page(request: Request) -> Response:
+def jobs_page(request: Request, fragment: str = "") -> Response:
     store = _store(request)
     jobs, _ = store.list_jobs(limit=100)
     fronts = request.app.state.fronts
     rows = [{**j, "best": _best_within_budget(j, fronts.get(store, j))} for j in jobs]
     active = any(j["status"] in ("queued", "running") for j in jobs)
+    if fragment == "rows":  # what the page polls while jobs run
+        return TEMPLATES.TemplateResponse(
+            request, "_job_rows.html", {"jobs": rows}, headers={"X-Jobs-Active": str(int(active))}
+        )
     return TEMPLATES.TemplateResponse(request, "jobs.html", {"jobs": rows, "active": active})
 
 

@@ -303,8 +303,9 @@ def test_the_front_table_is_keyboard_navigable(site: dict[str, Any], browser: An
 
 
 def test_a_running_job_updates_in_place(site: dict[str, Any], browser: Any) -> None:
-    """The page polls while the job runs: new trials and the final status appear without a
-    reload (a marker set on the window survives), and the plan shown stays selected."""
+    """The job page and the jobs list poll while the job runs: new trials and the final status
+    appear without a reload (a marker set on the window survives), and the plan shown stays
+    selected."""
     from service.store import Store
 
     store: Store = site["store"]
@@ -317,6 +318,10 @@ def test_a_running_job_updates_in_place(site: dict[str, Any], browser: Any) -> N
     page.evaluate("() => { window.notReloaded = true; }")
     assert page.inner_text("#job-status") == "running"
     selected = page.evaluate("() => document.getElementById('plan-title').dataset.trial")
+    jobs_page, jobs_errors = _open(browser, f"{site['url']}/jobs")
+    jobs_page.evaluate("() => { window.notReloaded = true; }")
+    status_cell = f"tr:has(a[href='/jobs/{job['id']}']) td:nth-child(2)"
+    assert jobs_page.inner_text(status_cell) == "running"
     for t in trials[10:]:
         store.add_trial(t)
     store.set_status(job["id"], "succeeded", progress={"evaluations": 40, "hypervolume": 0.3})
@@ -328,7 +333,11 @@ def test_a_running_job_updates_in_place(site: dict[str, Any], browser: Any) -> N
     plotted = page.evaluate("() => document.getElementById('front-plot').data.map(t => t.x.length)")
     assert sum(plotted) == 40  # every trial is plotted (none failed, fewer than the thinning limit)
     assert page.evaluate("() => document.getElementById('plan-title').dataset.trial") == selected
-    assert errors == []
+    jobs_page.wait_for_function(
+        f"() => document.querySelector(\"{status_cell}\").textContent === 'succeeded'", timeout=15000
+    )
+    assert jobs_page.evaluate("() => window.notReloaded") is True
+    assert errors == [] and jobs_errors == []
 
 
 @pytest.mark.parametrize(
