@@ -644,13 +644,20 @@ class FrontCache:
         self._lock = threading.Lock()
         self.max_jobs = max_jobs
 
-    def get(self, store: Store, job: dict[str, Any]) -> list[dict[str, Any]]:
-        key = store.trials_version(job["id"])
+    def get(
+        self,
+        store: Store,
+        job: dict[str, Any],
+        read: tuple[tuple[int, int, int], list[dict[str, Any]]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The front of ``job``. ``read`` is (trials version, all trials) that a caller just read,
+        the version first, so the trials are at least as new as the key they are stored under."""
+        key = store.trials_version(job["id"]) if read is None else read[0]
         with self._lock:
             hit = self._cache.get(job["id"])
         if hit is not None and hit[0] == key:
             return hit[1]
-        rows = front_of(job, store.trials(job["id"])[0])
+        rows = front_of(job, store.trials(job["id"])[0] if read is None else read[1])
         with self._lock:
             if len(self._cache) >= self.max_jobs:
                 self._cache.pop(next(iter(self._cache)))
