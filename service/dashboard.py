@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib.util
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -225,20 +225,39 @@ def job_view_json(request: Request, job_id: str, all: bool = False) -> dict[str,
     return {"job": _job_summary(job), "view": request.app.state.views.get(request, job, plot_all=all)}
 
 
+MAX_COMPARED = 8
+
+
 @router.get("/compare", response_class=HTMLResponse)
-def compare_page(request: Request, jobs: str = "") -> Response:
+def compare_page(request: Request, jobs: str = "", job: Annotated[list[str], Query()] = []) -> Response:  # noqa: B006
+    """Fronts of up to MAX_COMPARED jobs overlaid: ``?jobs=a,b`` or ``?job=a&job=b`` (the form)."""
     store = _store(request)
-    series = []
-    for job_id in [j for j in jobs.split(",") if j][:8]:
+    wanted = list(dict.fromkeys([*job, *(j.strip() for j in jobs.split(","))]))
+    wanted = [j for j in wanted if j]
+    series: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for job_id in wanted[:MAX_COMPARED]:
         try:
-            job = store.get_job(job_id)
+            row = store.get_job(job_id)
         except NotFound:
+            missing.append(job_id)
             continue
-        front = request.app.state.fronts.get(store, job)
-        summary = {k: job[k] for k in ("id", "model", "targets", "strategy")}
-        series.append({"job": summary, "front": [_point(t, job["targets"], set()) for t in front]})
+        front = request.app.state.fronts.get(store, row)
+        summary = {k: row[k] for k in ("id", "model", "targets", "strategy", "status")}
+        series.append({"job": summary, "front": [_point(t, row["targets"], set()) for t in front]})
     recent, _ = store.list_jobs(limit=50)
-    return TEMPLATES.TemplateResponse(request, "compare.html", {"series": series, "recent": recent})
+    return TEMPLATES.TemplateResponse(
+        request,
+        "compare.html",
+        {
+            "series": series,
+            "recent": recent,
+            "missing": missing,
+            "dropped": wanted[MAX_COMPARED:],
+            "chosen": {s["job"]["id"] for s in series},
+            "max_compared": MAX_COMPARED,
+        },
+    )
 
 
 def _calibration(report: dict[str, Any] | None) -> dict[str, Any] | None:

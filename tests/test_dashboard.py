@@ -359,3 +359,21 @@ def test_pages_have_no_serious_accessibility_violations(
     ]
     assert serious == [], "\n".join(serious)
     assert errors == []
+
+
+def test_compare_overlays_the_chosen_jobs_fronts(site: dict[str, Any], browser: Any) -> None:
+    import httpx
+
+    page, errors = _open(browser, f"{site['url']}/compare")
+    page.check(f"#pick-{site['job']}")
+    page.check(f"#pick-{site['big']}")
+    page.click("button[type=submit]")
+    page.wait_for_load_state("networkidle")
+    counts = page.evaluate("() => document.getElementById('compare-plot').data.map(t => t.x.length)")
+    api = f"{site['url']}/api/v1/jobs"
+    fronts = [len(httpx.get(f"{api}/{j}/front").json()["front"]) for j in (site["job"], site["big"])]
+    assert sorted(counts) == sorted(fronts)
+    page, errors2 = _open(browser, f"{site['url']}/compare?jobs={site['job']},nosuchjob")
+    assert "No job nosuchjob" in page.inner_text("main")
+    assert page.evaluate("() => document.getElementById('compare-plot').data.length") == 1
+    assert errors == [] and errors2 == []
