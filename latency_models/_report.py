@@ -22,14 +22,22 @@ class Metrics:
     spearman: float
     kendall: float
     false_feasible_rate: float | None
+    #: Share of rows whose measured latency lies in the predicted 80% interval (None: no interval).
+    interval_coverage: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def metrics(predicted_ms: Array, measured_ms: Array, budget_ms: float | None = None) -> Metrics:
-    """MAPE, share within ±5% / ±10%, rank correlations, and the false-feasible rate at a budget
-    (the share of networks predicted within ``budget_ms`` that really exceed it)."""
+def metrics(
+    predicted_ms: Array,
+    measured_ms: Array,
+    budget_ms: float | None = None,
+    interval_ms: tuple[Array, Array] | None = None,
+) -> Metrics:
+    """MAPE, share within ±5% / ±10%, rank correlations, the false-feasible rate at a budget
+    (the share of networks predicted within ``budget_ms`` that really exceed it), and with
+    ``interval_ms`` (low, high) the share of rows measured inside their predicted interval."""
     p = np.asarray(predicted_ms, dtype=np.float64)
     y = np.asarray(measured_ms, dtype=np.float64)
     rel = np.abs(p - y) / y
@@ -45,6 +53,11 @@ def metrics(predicted_ms: Array, measured_ms: Array, budget_ms: float | None = N
         spearman=float("nan") if same or len(p) < 2 else float(spearmanr(p, y)[0]),
         kendall=float("nan") if same or len(p) < 2 else float(kendalltau(p, y)[0]),
         false_feasible_rate=ff,
+        interval_coverage=(
+            None
+            if interval_ms is None
+            else float(np.mean((np.asarray(interval_ms[0]) <= y) & (y <= np.asarray(interval_ms[1]))))
+        ),
     )
 
 

@@ -366,9 +366,11 @@ app.add_typer(latency_app, name="latency")
 
 
 def _metrics_line(name: str, m: dict[str, Any]) -> str:
+    coverage = m.get("interval_coverage")
     return (
         f"  {name:<16} MAPE {m['mape']:.3f}  ±5% {m['within_5pct']:.2f}  ±10% {m['within_10pct']:.2f}  "
         f"Spearman {m['spearman']:.3f}  Kendall {m['kendall']:.3f}"
+        + (f"  in 80% interval {coverage:.2f}" if coverage is not None else "")
     )
 
 

@@ -61,6 +61,11 @@ def test_fit_validate_predict_round_trip(data_dir: Path, tmp_path: Path) -> None
     assert report["mape"] < 0.05  # the synthetic device is 2.5 × prior + 0.4 ms
     assert report["mape"] < report["baselines"]["analytic_prior"]["mape"]
     assert (data_dir / "targets" / "my-phone.json").exists()
+    # The held-out pairs the dashboard plots are the rows the report's numbers come from.
+    held = report["holdout"]
+    measured, predicted = np.array(held["measured_ms"]), np.array(held["predicted_ms"])
+    assert len(measured) == report["n_test"] == held["n_total"]
+    assert np.mean(np.abs(predicted - measured) / measured) == pytest.approx(report["mape"])
 
     result = runner.invoke(
         app, ["latency", "validate", "--target", "my-phone", "--measurements", str(test), "--json"]
@@ -69,6 +74,7 @@ def test_fit_validate_predict_round_trip(data_dir: Path, tmp_path: Path) -> None
     report = json.loads(result.stdout)
     assert set(report) >= {"n_train", "n_test", "mape", "within_10pct", "spearman", "kendall"}
     assert report["n_test"] == 30 and report["within_10pct"] > 0.9
+    assert report["interval_coverage"] >= 0.6  # of an 80% interval; 0.47 before held-out folds
 
     result = runner.invoke(
         app, ["predict", "digits-cnn", "--target", "my-phone", "--uniform", "wbits=8", "--json"]

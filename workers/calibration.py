@@ -237,8 +237,8 @@ def validate_split(
         table.features[test],
         table.latency_ms[test],
     )
-    predicted = _fitted(kind, Table(x_tr, y_tr, [], table.format)).predict(x_te)[0]
-    report.update(metrics(predicted, y_te, budget_ms).to_dict())
+    predicted, low, high = _fitted(kind, Table(x_tr, y_tr, [], table.format)).predict(x_te)
+    report.update(metrics(predicted, y_te, budget_ms, (low, high)).to_dict())
     base = proxy_baselines(x_tr, y_tr, x_te, FEATURE_NAMES.index("total_macs"))
     report["baselines"] = {name: metrics(pred, y_te, budget_ms).to_dict() for name, pred in base.items()}
     prior = x_te[:, FEATURE_NAMES.index("prior_ms")]
@@ -295,14 +295,14 @@ def validate(target_name: str, measurements: str | Path, budget_ms: float | None
             "networks (it predicts networks, overhead included, not single layers); validate it "
             "with a per-network table, or fit it from a per-layer table first",
         )
-    predicted = predictor.predict(table.features)[0]
+    predicted, low, high = predictor.predict(table.features)
     report = {
         "target": target.name,
         "version": target.predictor_version,
         "format": table.format,
         "n_train": fit_report.get("n_fit"),
         "n_test": len(table.latency_ms),
-        **metrics(predicted, table.latency_ms, budget_ms).to_dict(),
+        **metrics(predicted, table.latency_ms, budget_ms, (low, high)).to_dict(),
     }
     report["baselines"] = {
         "analytic_prior": metrics(
