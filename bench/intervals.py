@@ -50,7 +50,7 @@ def before(kind: str, x: np.ndarray, y: np.ndarray) -> Any:
         resid = np.log(y / model.predict(x)[0])
         model.log_q = (float(np.quantile(resid, 0.1)), float(np.quantile(resid, 0.9)))
         return model
-    model = BoostedResidual()._fit_point(x, y, base_interval=False)
+    model = BoostedResidual()._fit_point(x, y, trees=len(y) >= BoostedResidual.min_rows, base_interval=False)
     base = model.base
     resid = np.log(y / base.predict(x)[0])
     base.log_q = (float(np.quantile(resid, 0.1)), float(np.quantile(resid, 0.9)))
