@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -149,6 +150,8 @@ def job_view(
             if i % marks == 0 or i == len(ordered):
                 curve.append([i, hypervolume(points, ref) if points else 0.0])
     front_points = [_point(t, targets, on_front) for t in front]
+    # Why trials failed, most frequent first (a failed trial keeps its exception as text).
+    errors = Counter(str(t.get("error") or "no error recorded") for t in trials if t.get("quality") is None)
     provenance = {
         name: (front[0]["costs"].get(name, {}).get("provenance") if front else None) for name in targets
     }
@@ -163,6 +166,7 @@ def job_view(
         "front": front_points,
         "provenance": provenance,
         "constraints": [c.model_dump() for c in spec.constraints],
+        "failures": [{"error": e, "count": n} for e, n in errors.most_common(5)],
     }
 
 

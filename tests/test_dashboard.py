@@ -132,10 +132,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         store.add_trial(t)
     store.set_status(big["id"], "succeeded", progress={"evaluations": 10000, "hypervolume": 0.2})
     store.create_schedule(name="nightly", cron="0 2 * * *", timezone="Europe/Berlin", spec=SPEC, enabled=True)
+    empty = store.create_job(SPEC)  # queued, no trial yet
+    failed = store.create_job(SPEC)  # every trial failed, then the job
+    for t in _trials(failed["id"], 5, 2):
+        failure = {"status": "failed", "quality": None, "feasible": False, "error": "RuntimeError: x"}
+        store.add_trial({**t, **failure})
+    store.set_status(failed["id"], "failed", progress={"evaluations": 5}, error="RuntimeError: all failed")
     yield {
         "url": f"http://127.0.0.1:{port}",
         "job": job["id"],
         "big": big["id"],
+        "empty": empty["id"],
+        "failed": failed["id"],
         "token": store.create_token("ui"),
         "data_dir": tmp,
         "store": store,
@@ -164,7 +172,17 @@ def _open(browser: Any, url: str) -> tuple[Any, list[str]]:
 
 @pytest.mark.parametrize(
     "path",
-    ["/jobs", "/jobs/{job}", "/jobs/{big}", "/compare?jobs={job},{big}", "/targets", "/schedules", "/submit"],
+    [
+        "/jobs",
+        "/jobs/{job}",
+        "/jobs/{big}",
+        "/jobs/{empty}",
+        "/jobs/{failed}",
+        "/compare?jobs={job},{big}",
+        "/targets",
+        "/schedules",
+        "/submit",
+    ],
 )
 def test_every_page_loads_without_console_errors(site: dict[str, Any], browser: Any, path: str) -> None:
     page, errors = _open(browser, site["url"] + path.format(**site))
@@ -376,4 +394,17 @@ def test_compare_overlays_the_chosen_jobs_fronts(site: dict[str, Any], browser: 
     page, errors2 = _open(browser, f"{site['url']}/compare?jobs={site['job']},nosuchjob")
     assert "No job nosuchjob" in page.inner_text("main")
     assert page.evaluate("() => document.getElementById('compare-plot').data.length") == 1
+    assert errors == [] and errors2 == []
+
+
+def test_a_job_without_evaluated_trials_says_why(site: dict[str, Any], browser: Any) -> None:
+    page, errors = _open(browser, f"{site['url']}/jobs/{site['failed']}")
+    assert page.inner_text("#failure-list") == "RuntimeError: x (5)"
+    assert page.is_hidden("#plan-section")
+    note = page.evaluate("() => document.getElementById('front-plot').layout.annotations[0].text")
+    assert note == "no trial has been evaluated successfully"
+    page, errors2 = _open(browser, f"{site['url']}/jobs/{site['empty']}")
+    assert page.is_hidden("#failures") and page.is_hidden("#plan-section")
+    note = page.evaluate("() => document.getElementById('front-plot').layout.annotations[0].text")
+    assert note == "no trial yet"
     assert errors == [] and errors2 == []
