@@ -57,21 +57,7 @@ def before(kind: str, x: np.ndarray, y: np.ndarray) -> Any:
     if not model.models:
         return model
     for name, alpha in (("lo", 0.1), ("hi", 0.9)):
-        q = lgb.LGBMRegressor(
-            n_estimators=300,
-            learning_rate=0.05,
-            num_leaves=15,
-            min_child_samples=max(5, len(y) // 50),
-            subsample=0.8,
-            subsample_freq=1,
-            colsample_bytree=0.8,
-            reg_lambda=1.0,
-            verbose=-1,
-            random_state=0,
-            n_jobs=1,
-            objective="quantile",
-            alpha=alpha,
-        )
+        q = lgb.LGBMRegressor(**BoostedResidual.tree_params(len(y)), objective="quantile", alpha=alpha)
         q.fit(model._x(x), resid)
         model.models[name] = q.booster_.model_to_string()
     model.log_q = None  # the quantile trees' interval

@@ -318,6 +318,23 @@ class BoostedResidual(Predictor):
     def _x(features: Array) -> Array:
         return np.log1p(np.maximum(np.asarray(features, dtype=np.float64), 0.0))
 
+    @staticmethod
+    def tree_params(n_rows: int) -> dict[str, Any]:
+        """LightGBM's settings for ``n_rows`` training rows (the objective aside)."""
+        return {
+            "n_estimators": 300,
+            "learning_rate": 0.05,
+            "num_leaves": 15,
+            "min_child_samples": max(5, n_rows // 50),
+            "subsample": 0.8,
+            "subsample_freq": 1,
+            "colsample_bytree": 0.8,
+            "reg_lambda": 1.0,
+            "verbose": -1,
+            "random_state": 0,
+            "n_jobs": 1,
+        }
+
     def fit(self, features: Array, latency_ms: Array) -> BoostedResidual:
         x = np.asarray(features, dtype=np.float64)
         y = np.asarray(latency_ms, dtype=np.float64)
@@ -344,21 +361,8 @@ class BoostedResidual(Predictor):
         if not trees:
             return self
         resid = np.log(y / self.base.predict(x)[0])
-        model = lgb.LGBMRegressor(
-            n_estimators=300,
-            learning_rate=0.05,
-            num_leaves=15,
-            min_child_samples=max(5, len(y) // 50),
-            subsample=0.8,
-            subsample_freq=1,
-            colsample_bytree=0.8,
-            reg_lambda=1.0,
-            verbose=-1,
-            random_state=0,
-            n_jobs=1,
-            objective="huber",  # robust to failed measurements
-            alpha=0.3,
-        )
+        # Huber: robust to failed measurements.
+        model = lgb.LGBMRegressor(**self.tree_params(len(y)), objective="huber", alpha=0.3)
         model.fit(self._x(x), resid)
         self.models = {"mid": model.booster_.model_to_string()}
         return self
