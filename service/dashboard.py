@@ -208,7 +208,11 @@ JOB_FIELDS = ("id", "status", "model", "strategy", "evaluations", "budget", "hyp
 
 
 def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
-    return {k: job.get(k) for k in JOB_FIELDS} | {"active": job["status"] in ("queued", "running")}
+    return {k: job.get(k) for k in JOB_FIELDS} | {
+        "active": job["status"] in ("queued", "running"),
+        # The searched layers (name, kind, full rank), reported by the search once it runs.
+        "layers": (job.get("progress") or {}).get("layers") or [],
+    }
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)

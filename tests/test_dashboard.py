@@ -50,7 +50,7 @@ def _trials(job_id: str, n: int, seed: int) -> list[dict[str, Any]]:
             if i == 0
             else {
                 name: {
-                    "rank": None,
+                    "rank": None if rng.random() < 0.5 else int(rng.choice([4, 8])),
                     "keep": float(rng.choice([0.5, 0.75, 1.0])),
                     "wbits": int(rng.choice([4, 8, 32])),
                     "abits": 32,
@@ -126,7 +126,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     job = store.create_job(SPEC)
     for t in _trials(job["id"], 300, 0):
         store.add_trial(t)
-    store.set_status(job["id"], "succeeded", progress={"evaluations": 300, "hypervolume": 0.12})
+    layers = [{"name": n, "kind": "conv2d", "full_rank": 32, "out_channels": 32} for n in LAYERS]
+    store.set_status(
+        job["id"], "succeeded", progress={"evaluations": 300, "hypervolume": 0.12, "layers": layers}
+    )
     big = store.create_job({**SPEC, "budget": {"evaluations": 10000}})
     for t in _trials(big["id"], 10000, 1):
         store.add_trial(t)
@@ -217,7 +220,10 @@ def test_the_front_plot_has_the_apis_front_and_a_click_shows_the_plan(
     assert page.locator(f".front-row[data-trial='{trial}']").get_attribute("aria-selected") == "true"
     heat = page.evaluate("() => document.getElementById('plan-plot').data[0]")
     plan = httpx.get(f"{site['url']}/api/v1/jobs/{site['job']}/trials/{trial}/plan").json()
-    assert heat["x"] == list(plan["layers"])
+    assert heat["x"] == list(LAYERS)  # every searched layer, as the search reported them
+    for i, name in enumerate(LAYERS):  # rank as a fraction of the layer's full rank (32 here)
+        rank = plan["layers"].get(name, {}).get("rank")
+        assert heat["z"][0][i] == (1.0 if rank is None else rank / 32)
     assert page.locator("#plan-links a").count() == 2
     assert errors == []
 

@@ -272,6 +272,10 @@ def test_a_job_runs_end_to_end_through_the_dispatcher(tmp_path: Path) -> None:
         trials = c.get(f"/api/v1/jobs/{job['id']}/trials").json()
         assert [t["number"] for t in trials["items"]] == list(range(6))
         assert c.get(f"/api/v1/jobs/{job['id']}/front").json()["front"]
+        # The searched layers, for the dashboard's plan heatmap (rank as a fraction of full rank).
+        layers = {layer["name"]: layer for layer in state["progress"]["layers"]}
+        assert layers and all(layer["full_rank"] >= 0 for layer in layers.values())
+        assert any(layer["full_rank"] > 0 for layer in layers.values())
 
 
 # ------------------------------------------------------------------------------- the CLI over HTTP

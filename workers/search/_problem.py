@@ -145,6 +145,21 @@ class Problem:
         return out
 
     # ---- costs and constraints ----------------------------------------------------------
+    def layer_summary(self) -> list[dict[str, Any]]:
+        """The searched layers as the dashboard's plan heatmap needs them (a rank as a fraction of
+        ``full_rank``, the channels a keep ratio applies to), in model order."""
+        searched = set(self.space.knobs)  # layers with at least one knob to search
+        return [
+            {
+                "name": layer.name,
+                "kind": layer.kind.value,
+                "full_rank": layer.full_rank,
+                "out_channels": layer.out_channels,
+            }
+            for layer in self.layers
+            if layer.name in searched
+        ]
+
     def costs(self, plan: Plan) -> dict[str, dict[str, Any]]:
         return {c.target.name: c.cost(self.layers, plan) for c in self.costers}
 

@@ -154,12 +154,15 @@ def run_search(
     deadline = start + spec.budget.wall_time_s if spec.budget.wall_time_s else float("inf")
     history: list[tuple[int, float]] = []
 
+    layers = problem.layer_summary()  # for the dashboard's plan heatmap (rank fractions)
+
     def status(state: str, **extra: Any) -> None:
         progress = {
             "evaluations": len(trials),
             "budget": spec.budget.evaluations,
             "elapsed_s": round(time.monotonic() - start, 3),
             **extra,
+            "layers": layers,
         }
         sink.on_status(job_id, state, progress)
         if on_progress is not None:
