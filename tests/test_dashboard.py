@@ -397,6 +397,11 @@ def test_compare_overlays_the_chosen_jobs_fronts(site: dict[str, Any], browser: 
     api = f"{site['url']}/api/v1/jobs"
     fronts = [len(httpx.get(f"{api}/{j}/front").json()["front"]) for j in (site["job"], site["big"])]
     assert sorted(counts) == sorted(fronts)
+    # Both jobs were costed on zcu102: it is offered as the common target to compare on.
+    assert page.eval_on_selector_all("#on-target option", "os => os.map(o => o.value)") == ["", "zcu102"]
+    page.select_option("#on-target", "zcu102")
+    title = page.evaluate("() => document.getElementById('compare-plot').layout.title.text")
+    assert title.endswith("on zcu102")
     page, errors2 = _open(browser, f"{site['url']}/compare?jobs={site['job']},nosuchjob")
     assert "No job nosuchjob" in page.inner_text("main")
     assert page.evaluate("() => document.getElementById('compare-plot').data.length") == 1
