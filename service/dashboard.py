@@ -16,10 +16,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
 from workers.search import JobSpec
 
 from .store import NotFound, Store
+from .svg_plot import Series, plot_svg
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 MAX_PLOTTED = 2000
@@ -170,6 +172,54 @@ def job_view(
     }
 
 
+# The Okabe-Ito colours of the page's plots (job.html), for the server-drawn previews.
+COLOURS = {"front": "#0072B2", "other": "#999999", "infeasible": "#E69F00"}
+
+
+def previews(view: dict[str, Any]) -> dict[str, Markup]:
+    """The job page's two plots as static SVG, as plotly.js first draws them (x: latency on the
+    first target, coloured front / feasible / infeasible), shown until plotly.js has run."""
+    target = view["targets"][0]
+    points = [p for p in view["points"] if p["latency_ms"].get(target) is not None]
+
+    def series(name: str, chosen: list[dict[str, Any]], symbol: str, size_px: float) -> Series:
+        return Series(
+            name,
+            [p["latency_ms"][target] for p in chosen],
+            [p["quality"] for p in chosen],
+            COLOURS[name if name != "feasible" else "other"],
+            symbol,
+            size_px,
+            [p["number"] for p in chosen],
+        )
+
+    groups = [
+        series("feasible", [p for p in points if not p["front"] and p["feasible"]], "circle-open", 3.5),
+        series("infeasible", [p for p in points if not p["feasible"]], "x", 3.5),
+        series("front", [p for p in points if p["front"]], "circle", 5),
+    ]
+    limits = [c for c in view["constraints"] if c["metric"] == "latency_ms" and c["target"] in (None, target)]
+    empty = "no trial has been evaluated successfully" if view["n_trials"] else "no trial yet"
+    front = plot_svg(
+        groups,
+        title="quality against latency",
+        x_label=f"latency (ms) on {target}",
+        y_label="quality",
+        x_lines=[float(c["value"]) for c in limits],
+        y_lines=[float(c["value"]) for c in view["constraints"] if c["metric"] == "quality"],
+        empty_note=empty,
+    )
+    curve_xy = view["curve"]
+    curve = plot_svg(
+        [Series("hypervolume", [c[0] for c in curve_xy], [c[1] for c in curve_xy], COLOURS["front"], "line")],
+        title="hypervolume against evaluations",
+        x_label="evaluations",
+        y_label="hypervolume",
+        empty_note="no feasible trial yet",
+    )
+    return {"front": front, "curve": curve}
+
+
 class ViewCache:
     """Job views, recomputed only when the job's trials changed (the key of ``FrontCache``):
     the page polls while a job runs, and a 10,000-trial job costs seconds to decode."""
@@ -215,6 +265,16 @@ def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _table_context(job_id: str, view: dict[str, Any]) -> dict[str, Any]:
+    front = view["front"]
+    return {
+        "view": view,
+        "job_id": job_id,
+        "energy": [t for t in view["targets"] if any(p["energy_mj"].get(t) is not None for p in front)],
+        "has_measured": any(p["measured_ms"] is not None for p in front),
+    }
+
+
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str, all: bool = False) -> Response:
     job = _job_or_404(request, job_id)
@@ -222,15 +282,25 @@ def job_page(request: Request, job_id: str, all: bool = False) -> Response:
     return TEMPLATES.TemplateResponse(
         request,
         "job.html",
-        {"job": job, "summary": _job_summary(job), "view": view, "knobs": KNOB_ROWS, "plot_all": all},
+        {
+            **_table_context(job["id"], view),
+            "job": job,
+            "summary": _job_summary(job),
+            "knobs": KNOB_ROWS,
+            "plot_all": all,
+            "preview": previews(view),
+        },
     )
 
 
 @router.get("/jobs/{job_id}/view.json")
 def job_view_json(request: Request, job_id: str, all: bool = False) -> dict[str, Any]:
-    """What the job page polls while the job runs: its summary and the view to redraw."""
+    """What the job page polls while the job runs: its summary, the view to redraw and the
+    front's table as HTML (rendered by the same template as the page's)."""
     job = _job_or_404(request, job_id)
-    return {"job": _job_summary(job), "view": request.app.state.views.get(request, job, plot_all=all)}
+    view = request.app.state.views.get(request, job, plot_all=all)
+    table = TEMPLATES.get_template("_front_table.html").render(_table_context(job["id"], view))
+    return {"job": _job_summary(job), "view": view, "table_html": table}
 
 
 MAX_COMPARED = 8

@@ -170,6 +170,8 @@ def _open(browser: Any, url: str) -> tuple[Any, list[str]]:
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url, wait_until="networkidle")
+    # A job page runs plotly.js after its first frame; wait until it drew the interactive plots.
+    page.wait_for_function("() => !document.getElementById('front-plot') || window.hwsearchPainted")
     return page, errors
 
 
@@ -239,6 +241,33 @@ def test_ten_thousand_trials_plot_the_whole_front_and_thin_the_rest(
     by_name = dict(counts)
     assert by_name["front"] == len(api_front)
     assert sum(by_name.values()) <= 2000 + len(api_front)
+    assert errors == []
+
+
+def test_the_page_paints_its_plots_and_table_before_plotly_runs(site: dict[str, Any], browser: Any) -> None:
+    """With JavaScript off, the job page still shows the front (a server-drawn SVG with every
+    front point), the hypervolume curve and the front's table; once plotly.js runs, the
+    interactive plots replace the SVGs."""
+    import httpx
+
+    api_front = httpx.get(f"{site['url']}/api/v1/jobs/{site['big']}/front").json()["front"]
+    context = browser.new_context(java_script_enabled=False, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{site['url']}/jobs/{site['big']}")
+    front_marks = page.locator("#front-plot svg.preview g[data-series='front'] circle")
+    assert front_marks.count() == len(api_front)
+    thinned = page.locator("#front-plot svg.preview g[data-series='feasible'] circle").count()
+    infeasible = page.locator("#front-plot svg.preview g[data-series='infeasible'] path").count()
+    assert 0 < thinned + infeasible <= 2000
+    assert page.locator("#hv-plot svg.preview polyline").count() == 1
+    rows = page.eval_on_selector_all(".front-row", "rs => rs.map(r => Number(r.dataset.trial))")
+    assert sorted(rows) == sorted(t["number"] for t in api_front)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "job-before-plotly.png"), full_page=True)
+    context.close()
+    page, errors = _open(browser, f"{site['url']}/jobs/{site['big']}")
+    assert page.locator("svg.preview").count() == 0
+    assert page.locator("#front-plot .main-svg").count() > 0
     assert errors == []
 
 
@@ -330,6 +359,8 @@ def test_a_running_job_updates_in_place(site: dict[str, Any], browser: Any) -> N
     """The job page and the jobs list poll while the job runs: new trials and the final status
     appear without a reload (a marker set on the window survives), and the plan shown stays
     selected."""
+    import httpx
+
     from service.store import Store
 
     store: Store = site["store"]
@@ -357,6 +388,15 @@ def test_a_running_job_updates_in_place(site: dict[str, Any], browser: Any) -> N
     plotted = page.evaluate("() => document.getElementById('front-plot').data.map(t => t.x.length)")
     assert sum(plotted) == 40  # every trial is plotted (none failed, fewer than the thinning limit)
     assert page.evaluate("() => document.getElementById('plan-title').dataset.trial") == selected
+    # The table came again with the poll: the final front, the selected row still marked.
+    api_front = httpx.get(f"{site['url']}/api/v1/jobs/{job['id']}/front").json()["front"]
+    assert page.eval_on_selector_all(".front-row", "rs => rs.map(r => Number(r.dataset.trial))") == [
+        t["number"] for t in api_front
+    ]
+    marked = page.eval_on_selector_all(
+        ".front-row[aria-selected='true']", "rs => rs.map(r => r.dataset.trial)"
+    )
+    assert marked == ([selected] if int(selected) in {t["number"] for t in api_front} else [])
     jobs_page.wait_for_function(
         f"() => document.querySelector(\"{status_cell}\").textContent === 'succeeded'", timeout=15000
     )
