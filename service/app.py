@@ -97,7 +97,9 @@ class ScheduleIn(BaseModel):
 
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        # OSError: a name that is a folder of the zone database ("America") or too long for a
+        # file name (found by the fuzz test: it was a 500).
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError(f"{value!r} is not an IANA time zone, e.g. UTC or Europe/Berlin") from None
         return value
 

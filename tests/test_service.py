@@ -409,6 +409,8 @@ def test_schedules_over_rest(client: tuple[TestClient, str]) -> None:
     for change, loc in [
         ({"cron": "every night"}, ["body", "cron"]),
         ({"timezone": "Mars/Olympus"}, ["body", "timezone"]),
+        ({"timezone": "America"}, ["body", "timezone"]),  # a folder of the zone database
+        ({"timezone": "x" * 300}, ["body", "timezone"]),  # too long for a file name
         ({"spec": {**SPEC, "targets": ["no-such-device"]}}, ["body", "spec", "targets", 0]),
     ]:
         r = c.post("/api/v1/schedules", json={**body, **change}, headers=_auth(token))
