@@ -639,6 +639,12 @@ class FrontCache:
     The key is (number of trials, newest trial row id, measurements stored): a new trial or a
     new measurement changes it, so a read never returns a front older than the trials. Without
     it, every read decoded every trial (2,000-trial job, 50 clients: 6.6 s median per read).
+
+    While a job runs its key changes with every trial, and the jobs list polls: when only
+    trials were added, the front is extended from the cached one and the new rows (the front
+    of a union is the front of one part's front and the other part), not derived from every
+    trial again. The new rows are those with row ids above the cached key's; when their count
+    is not the growth of the count (a row committed late with a lower id), it reads everything.
     """
 
     def __init__(self, max_jobs: int = 256) -> None:
@@ -659,12 +665,23 @@ class FrontCache:
             hit = self._cache.get(job["id"])
         if hit is not None and hit[0] == key:
             return hit[1]
-        rows = front_of(job, store.trials(job["id"])[0] if read is None else read[1])
+        rows = None
+        if read is None and hit is not None and _only_added(hit[0], key):
+            new = store.trials_between(job["id"], hit[0][1], key[1])
+            if len(new) == key[0] - hit[0][0]:
+                rows = front_of(job, sorted(hit[1] + new, key=lambda t: int(t["number"])))
+        if rows is None:
+            rows = front_of(job, store.trials(job["id"])[0] if read is None else read[1])
         with self._lock:
             if len(self._cache) >= self.max_jobs:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[job["id"]] = (key, rows)
         return rows
+
+
+def _only_added(old: tuple[int, int, int], new: tuple[int, int, int]) -> bool:
+    """Whether trials versions differ by added trials alone (no new measurement)."""
+    return new[0] > old[0] and new[1] > old[1] and new[2] == old[2]
 
 
 def front_of(job: dict[str, Any], trials: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -270,6 +270,17 @@ class Store:
                 query = query.limit(limit)
             return [_trial(data, measured) for data, measured in s.execute(query)], total
 
+    def trials_between(self, job_id: str, after_row: int, upto_row: int) -> list[dict[str, Any]]:
+        """The trials whose row ids are in ``(after_row, upto_row]`` (the second value of
+        ``trials_version``): what was written between two versions, to extend a front."""
+        query = (
+            select(TrialRow.data, TrialRow.measured)
+            .where(TrialRow.job_id == job_id, TrialRow.id > after_row, TrialRow.id <= upto_row)
+            .order_by(TrialRow.number)
+        )
+        with self.session() as s:
+            return [_trial(data, measured) for data, measured in s.execute(query)]
+
     def trials_version(self, job_id: str) -> tuple[int, int, int]:
         """(trials, newest trial row id, trials with a measurement): changes with every write."""
         measured = func.count(TrialRow.measured)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -681,6 +682,32 @@ def test_the_front_follows_new_trials_and_measurements(store: Store) -> None:
     store.add_measurement(job["id"], 1, {"latency_ms": 0.7})
     (row,) = cache.get(store, store.get_job(job["id"]))
     assert row["measured"] == {"latency_ms": 0.7}
+
+
+def test_a_running_jobs_front_is_extended_by_its_new_trials(store: Store) -> None:
+    """Trials arriving in batches, out of number order, some duplicates and infeasible ones:
+    after each batch the cached front equals the front of every trial, and only the first
+    read (and the one after a measurement) read every trial."""
+    from service.app import FrontCache, front_of
+
+    rng = np.random.default_rng(3)
+    job = store.create_job(SPEC)
+    cache = FrontCache()
+    full_reads = []
+    read_all = store.trials
+    store.trials = lambda *a, **k: full_reads.append(1) or read_all(*a, **k)  # type: ignore[method-assign]
+    numbers = rng.permutation(300)
+    for batch in np.array_split(numbers, 12):
+        for n in batch:
+            quality, latency = round(float(rng.uniform(0.5, 1)), 2), round(float(rng.uniform(0.1, 1)), 1)
+            store.add_trial(_trial(job["id"], int(n), quality, latency, feasible=bool(rng.random() < 0.9)))
+        got = cache.get(store, store.get_job(job["id"]))
+        expected = front_of(store.get_job(job["id"]), read_all(job["id"])[0])
+        assert [t["number"] for t in got] == [t["number"] for t in expected]
+    assert len(full_reads) == 1
+    store.add_measurement(job["id"], int(got[0]["number"]), {"latency_ms": 0.7})
+    assert cache.get(store, store.get_job(job["id"]))[0]["measured"] == {"latency_ms": 0.7}
+    assert len(full_reads) == 2
 
 
 def test_a_job_may_use_a_target_created_through_the_api(client: tuple[TestClient, str]) -> None:

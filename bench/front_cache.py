@@ -1,0 +1,153 @@
+"""The front of a running job, extended by its new trials against derived from every trial,
+side by side in one run, on SQLite and PostgreSQL.
+
+Run: ``.venv/bin/python bench/front_cache.py [--trials 10000] [--rounds 20] [--batch 10]``
+(results in ``bench/results/front_cache.json``; ``--markdown FILE`` prints the table).
+
+A job holds ``--trials`` trials; each round writes ``--batch`` more (as a running search does
+between two polls of the jobs list) and then, in alternating order, reads the job's front:
+
+- **extended**: ``FrontCache.get`` on a cache that holds the front of the previous round: it
+  reads the trials written since (``Store.trials_between``) and takes the front of the cached
+  front and those;
+- **derived**: ``FrontCache.get`` on an empty cache: it reads every trial and derives the front.
+
+Both fronts are checked to be the same trial numbers every round. Medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.app import FrontCache  # noqa: E402
+from service.db import make_engine, migrate  # noqa: E402
+from service.store import Store  # noqa: E402
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+SPEC: dict[str, Any] = {
+    "model": "digits-cnn",
+    "targets": ["xeon-gold-6240", "zcu102"],
+    "space": {"keep": [0.5, 0.75], "wbits": [4, 8]},
+    "strategy": "guided",
+    "budget": {"evaluations": 100000},
+}
+
+
+def trial(job_id: str, number: int, rng: np.random.Generator) -> dict[str, Any]:
+    lat = float(rng.uniform(0.02, 0.04))
+    quality = float(np.clip(1.0 - (0.04 - lat) * rng.uniform(5, 30), 0.1, 1.0))
+    costs = {
+        name: {"latency_ms": lat * k, "weight_bytes": int(4e5 * lat / 0.04), "provenance": "analytic"}
+        for name, k in (("xeon-gold-6240", 1.0), ("zcu102", 3.0 * float(rng.uniform(0.95, 1.05))))
+    }
+    return {
+        "job_id": job_id,
+        "number": number,
+        "plan": {
+            "layers": {"conv1": {"rank": None, "keep": 0.75, "wbits": 8, "abits": 32, "token_keep": 1.0}}
+        },
+        "status": "ok",
+        "quality": quality,
+        "quality_metric": "top1_accuracy",
+        "costs": costs,
+        "feasible": True,
+        "violations": [],
+        "error": None,
+        "eval_s": 0.05,
+        "predict_s": 0.001,
+        "strategy": "guided",
+        "measured": None,
+    }
+
+
+def one_backend(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    engine = make_engine(url)
+    migrate(engine)
+    store = Store(engine)
+    rng = np.random.default_rng(0)
+    job = store.create_job(SPEC)
+    for n in range(args.trials):
+        store.add_trial(trial(job["id"], n, rng))
+    kept = FrontCache()
+    kept.get(store, store.get_job(job["id"]))
+    times: dict[str, list[float]] = {"extended": [], "derived": []}
+    sizes = []
+    number = args.trials
+    for r in range(args.rounds):
+        for _ in range(args.batch):
+            store.add_trial(trial(job["id"], number, rng))
+            number += 1
+        fresh_job = store.get_job(job["id"])
+        fronts = {}
+        for case in ("extended", "derived") if r % 2 == 0 else ("derived", "extended"):
+            cache = kept if case == "extended" else FrontCache()
+            t0 = time.perf_counter()
+            fronts[case] = [t["number"] for t in cache.get(store, fresh_job)]
+            times[case].append((time.perf_counter() - t0) * 1e3)
+        if fronts["extended"] != fronts["derived"]:
+            raise SystemExit(f"round {r}: the extended front differs from the derived one")
+        sizes.append(len(fronts["derived"]))
+    engine.dispose()
+    return {
+        case: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "runs_ms": v}
+        for case, v in times.items()
+    } | {"front_size": sizes[-1], "trials_at_end": number}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=10000)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "front_cache.json")
+    parser.add_argument("--markdown", type=Path, help="print the table of a results file and exit")
+    args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="hwsearch-bench-front-"))
+    result: dict[str, Any] = {
+        "trials": args.trials,
+        "rounds": args.rounds,
+        "batch": args.batch,
+        "backends": {},
+    }
+    for name, url in (("sqlite", f"sqlite:///{tmp / 'db.sqlite'}"), ("postgresql", PG)):
+        result["backends"][name] = one_backend(url, args)
+        print(
+            name,
+            {k: round(v["median_ms"], 1) for k, v in result["backends"][name].items() if "median_ms" in v},
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(markdown(result))
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| database | trials | front | extended ms: median (min-max) | derived ms: median (min-max) |",
+        "|---|---:|---:|---|---|",
+    ]
+    for name, b in result["backends"].items():
+        cells = [
+            f"{b[c]['median_ms']:.1f} ({b[c]['min_ms']:.1f}-{b[c]['max_ms']:.1f})"
+            for c in ("extended", "derived")
+        ]
+        lines.append(f"| {name} | {b['trials_at_end']:,} | {b['front_size']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
