@@ -199,6 +199,7 @@ def run(repeats: int, sizes: list[int]) -> dict[str, Any]:
             for n, plot_all in cases:
                 if r == 0:  # the first round derives every view from the trials (cold server cache)
                     app.state.views._cache.clear()
+                    app.state.views._trials.clear()
                     app.state.fronts._cache.clear()
                 url = f"{base}/jobs/{jobs[n]}" + ("?all=1" if plot_all else "")
                 m = visits(browser, url)

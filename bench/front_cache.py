@@ -1,4 +1,4 @@
-"""The front of a running job, extended by its new trials against derived from every trial,
+"""The front and the page view of a running job, from its new trials against from every trial,
 side by side in one run, on SQLite and PostgreSQL.
 
 Run: ``.venv/bin/python bench/front_cache.py [--trials 10000] [--rounds 20] [--batch 10]``
@@ -12,7 +12,14 @@ between two polls of the jobs list) and then, in alternating order, reads the jo
   front and those;
 - **derived**: ``FrontCache.get`` on an empty cache: it reads every trial and derives the front.
 
-Both fronts are checked to be the same trial numbers every round. Medians over the rounds.
+And the job page's view (what ``/jobs/{id}`` and its polls of ``view.json`` plot):
+
+- **view_kept**: ``ViewCache.get`` on a cache that keeps the running job's decoded trials: it
+  reads the trials written since and derives the view from all of them;
+- **view_read**: ``ViewCache.get`` on an empty cache: it reads every trial first.
+
+Both fronts, and both views, are checked to be equal every round. Medians over the rounds
+(min-max).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.app import FrontCache  # noqa: E402
+from service.dashboard import ViewCache  # noqa: E402
 from service.db import make_engine, migrate  # noqa: E402
 from service.store import Store  # noqa: E402
 
@@ -80,9 +88,12 @@ def one_backend(url: str, args: argparse.Namespace) -> dict[str, Any]:
     job = store.create_job(SPEC)
     for n in range(args.trials):
         store.add_trial(trial(job["id"], n, rng))
+    store.set_status(job["id"], "running", progress={"evaluations": args.trials})
     kept = FrontCache()
     kept.get(store, store.get_job(job["id"]))
-    times: dict[str, list[float]] = {"extended": [], "derived": []}
+    kept_views, view_fronts = ViewCache(), FrontCache()
+    kept_views.get(store, view_fronts, store.get_job(job["id"]), plot_all=False)
+    times: dict[str, list[float]] = {"extended": [], "derived": [], "view_kept": [], "view_read": []}
     sizes = []
     number = args.trials
     for r in range(args.rounds):
@@ -98,6 +109,16 @@ def one_backend(url: str, args: argparse.Namespace) -> dict[str, Any]:
             times[case].append((time.perf_counter() - t0) * 1e3)
         if fronts["extended"] != fronts["derived"]:
             raise SystemExit(f"round {r}: the extended front differs from the derived one")
+        views = {}
+        for case in ("view_kept", "view_read") if r % 2 == 0 else ("view_read", "view_kept"):
+            t0 = time.perf_counter()
+            if case == "view_kept":
+                views[case] = kept_views.get(store, view_fronts, fresh_job, plot_all=False)
+            else:
+                views[case] = ViewCache().get(store, FrontCache(), fresh_job, plot_all=False)
+            times[case].append((time.perf_counter() - t0) * 1e3)
+        if views["view_kept"] != views["view_read"]:
+            raise SystemExit(f"round {r}: the view from kept trials differs from the one read afresh")
         sizes.append(len(fronts["derived"]))
     engine.dispose()
     return {
@@ -128,24 +149,25 @@ def main() -> None:
         result["backends"][name] = one_backend(url, args)
         print(
             name,
-            {k: round(result["backends"][name][k]["median_ms"], 1) for k in ("extended", "derived")},
+            {k: round(result["backends"][name][k]["median_ms"], 1) for k in CASES},
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(markdown(result))
 
 
+CASES = ("extended", "derived", "view_kept", "view_read")
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| database | trials | front | extended ms: median (min-max) | derived ms: median (min-max) |",
-        "|---|---:|---:|---|---|",
+        "| database | trials | front | front extended ms | front derived ms | page view, trials kept ms "
+        "| page view, trials read ms |",
+        "|---|---:|---:|---|---|---|---|",
     ]
     for name, b in result["backends"].items():
-        cells = [
-            f"{b[c]['median_ms']:.1f} ({b[c]['min_ms']:.1f}-{b[c]['max_ms']:.1f})"
-            for c in ("extended", "derived")
-        ]
-        lines.append(f"| {name} | {b['trials_at_end']:,} | {b['front_size']} | {cells[0]} | {cells[1]} |")
+        cells = [f"{b[c]['median_ms']:.1f} ({b[c]['min_ms']:.1f}-{b[c]['max_ms']:.1f})" for c in CASES]
+        lines.append(f"| {name} | {b['trials_at_end']:,} | {b['front_size']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

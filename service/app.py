@@ -36,7 +36,7 @@ from .db import JOB_STATUSES, Job, TrialRow, make_engine, migrate, utcnow
 from .dispatcher import Dispatcher
 from .scheduler import Scheduler
 from .settings import Settings
-from .store import Conflict, NotFound, Store
+from .store import Conflict, NotFound, Store, only_added
 
 API = "/api/v1"
 #: Integers the databases store (SQLite's INTEGER is 64-bit; PostgreSQL's 32): larger ones are a 422.
@@ -666,7 +666,7 @@ class FrontCache:
         if hit is not None and hit[0] == key:
             return hit[1]
         rows = None
-        if read is None and hit is not None and _only_added(hit[0], key):
+        if read is None and hit is not None and only_added(hit[0], key):
             new = store.trials_between(job["id"], hit[0][1], key[1])
             if len(new) == key[0] - hit[0][0]:
                 rows = front_of(job, sorted(hit[1] + new, key=lambda t: int(t["number"])))
@@ -677,11 +677,6 @@ class FrontCache:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[job["id"]] = (key, rows)
         return rows
-
-
-def _only_added(old: tuple[int, int, int], new: tuple[int, int, int]) -> bool:
-    """Whether trials versions differ by added trials alone (no new measurement)."""
-    return new[0] > old[0] and new[1] > old[1] and new[2] == old[2]
 
 
 def front_of(job: dict[str, Any], trials: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import importlib.util
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -20,7 +20,10 @@ from markupsafe import Markup
 
 from workers.search import JobSpec
 
-from .store import NotFound, Store
+from .store import NotFound, Store, only_added
+
+if TYPE_CHECKING:
+    from .app import FrontCache
 from .svg_plot import Series, plot_svg
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -222,29 +225,55 @@ def previews(view: dict[str, Any]) -> dict[str, Markup]:
 
 class ViewCache:
     """Job views, recomputed only when the job's trials changed (the key of ``FrontCache``):
-    the page polls while a job runs, and a 10,000-trial job costs seconds to decode."""
+    the page polls while a job runs, and a 10,000-trial job costs seconds to decode.
 
-    def __init__(self, max_entries: int = 64) -> None:
+    For a running job the decoded trials are kept too (at most ``max_running`` jobs), so each
+    change reads only the trials written since (``Store.trials_between``), as ``FrontCache``
+    does; a new measurement or a row committed late reads them all again.
+    """
+
+    def __init__(self, max_entries: int = 64, max_running: int = 4) -> None:
         self._cache: dict[tuple[str, bool], tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._trials: dict[str, tuple[tuple[int, int, int], list[dict[str, Any]]]] = {}
         self._lock = threading.Lock()
         self.max_entries = max_entries
+        self.max_running = max_running
 
-    def get(self, request: Request, job: dict[str, Any], *, plot_all: bool) -> dict[str, Any]:
-        store = _store(request)
+    def get(self, store: Store, fronts: FrontCache, job: dict[str, Any], *, plot_all: bool) -> dict[str, Any]:
         key = (str(job["id"]), plot_all)
         version = store.trials_version(job["id"])
         with self._lock:
             hit = self._cache.get(key)
         if hit is not None and hit[0] == version:
             return hit[1]
-        trials = store.trials(job["id"])[0]
-        front = request.app.state.fronts.get(store, job, (version, trials))
+        trials = self._read(store, job, version)
+        front = fronts.get(store, job, (version, trials))
         view = job_view(job, trials, front, max_plotted=None if plot_all else MAX_PLOTTED)
         with self._lock:
             if len(self._cache) >= self.max_entries:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = (version, view)
         return view
+
+    def _read(self, store: Store, job: dict[str, Any], version: tuple[int, int, int]) -> list[dict[str, Any]]:
+        job_id = str(job["id"])
+        with self._lock:
+            kept = self._trials.pop(job_id, None)
+        trials = None
+        if kept is not None and only_added(kept[0], version):
+            new = store.trials_between(job_id, kept[0][1], version[1])
+            if len(new) == version[0] - kept[0][0]:
+                trials = sorted(kept[1] + new, key=lambda t: int(t["number"]))
+        elif kept is not None and kept[0] == version:
+            trials = kept[1]
+        if trials is None:
+            trials = store.trials(job_id)[0]
+        if job["status"] in ("queued", "running"):
+            with self._lock:
+                while len(self._trials) >= self.max_running:
+                    self._trials.pop(next(iter(self._trials)))
+                self._trials[job_id] = (version, trials)
+        return trials
 
 
 def _job_or_404(request: Request, job_id: str) -> dict[str, Any]:
@@ -278,7 +307,7 @@ def _table_context(job_id: str, view: dict[str, Any]) -> dict[str, Any]:
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str, all: bool = False) -> Response:
     job = _job_or_404(request, job_id)
-    view = request.app.state.views.get(request, job, plot_all=all)
+    view = request.app.state.views.get(_store(request), request.app.state.fronts, job, plot_all=all)
     return TEMPLATES.TemplateResponse(
         request,
         "job.html",
@@ -298,7 +327,7 @@ def job_view_json(request: Request, job_id: str, all: bool = False) -> dict[str,
     """What the job page polls while the job runs: its summary, the view to redraw and the
     front's table as HTML (rendered by the same template as the page's)."""
     job = _job_or_404(request, job_id)
-    view = request.app.state.views.get(request, job, plot_all=all)
+    view = request.app.state.views.get(_store(request), request.app.state.fronts, job, plot_all=all)
     table = TEMPLATES.get_template("_front_table.html").render(_table_context(job["id"], view))
     return {"job": _job_summary(job), "view": view, "table_html": table}
 

@@ -73,6 +73,13 @@ def _trial(data: dict[str, Any], measured: dict[str, Any] | None) -> dict[str, A
     return {**data, "measured": measured if measured is not None else data.get("measured")}
 
 
+def only_added(old: tuple[int, int, int], new: tuple[int, int, int]) -> bool:
+    """Whether two ``Store.trials_version`` values differ by added trials alone (no new
+    measurement): the trials between them are then ``trials_between(old[1], new[1])`` when
+    their count is ``new[0] - old[0]``."""
+    return new[0] > old[0] and new[1] > old[1] and new[2] == old[2]
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

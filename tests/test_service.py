@@ -710,6 +710,33 @@ def test_a_running_jobs_front_is_extended_by_its_new_trials(store: Store) -> Non
     assert len(full_reads) == 2
 
 
+def test_a_running_jobs_page_view_reads_only_its_new_trials(store: Store) -> None:
+    """The job page's view of a running job, after each batch of trials, equals the view of
+    every trial, having read every trial once; a finished job's trials are not kept."""
+    from service.app import FrontCache, front_of
+    from service.dashboard import ViewCache, job_view
+
+    rng = np.random.default_rng(4)
+    job = store.create_job(SPEC)
+    store.set_status(job["id"], "running", progress={"evaluations": 0})
+    views, fronts = ViewCache(), FrontCache()
+    full_reads = []
+    read_all = store.trials
+    store.trials = lambda *a, **k: full_reads.append(1) or read_all(*a, **k)  # type: ignore[method-assign]
+    for batch in np.array_split(rng.permutation(120), 6):
+        for n in batch:
+            store.add_trial(_trial(job["id"], int(n), float(rng.uniform(0.5, 1)), float(rng.uniform(0.1, 1))))
+        current = store.get_job(job["id"])
+        got = views.get(store, fronts, current, plot_all=False)
+        every = read_all(job["id"])[0]
+        assert got == job_view(current, every, front_of(current, every))
+    assert len(full_reads) == 1
+    store.set_status(job["id"], "succeeded", progress={"evaluations": 120})
+    store.add_trial(_trial(job["id"], 120, 0.99, 0.05))  # a late trial of a finished job
+    views.get(store, fronts, store.get_job(job["id"]), plot_all=True)
+    assert views._trials == {}
+
+
 def test_a_job_may_use_a_target_created_through_the_api(client: tuple[TestClient, str]) -> None:
     c, token = client
     spec = json.loads((Path(__file__).parents[1] / "latency_models" / "targets" / "zcu102.json").read_text())
