@@ -731,6 +731,17 @@ def test_a_running_jobs_page_view_reads_only_its_new_trials(store: Store) -> Non
         every = read_all(job["id"])[0]
         assert got == job_view(current, every, front_of(current, every))
     assert len(full_reads) == 1
+    # The curve only rises, and ends at the hypervolume of the front (normalised by trial 0).
+    from workers.search import JobSpec, hypervolume
+
+    curve = [v for _, v in got["curve"]]
+    assert curve == sorted(curve) and curve[-1] > 0
+    zero = next(t for t in every if t["number"] == 0)
+    target = JobSpec.model_validate(SPEC).targets[0]
+    q0, lat0 = zero["quality"], zero["costs"][target]["latency_ms"]
+    front = [[-p["quality"] / q0, p["latency_ms"][target] / lat0] for p in got["front"]]
+    floor = JobSpec.model_validate(SPEC).quality_floor or 0.0
+    assert curve[-1] == pytest.approx(hypervolume(front, [-floor / q0, 1.0]))
     store.set_status(job["id"], "succeeded", progress={"evaluations": 120})
     store.add_trial(_trial(job["id"], 120, 0.99, 0.05))  # a late trial of a finished job
     views.get(store, fronts, store.get_job(job["id"]), plot_all=True)
