@@ -295,6 +295,35 @@ def test_an_invalid_job_shows_its_error_by_the_field(site: dict[str, Any], brows
     assert len(errors) == 2
 
 
+def test_an_invalid_schedule_shows_its_errors_by_the_fields(site: dict[str, Any], browser: Any) -> None:
+    page, errors = _open(browser, f"{site['url']}/submit")
+    page.fill("#token", site["token"])
+    page.fill("#budget", "10")
+    page.fill("#targets", "zcu102")
+    page.fill("#cron", "every night")
+    page.fill("#timezone", "America")  # a folder of the zone database, not a zone
+    page.click("#submit")
+    page.wait_for_function("() => document.getElementById('timezone-error').textContent.length > 0")
+    assert "five-field cron expression" in page.inner_text("#cron-error")
+    assert "not an IANA time zone" in page.inner_text("#timezone-error")
+    assert page.get_attribute("#cron", "aria-invalid") == "true"
+    page.fill("#cron", "0 2 * * *")
+    page.fill("#timezone", "Europe/Berlin")
+    page.fill("#budget", "0")  # the spec's errors land by the same fields for a schedule
+    page.click("#submit")
+    page.wait_for_function("() => document.getElementById('budget-error').textContent.length > 0")
+    assert page.inner_text("#cron-error") == "" and page.inner_text("#timezone-error") == ""
+    page.fill("#budget", "10")
+    page.click("#submit")
+    page.wait_for_selector("#result a[href='/schedules']")
+    created = page.inner_text("#result")
+    assert created.startswith("schedule ") and "next firing" in created
+    schedule_id = created.split()[1]
+    listed, list_errors = _open(browser, f"{site['url']}/schedules")
+    assert schedule_id in listed.inner_text("main")
+    assert [e for e in errors if "status of 422" not in e] == [] and len(errors) == 2 and list_errors == []
+
+
 def test_the_calibration_plot_draws_the_fits_held_out_rows_and_the_band(
     site: dict[str, Any], browser: Any
 ) -> None:
