@@ -63,10 +63,11 @@ SPEC: dict[str, Any] = {
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2")
 
 
-def trials(job_id: str, n: int, seed: int) -> list[dict[str, Any]]:
+def trials(job_id: str, n: int, seed: int, start: int = 0) -> list[dict[str, Any]]:
+    """``n`` synthetic trials numbered from ``start`` (trial 0 is the uncompressed model)."""
     rng = np.random.default_rng(seed)
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         lat = 0.15 if i == 0 else float(rng.uniform(0.10, 0.17))
         quality = 0.99 if i == 0 else float(np.clip(0.99 - (0.15 - lat) * rng.uniform(2, 12), 0.1, 0.99))
         costs = {}

@@ -33,61 +33,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.dashboard import SPEC, trials  # noqa: E402
 from service.app import FrontCache  # noqa: E402
 from service.dashboard import ViewCache  # noqa: E402
 from service.db import make_engine, migrate  # noqa: E402
 from service.store import Store  # noqa: E402
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-SPEC: dict[str, Any] = {
-    "model": "digits-cnn",
-    "targets": ["xeon-gold-6240", "zcu102"],
-    "space": {"keep": [0.5, 0.75], "wbits": [4, 8]},
-    "strategy": "guided",
-    "budget": {"evaluations": 100000},
-}
-
-
-def trial(job_id: str, number: int, rng: np.random.Generator) -> dict[str, Any]:
-    lat = float(rng.uniform(0.02, 0.04))
-    quality = float(np.clip(1.0 - (0.04 - lat) * rng.uniform(5, 30), 0.1, 1.0))
-    costs = {
-        name: {"latency_ms": lat * k, "weight_bytes": int(4e5 * lat / 0.04), "provenance": "analytic"}
-        for name, k in (("xeon-gold-6240", 1.0), ("zcu102", 3.0 * float(rng.uniform(0.95, 1.05))))
-    }
-    return {
-        "job_id": job_id,
-        "number": number,
-        "plan": {
-            "layers": {"conv1": {"rank": None, "keep": 0.75, "wbits": 8, "abits": 32, "token_keep": 1.0}}
-        },
-        "status": "ok",
-        "quality": quality,
-        "quality_metric": "top1_accuracy",
-        "costs": costs,
-        "feasible": True,
-        "violations": [],
-        "error": None,
-        "eval_s": 0.05,
-        "predict_s": 0.001,
-        "strategy": "guided",
-        "measured": None,
-    }
 
 
 def one_backend(url: str, args: argparse.Namespace) -> dict[str, Any]:
     engine = make_engine(url)
     migrate(engine)
     store = Store(engine)
-    rng = np.random.default_rng(0)
-    job = store.create_job(SPEC)
-    for n in range(args.trials):
-        store.add_trial(trial(job["id"], n, rng))
+    job = store.create_job({**SPEC, "budget": {"evaluations": 100000}})
+    for t in trials(job["id"], args.trials, seed=0):
+        store.add_trial(t)
     store.set_status(job["id"], "running", progress={"evaluations": args.trials})
     kept = FrontCache()
     kept.get(store, store.get_job(job["id"]))
@@ -97,9 +61,9 @@ def one_backend(url: str, args: argparse.Namespace) -> dict[str, Any]:
     sizes = []
     number = args.trials
     for r in range(args.rounds):
-        for _ in range(args.batch):
-            store.add_trial(trial(job["id"], number, rng))
-            number += 1
+        for t in trials(job["id"], args.batch, seed=number, start=number):
+            store.add_trial(t)
+        number += args.batch
         fresh_job = store.get_job(job["id"])
         fronts = {}
         for case in ("extended", "derived") if r % 2 == 0 else ("derived", "extended"):
