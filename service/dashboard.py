@@ -22,10 +22,10 @@ from markupsafe import Markup
 from workers.search import JobSpec
 
 from .store import NotFound, Store, only_added
+from .svg_plot import Series, plot_svg
 
 if TYPE_CHECKING:
     from .app import FrontCache
-from .svg_plot import Series, plot_svg
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 MAX_PLOTTED = 2000
