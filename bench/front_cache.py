@@ -8,7 +8,7 @@ A job holds ``--trials`` trials; each round writes ``--batch`` more (as a runnin
 between two polls of the jobs list) and then, in alternating order, reads the job's front:
 
 - **extended**: ``FrontCache.get`` on a cache that holds the front of the previous round: it
-  reads the trials written since (``Store.trials_between``) and takes the front of the cached
+  reads the trials written since (``Store.trials_added``) and takes the front of the cached
   front and those;
 - **derived**: ``FrontCache.get`` on an empty cache: it reads every trial and derives the front.
 

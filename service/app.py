@@ -36,7 +36,7 @@ from .db import JOB_STATUSES, Job, TrialRow, make_engine, migrate, utcnow
 from .dispatcher import Dispatcher
 from .scheduler import Scheduler
 from .settings import Settings
-from .store import Conflict, NotFound, Store, only_added
+from .store import Conflict, NotFound, Store
 
 API = "/api/v1"
 #: Integers the databases store (SQLite's INTEGER is 64-bit; PostgreSQL's 32): larger ones are a 422.
@@ -643,8 +643,8 @@ class FrontCache:
     While a job runs its key changes with every trial, and the jobs list polls: when only
     trials were added, the front is extended from the cached one and the new rows (the front
     of a union is the front of one part's front and the other part), not derived from every
-    trial again. The new rows are those with row ids above the cached key's; when their count
-    is not the growth of the count (a row committed late with a lower id), it reads everything.
+    trial again (``Store.trials_added``; a new measurement or a row committed late reads
+    everything).
     """
 
     def __init__(self, max_jobs: int = 256) -> None:
@@ -665,12 +665,10 @@ class FrontCache:
             hit = self._cache.get(job["id"])
         if hit is not None and hit[0] == key:
             return hit[1]
-        rows = None
-        if read is None and hit is not None and only_added(hit[0], key):
-            new = store.trials_between(job["id"], hit[0][1], key[1])
-            if len(new) == key[0] - hit[0][0]:
-                rows = front_of(job, sorted(hit[1] + new, key=lambda t: int(t["number"])))
-        if rows is None:
+        added = store.trials_added(job["id"], hit[0], key) if read is None and hit is not None else None
+        if hit is not None and added is not None:
+            rows = front_of(job, sorted(hit[1] + added, key=lambda t: int(t["number"])))
+        else:
             rows = front_of(job, store.trials(job["id"])[0] if read is None else read[1])
         with self._lock:
             if len(self._cache) >= self.max_jobs:

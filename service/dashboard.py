@@ -21,7 +21,7 @@ from markupsafe import Markup
 
 from workers.search import JobSpec
 
-from .store import NotFound, Store, only_added
+from .store import NotFound, Store
 from .svg_plot import Series, plot_svg
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ class ViewCache:
     the page polls while a job runs, and a 10,000-trial job costs seconds to decode.
 
     For a running job the decoded trials are kept too (at most ``max_running`` jobs), so each
-    change reads only the trials written since (``Store.trials_between``), as ``FrontCache``
+    change reads only the trials written since (``Store.trials_added``), as ``FrontCache``
     does; a new measurement or a row committed late reads them all again.
     """
 
@@ -266,12 +266,10 @@ class ViewCache:
         with self._lock:
             kept = self._trials.pop(job_id, None)
         trials = None
-        if kept is not None and only_added(kept[0], version):
-            new = store.trials_between(job_id, kept[0][1], version[1])
-            if len(new) == version[0] - kept[0][0]:
-                trials = sorted(kept[1] + new, key=lambda t: int(t["number"]))
-        elif kept is not None and kept[0] == version:
+        if kept is not None and kept[0] == version:  # read for the other of plot_all's two views
             trials = kept[1]
+        elif kept is not None and (added := store.trials_added(job_id, kept[0], version)) is not None:
+            trials = sorted(kept[1] + added, key=lambda t: int(t["number"]))
         if trials is None:
             trials = store.trials(job_id)[0]
         if job["status"] in ("queued", "running"):

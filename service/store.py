@@ -73,13 +73,6 @@ def _trial(data: dict[str, Any], measured: dict[str, Any] | None) -> dict[str, A
     return {**data, "measured": measured if measured is not None else data.get("measured")}
 
 
-def only_added(old: tuple[int, int, int], new: tuple[int, int, int]) -> bool:
-    """Whether two ``Store.trials_version`` values differ by added trials alone (no new
-    measurement): the trials between them are then ``trials_between(old[1], new[1])`` when
-    their count is ``new[0] - old[0]``."""
-    return new[0] > old[0] and new[1] > old[1] and new[2] == old[2]
-
-
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -277,16 +270,26 @@ class Store:
                 query = query.limit(limit)
             return [_trial(data, measured) for data, measured in s.execute(query)], total
 
-    def trials_between(self, job_id: str, after_row: int, upto_row: int) -> list[dict[str, Any]]:
-        """The trials whose row ids are in ``(after_row, upto_row]`` (the second value of
-        ``trials_version``): what was written between two versions, to extend a front."""
+    def trials_added(
+        self, job_id: str, old: tuple[int, int, int], new: tuple[int, int, int]
+    ) -> list[dict[str, Any]] | None:
+        """The trials written between two ``trials_version`` values, or None when the versions
+        differ by more than added trials (a new measurement) or the added rows cannot be told by
+        their ids (a row committed late with an id below ``old``'s newest): then read them all.
+
+        Rows with ids in ``(old newest, new newest]`` were not there at ``old``; they are all
+        the added trials exactly when their count is the growth of the count.
+        """
+        if not (new[0] > old[0] and new[1] > old[1] and new[2] == old[2]):
+            return None
         query = (
             select(TrialRow.data, TrialRow.measured)
-            .where(TrialRow.job_id == job_id, TrialRow.id > after_row, TrialRow.id <= upto_row)
+            .where(TrialRow.job_id == job_id, TrialRow.id > old[1], TrialRow.id <= new[1])
             .order_by(TrialRow.number)
         )
         with self.session() as s:
-            return [_trial(data, measured) for data, measured in s.execute(query)]
+            added = [_trial(data, measured) for data, measured in s.execute(query)]
+        return added if len(added) == new[0] - old[0] else None
 
     def trials_version(self, job_id: str) -> tuple[int, int, int]:
         """(trials, newest trial row id, trials with a measurement): changes with every write."""
