@@ -58,7 +58,6 @@ def one_backend(url: str, args: argparse.Namespace) -> dict[str, Any]:
     kept_views, view_fronts = ViewCache(), FrontCache()
     kept_views.get(store, view_fronts, store.get_job(job["id"]), plot_all=False)
     times: dict[str, list[float]] = {"extended": [], "derived": [], "view_kept": [], "view_read": []}
-    sizes = []
     number = args.trials
     for r in range(args.rounds):
         for t in trials(job["id"], args.batch, seed=number, start=number):
@@ -83,12 +82,11 @@ def one_backend(url: str, args: argparse.Namespace) -> dict[str, Any]:
             times[case].append((time.perf_counter() - t0) * 1e3)
         if views["view_kept"] != views["view_read"]:
             raise SystemExit(f"round {r}: the view from kept trials differs from the one read afresh")
-        sizes.append(len(fronts["derived"]))
     engine.dispose()
     return {
         case: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "runs_ms": v}
         for case, v in times.items()
-    } | {"front_size": sizes[-1], "trials_at_end": number}
+    } | {"front_size": len(fronts["derived"]), "trials_at_end": number}
 
 
 def main() -> None:

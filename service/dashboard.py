@@ -181,8 +181,15 @@ def job_view(
     }
 
 
-# The Okabe-Ito colours of the page's plots (job.html), for the server-drawn previews.
-COLOURS = {"front": "#0072B2", "other": "#999999", "infeasible": "#E69F00"}
+# Okabe-Ito colours (safe for colour-blind readers) of the job page's plots: the server-drawn
+# previews and, through the template, plotly.js's.
+COLOURS = {
+    "front": "#0072B2",
+    "other": "#999999",
+    "infeasible": "#E69F00",
+    "measured": "#009E73",
+    "limit": "#D55E00",
+}
 
 
 def previews(view: dict[str, Any]) -> dict[str, Markup]:
@@ -199,7 +206,6 @@ def previews(view: dict[str, Any]) -> dict[str, Markup]:
             COLOURS[name if name != "feasible" else "other"],
             symbol,
             size_px,
-            [p["number"] for p in chosen],
         )
 
     groups = [
@@ -216,6 +222,7 @@ def previews(view: dict[str, Any]) -> dict[str, Markup]:
         y_label="quality",
         x_lines=[float(c["value"]) for c in limits],
         y_lines=[float(c["value"]) for c in view["constraints"] if c["metric"] == "quality"],
+        line_colour=COLOURS["limit"],
         empty_note=empty,
     )
     curve_xy = view["curve"]
@@ -224,6 +231,7 @@ def previews(view: dict[str, Any]) -> dict[str, Markup]:
         title="hypervolume against evaluations",
         x_label="evaluations",
         y_label="hypervolume",
+        line_colour=COLOURS["limit"],
         empty_note="no feasible trial yet",
     )
     return {"front": front, "curve": curve}
@@ -322,6 +330,7 @@ def job_page(request: Request, job_id: str, all: bool = False) -> Response:
             "knobs": KNOB_ROWS,
             "plot_all": all,
             "preview": previews(view),
+            "colours": COLOURS,
         },
     )
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
@@ -33,7 +33,6 @@ class Series:
     colour: str
     symbol: str = "circle"
     size_px: float = 3.5
-    numbers: Sequence[int] = field(default_factory=tuple)
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -85,11 +84,12 @@ def plot_svg(
     y_label: str,
     x_lines: Sequence[float] = (),
     y_lines: Sequence[float] = (),
-    line_colour: str = "#D55E00",
+    line_colour: str,
     empty_note: str = "",
 ) -> Markup:
     """One plot as an inline ``<svg>``: linear axes with round ticks, a legend below, dotted
-    lines at ``x_lines``/``y_lines`` (constraints). With no points, ``empty_note`` is shown."""
+    lines in ``line_colour`` at ``x_lines``/``y_lines`` (constraints). With no points,
+    ``empty_note`` is shown."""
     xs = [float(x) for s in series for x in s.xs]
     ys = [float(y) for s in series for y in s.ys]
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM

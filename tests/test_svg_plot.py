@@ -34,6 +34,7 @@ def test_points_fall_inside_the_axes_and_keep_their_order() -> None:
         x_label="latency (ms)",
         y_label="quality",
         x_lines=[0.16],
+        line_colour="#D55E00",
     )
     root = ET.fromstring(str(svg))  # well-formed XML, the title escaped
     assert root.get("aria-label") == "quality <against> latency"
@@ -51,6 +52,7 @@ def test_points_fall_inside_the_axes_and_keep_their_order() -> None:
 
 def test_nothing_to_draw_shows_the_note() -> None:
     empty = [Series("front", [], [], "#000")]
-    svg = str(plot_svg(empty, title="t", x_label="x", y_label="y", empty_note="no trial yet"))
+    labels = {"title": "t", "x_label": "x", "y_label": "y", "line_colour": "#000"}
+    svg = str(plot_svg(empty, **labels, empty_note="no trial yet"))
     ET.fromstring(svg)
     assert "no trial yet" in svg and "<circle" not in svg
