@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from search_spaces import Registry
+
 from ._errors import LatencyModelError
 from ._gemm import Gemms
 from ._target import Target
@@ -138,24 +140,23 @@ class FpgaFamily(TargetFamily):
         return PriorEstimate(latency_ms=latency_ms, dsp=dsp, lut=lut, bram36=bram)
 
 
-_FAMILIES: dict[str, TargetFamily] = {}
+FAMILIES_REGISTRY: Registry[TargetFamily] = Registry("family", LatencyModelError)
 
 
-def register_family(family: TargetFamily) -> TargetFamily:
-    _FAMILIES[family.name] = family
-    return family
+def register_family(family: TargetFamily, *, replace: bool = False) -> TargetFamily:
+    """Add a family under ``family.name``; a different one under a taken name needs ``replace``."""
+    return FAMILIES_REGISTRY.register(family.name, family, replace=replace)
 
 
 for _family in (RooflineFamily("gpu"), RooflineFamily("cpu"), RooflineFamily("mobile"), FpgaFamily()):
     register_family(_family)
 
 
-def list_families() -> list[str]:
-    return sorted(_FAMILIES)
+def list_families(pattern: str = "*") -> list[str]:
+    """Registered family names matching a glob pattern, sorted."""
+    return FAMILIES_REGISTRY.list(pattern)
 
 
 def create_family(name: str) -> TargetFamily:
     """The registered family ``name``; the error lists the valid names."""
-    if name not in _FAMILIES:
-        raise LatencyModelError("family", name, f"unknown family; valid names: {', '.join(list_families())}")
-    return _FAMILIES[name]
+    return FAMILIES_REGISTRY.get(name)

@@ -16,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import nnls
 
+from search_spaces import Registry
+
 from ._errors import LatencyModelError
 from ._features import FEATURE_NAMES, GROUPS, PER_GROUP
 
@@ -78,24 +80,23 @@ class Predictor(abc.ABC):
         return path / "predictor.json"
 
 
-_PREDICTORS: dict[str, type[Predictor]] = {}
+PREDICTORS: Registry[type[Predictor]] = Registry("predictor", LatencyModelError)
 
 
 def register_predictor(cls: type[Predictor]) -> type[Predictor]:
-    _PREDICTORS[cls.kind] = cls
+    """Class decorator: add a Predictor subclass under ``cls.kind``."""
+    PREDICTORS.register(cls.kind, cls)
     return cls
 
 
-def list_predictors() -> list[str]:
-    return sorted(_PREDICTORS)
+def list_predictors(pattern: str = "*") -> list[str]:
+    """Registered predictor kinds matching a glob pattern, sorted."""
+    return PREDICTORS.list(pattern)
 
 
 def create_predictor(kind: str) -> Predictor:
-    if kind not in _PREDICTORS:
-        raise LatencyModelError(
-            "predictor", kind, f"unknown predictor; valid names: {', '.join(list_predictors())}"
-        )
-    return _PREDICTORS[kind]()
+    """A new, unfitted predictor of ``kind``; the error lists the valid names."""
+    return PREDICTORS.get(kind)()
 
 
 def load_predictor(folder: str | Path) -> Predictor:
@@ -113,12 +114,7 @@ def load_predictor(folder: str | Path) -> Predictor:
         )
     if doc.get("features") != list(FEATURE_NAMES):
         raise LatencyModelError("predictor file", "features", "it was fitted on other features; refit")
-    kind = doc.get("kind")
-    if kind not in _PREDICTORS:
-        raise LatencyModelError(
-            "predictor file", kind, f"unknown predictor; valid names: {list_predictors()}"
-        )
-    return _PREDICTORS[kind].from_state(doc["state"])
+    return PREDICTORS.get(str(doc.get("kind"))).from_state(doc["state"])
 
 
 def _calibration_design(features: Array) -> Array:

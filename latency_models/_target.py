@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from search_spaces import Registry
 
 from ._errors import LatencyModelError
 
@@ -188,53 +188,31 @@ def _non_negative(value: Any, where: str) -> float:
     return float(value)
 
 
-_TARGETS: dict[str, Target] = {}
-_BUILTIN_LOADED = False
-_BUILTIN_LOCK = threading.Lock()
+def _load_builtin() -> None:
+    """The built-in catalogue (targets/*.json), loaded once before any other registration."""
+    folder = resources.files("latency_models") / "targets"
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".json"):
+            target = Target.from_dict(json.loads(entry.read_text()))
+            TARGETS.register(target.name, target)
+
+
+TARGETS: Registry[Target] = Registry("target", LatencyModelError, loader=_load_builtin)
 
 
 def register_target(target: Target, *, replace: bool = False) -> Target:
     """Add a target to the registry; a second target of the same name needs ``replace=True``."""
-    _ensure_builtin()
-    if target.name in _TARGETS and not replace:
-        raise LatencyModelError(
-            "target.name", target.name, "already registered; pass replace=True to update it"
-        )
-    _TARGETS[target.name] = target
-    return target
-
-
-def _ensure_builtin() -> None:
-    """Load the built-in catalogue (targets/*.json) once, before any other registration.
-
-    Thread-safe: the service answers requests from a thread pool, and a second thread must
-    not see the registry between "loading started" and "loaded" (it saw no targets at all)."""
-    global _BUILTIN_LOADED
-    if _BUILTIN_LOADED:
-        return
-    with _BUILTIN_LOCK:
-        if _BUILTIN_LOADED:
-            return
-        folder = resources.files("latency_models") / "targets"
-        for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-            if entry.name.endswith(".json"):
-                target = Target.from_dict(json.loads(entry.read_text()))
-                _TARGETS.setdefault(target.name, target)
-        _BUILTIN_LOADED = True
+    return TARGETS.register(target.name, target, replace=replace)
 
 
 def list_targets(pattern: str = "*") -> list[str]:
     """Registered target names matching a glob pattern, sorted."""
-    _ensure_builtin()
-    return sorted(n for n in _TARGETS if fnmatch.fnmatchcase(n, pattern))
+    return TARGETS.list(pattern)
 
 
 def get_target(name: str) -> Target:
     """The registered target ``name``; the error lists the valid names."""
-    _ensure_builtin()
-    if name not in _TARGETS:
-        raise LatencyModelError("target", name, f"unknown target; valid names: {', '.join(list_targets())}")
-    return _TARGETS[name]
+    return TARGETS.get(name)
 
 
 def load_target_file(path: str | Path) -> Target:

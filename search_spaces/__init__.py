@@ -7,9 +7,10 @@ deep-learning framework.
 from __future__ import annotations
 
 from ._cost import LayerCost, PlanCost, layer_costs, plan_cost
-from ._errors import SpaceError
+from ._errors import InputError, SpaceError
 from ._layer import GEMM_KINDS, LayerKind, LayerSpec, kept_channels, round_rank, tokens_after_pruning
 from ._plan import ALLOWED_BITS, Choice, Plan
+from ._registry import Registry
 from ._space import KNOBS, LayerKnobs, Space
 
 __all__ = [
@@ -17,12 +18,14 @@ __all__ = [
     "GEMM_KINDS",
     "KNOBS",
     "Choice",
+    "InputError",
     "LayerCost",
     "LayerKind",
     "LayerKnobs",
     "LayerSpec",
     "Plan",
     "PlanCost",
+    "Registry",
     "Space",
     "SpaceError",
     "kept_channels",

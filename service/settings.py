@@ -10,20 +10,22 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+from search_spaces import InputError
 from workers.calibration import data_dir as calibration_data_dir
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-class SettingsError(ValueError):
-    """A bad environment variable: names it, its value and what is allowed."""
+class SettingsError(InputError):
+    """A bad environment variable: names it (``field``), its value and what is allowed."""
 
-    def __init__(self, variable: str, value: str, fix: str) -> None:
-        super().__init__(f"{variable}={value!r}: {fix}")
-        self.variable = variable
+    @staticmethod
+    def _format(field: str, value: Any, hint: str) -> str:
+        return f"{field}={value!r}: {hint}"
 
 
 #: Every environment variable the service reads (the CLI's HWSEARCH_URL and HWSEARCH_TOKEN

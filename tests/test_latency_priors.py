@@ -196,9 +196,10 @@ def test_builtin_targets_load_once_under_threads(monkeypatch: pytest.MonkeyPatch
     import threading
 
     from latency_models import _target
+    from search_spaces import Registry
 
-    monkeypatch.setattr(_target, "_TARGETS", {})
-    monkeypatch.setattr(_target, "_BUILTIN_LOADED", False)
+    fresh = Registry("target", _target.LatencyModelError, loader=_target._load_builtin)
+    monkeypatch.setattr(_target, "TARGETS", fresh)
     barrier = threading.Barrier(8)
     errors: list[Exception] = []
 

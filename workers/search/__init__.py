@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from workers.calibration import Coster
 
+from ._errors import SearchError
 from ._pareto import front_mask, hypervolume
-from ._problem import Problem, SearchError
+from ._problem import Problem
 from ._runner import SearchResult, ensure_ray, measure_on_host, run_search
 from ._spec import Budget, Constraint, JobSpec, SpaceSpec
 from ._strategy import Observation, Strategy, create_strategy, list_strategies, register_strategy

@@ -33,10 +33,11 @@ from sklearn.isotonic import IsotonicRegression
 
 from search_spaces import KNOBS, Plan
 
+from ._baselines import uniform_plans
 from ._pareto import front_mask, hypervolume
 from ._problem import Problem
 from ._sensitivity import damage_table
-from ._strategy import Observation, Strategy, register_strategy, uniform_plans
+from ._strategy import Observation, Strategy, register_strategy
 
 IntArray = npt.NDArray[np.int64]
 _BINS = 3

@@ -8,8 +8,7 @@ property of the problem (the uncompressed model's cost, the quality floor), neve
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,8 @@ from latency_models import BatchPredictor, LatencyModelError, predict
 from search_spaces import LayerSpec, Plan, Space, SpaceError
 from workers.calibration import Coster, catalogue
 
+from ._errors import SearchError
+from ._objectives import Objectives
 from ._spec import JobSpec
 
 Array = npt.NDArray[np.float64]
@@ -27,14 +28,6 @@ Array = npt.NDArray[np.float64]
 #: near a budget (the prior's median error on the NB201 devices was far larger; this only
 #: sets how cautious screening is, and every stored trial carries the real provenance).
 PRIOR_RELATIVE_SIGMA = 0.15
-
-
-class SearchError(ValueError):
-    """A search that cannot run: names the JobSpec field, the value and the fix."""
-
-    def __init__(self, field: str, value: Any, fix: str) -> None:
-        super().__init__(f"{field}: {value!r}: {fix}")
-        self.field, self.value, self.fix = field, value, fix
 
 
 @dataclass
@@ -47,7 +40,8 @@ class Problem:
     costers: list[Coster]
     quality_metric: str
     reference_costs: list[dict[str, Any]]
-    reference_quality: float | None = None
+    #: The job's objectives; its reference quality is set once trial 0 has been evaluated.
+    goals: Objectives
     #: The torch model and its example input (for strategies that probe weights, e.g. guided).
     model: Any = None
     example_input: Any = None
@@ -93,56 +87,45 @@ class Problem:
                 "no layer of the model offers these knobs",
             )
         identity = Plan()
+        reference_costs = [c.cost(layers, identity) for c in costers]
         problem = cls(
             spec=spec,
             layers=layers,
             space=space,
             costers=costers,
             quality_metric=entry.metric,
-            reference_costs=[c.cost(layers, identity) for c in costers],
+            reference_costs=reference_costs,
+            goals=Objectives(
+                spec, None, {c.target.name: r for c, r in zip(costers, reference_costs, strict=True)}
+            ),
             model=net,
             example_input=x,
             ignore=ignore,
         )
         return problem
 
-    # ---- objectives ---------------------------------------------------------------------
+    # ---- objectives (owned by Objectives; the uncompressed model is the reference) ----------
     @property
-    def cost_objectives(self) -> list[tuple[str, int]]:
-        """(metric, target index) of every cost objective, in objective order."""
-        out: list[tuple[str, int]] = []
-        for metric in self.spec.objectives:
-            if metric == "quality":
-                continue
-            if metric == "weight_bytes":
-                out.append((metric, 0))  # the same on every target
-            else:
-                out.extend((metric, i) for i in range(len(self.costers)))
-        return out
+    def reference_quality(self) -> float | None:
+        """The uncompressed model's quality (trial 0), once it is known."""
+        return self.goals.reference_quality
+
+    @reference_quality.setter
+    def reference_quality(self, value: float | None) -> None:
+        self.goals = replace(self.goals, reference_quality=value)
 
     @property
     def objective_names(self) -> list[str]:
-        names = ["quality"]
-        for metric, i in self.cost_objectives:
-            names.append(metric if metric == "weight_bytes" else f"{metric}@{self.costers[i].target.name}")
-        return names
+        return self.goals.names
 
     def reference_point(self) -> list[float]:
-        """Normalised, minimised: (-quality floor / q_ref, 1, 1, ...): the uncompressed model's cost."""
-        floor = self.spec.quality_floor
-        q_ref = self.reference_quality or 1.0
-        q = 0.0 if floor is None else floor / q_ref
-        return [-q] + [1.0] * len(self.cost_objectives)
+        return self.goals.reference_point()
 
     def objectives(self, quality: float, costs: dict[str, dict[str, Any]]) -> list[float]:
-        q_ref = self.reference_quality or 1.0
-        out = [-quality / q_ref]
-        for metric, i in self.cost_objectives:
-            name = self.costers[i].target.name
-            ref = self.reference_costs[i].get(metric) or 1.0
-            value = costs[name].get(metric)
-            out.append(math.inf if value is None else float(value) / float(ref))
-        return out
+        return self.goals.vector(quality, costs)
+
+    def violations(self, quality: float | None, costs: dict[str, dict[str, Any]]) -> list[str]:
+        return self.goals.violations(quality, costs)
 
     # ---- costs and constraints ----------------------------------------------------------
     def layer_summary(self) -> list[dict[str, Any]]:
@@ -162,27 +145,6 @@ class Problem:
 
     def costs(self, plan: Plan) -> dict[str, dict[str, Any]]:
         return {c.target.name: c.cost(self.layers, plan) for c in self.costers}
-
-    def violations(self, quality: float | None, costs: dict[str, dict[str, Any]]) -> list[str]:
-        """Hard constraints the trial breaks (FPGA designs must also fit their board)."""
-        out = []
-        for name, cost in costs.items():
-            if cost.get("fits_board") is False:
-                out.append(
-                    f"design does not fit {name} "
-                    f"(dsp {cost['dsp']}, lut {cost['lut']}, bram36 {cost['bram36']})"
-                )
-        for c in self.spec.constraints:
-            if c.metric == "quality":
-                if quality is not None and quality < c.value:
-                    out.append(f"quality {quality:.4g} < {c.value:g}")
-                continue
-            for name, cost in costs.items():
-                if c.target not in (None, name) or cost.get(c.metric) is None:
-                    continue
-                if float(cost[c.metric]) > c.value:
-                    out.append(f"{c.metric}@{name} {float(cost[c.metric]):.4g} > {c.value:g}")
-        return out
 
     # ---- vectorised screening (no torch, no per-plan loops) ------------------------------
     def screen_latency_ms(self, encoded: npt.NDArray[np.int64]) -> Array:

@@ -21,7 +21,7 @@ from typing import Any
 
 from search_spaces import Plan
 
-from ._pareto import front_mask, hypervolume
+from ._pareto import front_mask
 from ._problem import Problem
 from ._spec import JobSpec
 from ._strategy import Observation, create_strategy
@@ -194,7 +194,7 @@ def run_search(
             return obs
 
         def hv() -> float:
-            return hypervolume(front_points, problem.reference_point()) if front_points else 0.0
+            return problem.goals.hypervolume(front_points)
 
         def record(
             number: int, plan: Plan, result: dict[str, Any], costs: dict[str, Any], predict_s: float
@@ -339,7 +339,7 @@ def _result(
         status=status,
         trials=sorted(trials.values(), key=lambda t: t.number),
         front=front,
-        hypervolume=hypervolume(points, problem.reference_point()) if points else 0.0,
+        hypervolume=problem.goals.hypervolume(points),
         reference_point=problem.reference_point(),
         objective_names=problem.objective_names,
         history=history,

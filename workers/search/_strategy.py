@@ -1,6 +1,6 @@
 """Strategy: the extension point that proposes plans. A new strategy is one registered subclass.
 
-Contract (tests/test_search_strategies.py runs it on every registered strategy):
+Contract (tests/test_search.py runs it on every registered strategy):
 
 - ``Strategy(problem, seed)`` may read anything on the Problem (space, predicted costs,
   constraints, the model's weights) but never evaluates quality itself.
@@ -10,23 +10,27 @@ Contract (tests/test_search_strategies.py runs it on every registered strategy):
 - ``tell(observations)`` receives results of plans, in any order, including ones the strategy
   never asked for (stored trials on resume: warm start) and failed ones (``objectives`` None).
 - Same seed and same tells → same proposals.
+
+This module holds the base and the registry only (no Problem at run time), so the JobSpec can
+list strategy names without importing the problem, Optuna or torch.
 """
 
 from __future__ import annotations
 
 import abc
-import fnmatch
 import importlib
-import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import numpy as np
 
-from search_spaces import KNOBS, Choice, Plan
+from search_spaces import Plan, Registry
 
-from ._problem import Problem
+from ._errors import SearchError
+
+if TYPE_CHECKING:
+    from ._problem import Problem
 
 
 @dataclass(frozen=True)
@@ -55,132 +59,38 @@ class Strategy(abc.ABC):
     def tell(self, observations: Sequence[Observation]) -> None: ...
 
 
-_STRATEGIES: dict[str, type[Strategy]] = {}
+def _importer(module: str) -> Callable[[], object]:
+    return lambda: importlib.import_module(module, __package__)  # registers on import
+
+
+#: Built-in strategies live in their own modules, some with heavy imports (Optuna; torch for
+#: the sensitivity probes): each is imported when first created, so validating a JobSpec (the
+#: API process) imports none of them.
+STRATEGIES: Registry[type[Strategy]] = Registry(
+    "strategy",
+    SearchError,
+    lazy={
+        "random": _importer("._baselines"),
+        "uniform": _importer("._baselines"),
+        "nsga2": _importer("._optuna"),
+        "tpe": _importer("._optuna"),
+        "guided": _importer("._guided"),
+    },
+)
 S = TypeVar("S", bound=type[Strategy])
 
 
 def register_strategy(cls: S) -> S:
     """Class decorator: add a Strategy under ``cls.name``."""
-    if cls.name in _STRATEGIES and _STRATEGIES[cls.name] is not cls:
-        raise ValueError(f"strategy {cls.name!r} is registered twice")
-    _STRATEGIES[cls.name] = cls
+    STRATEGIES.register(cls.name, cls)
     return cls
 
 
-#: Built-in strategies that live in modules with heavy imports (Optuna; torch for the
-#: sensitivity probes), imported when first created, so validating a JobSpec (the API
-#: process) imports neither.
-_BUILTIN_MODULES = {"nsga2": "._optuna", "tpe": "._optuna", "guided": "._guided"}
-
-
 def list_strategies(pattern: str = "*") -> list[str]:
-    return sorted(n for n in set(_STRATEGIES) | set(_BUILTIN_MODULES) if fnmatch.fnmatchcase(n, pattern))
+    """Registered strategy names (built-ins included, not imported) matching a glob, sorted."""
+    return STRATEGIES.list(pattern)
 
 
 def create_strategy(name: str, problem: Problem, seed: int) -> Strategy:
     """The strategy ``name``; the error lists the valid names."""
-    if name not in _STRATEGIES and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name], __package__)  # registers on import
-    if name not in _STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; valid names: {', '.join(list_strategies())}")
-    return _STRATEGIES[name](problem, seed)
-
-
-# ---------------------------------------------------------------------------------- baselines
-@register_strategy
-class RandomStrategy(Strategy):
-    name = "random"
-    description = "uniformly random plans (every knob of every layer drawn independently)"
-
-    def ask(self, n: int) -> list[Plan]:
-        return [self.problem.space.sample(self.rng) for _ in range(n)]
-
-    def tell(self, observations: Sequence[Observation]) -> None:
-        pass
-
-
-@register_strategy
-class UniformStrategy(Strategy):
-    """The same compression on every layer, swept over its strength.
-
-    Every combination of the space's global knob values (rank fraction, keep, bits, token
-    keep) is one uniform plan: each layer takes the option nearest to that value among its own.
-    Plans are ordered by predicted latency on the first target and proposed in a bisecting
-    order (van der Corput), so any prefix of the sweep spans the whole latency range.
-    """
-
-    name = "uniform"
-    description = "one compression setting for every layer, swept over its strength (the baseline)"
-
-    def __init__(self, problem: Problem, seed: int) -> None:
-        super().__init__(problem, seed)
-        ordered = uniform_plans(problem)
-        encoded = np.stack([problem.space.encode(p) for p in ordered])
-        latency = problem.screen_latency_ms(encoded)[:, 0]
-        by_latency = [ordered[i] for i in np.argsort(latency, kind="stable")]
-        self._queue = [by_latency[i] for i in _bisecting_order(len(by_latency))]
-
-    def ask(self, n: int) -> list[Plan]:
-        out, self._queue = self._queue[:n], self._queue[n:]
-        return out
-
-    def tell(self, observations: Sequence[Observation]) -> None:
-        pass
-
-
-def uniform_plans(problem: Problem) -> list[Plan]:
-    """Every uniform plan of the space: one per combination of its global knob values, each
-    layer taking its own option nearest to that value (distinct plans, in combination order)."""
-    spec = problem.spec.space
-    axes: dict[str, list[Any]] = {
-        "rank": [None, *spec.rank_fractions],
-        "keep": [1.0, *spec.keep],
-        "wbits": [32, *spec.wbits],
-        "abits": [32, *spec.abits],
-        "token_keep": [1.0, *spec.token_keep],
-    }
-    plans: dict[Plan, None] = {}
-    for combo in itertools.product(*(dict.fromkeys(axes[k]) for k in KNOBS)):
-        plans.setdefault(_uniform(problem, dict(zip(KNOBS, combo, strict=True))))
-    return list(plans)
-
-
-def _uniform(problem: Problem, value: dict[str, Any]) -> Plan:
-    space = problem.space
-    choices: dict[str, Choice] = {}
-    for layer in space.layers:
-        kn = space.knobs_of(layer.name)
-        pick: dict[str, Any] = {}
-        for knob in KNOBS:
-            opts = kn.options(knob)
-            v = value[knob]
-            if knob == "rank":
-                if v is None or opts == (None,):
-                    pick[knob] = None
-                    continue
-                full = layer.full_rank
-                numeric = [(full if o is None else o) / full for o in opts]
-                pick[knob] = opts[int(np.argmin([abs(f - float(v)) for f in numeric]))]
-            else:
-                pick[knob] = opts[int(np.argmin([abs(float(o) - float(v)) for o in opts]))]
-        choices[layer.name] = Choice(**pick)
-    return space.tie_groups(Plan(choices))
-
-
-def _bisecting_order(n: int) -> list[int]:
-    """Indices 0..n-1: both ends first, then midpoints of ever finer halvings."""
-    if n <= 2:
-        return list(range(n))
-    order, seen = [0, n - 1], {0, n - 1}
-    depth = 1
-    while len(order) < n:
-        for k in range(1, 2**depth, 2):
-            i = round(k * (n - 1) / 2**depth)
-            if i not in seen:
-                seen.add(i)
-                order.append(i)
-        depth += 1
-        if 2**depth > 4 * n:
-            order.extend(i for i in range(n) if i not in seen)
-            break
-    return order
+    return STRATEGIES.get(name)(problem, seed)

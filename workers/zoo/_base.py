@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import abc
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
+
+from search_spaces import InputError, Registry
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class Quality:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-class ZooError(ValueError):
+class ZooError(InputError):
     """A zoo model that does not exist, bad model arguments, or a missing weight package."""
 
 
@@ -54,7 +55,7 @@ class ZooModel(abc.ABC):
         unknown = sorted(set(kwargs) - set(self.args))
         if unknown:
             raise ZooError(
-                f"model {self.name!r}: unknown arguments {unknown}; it takes {list(self.args) or 'none'}"
+                f"{self.name}.arguments", unknown, f"unknown arguments; it takes {list(self.args) or 'none'}"
             )
         self.kwargs = kwargs
 
@@ -78,27 +79,24 @@ class ZooModel(abc.ABC):
         return []
 
 
-_REGISTRY: dict[str, type[ZooModel]] = {}
+MODELS: Registry[type[ZooModel]] = Registry("model", ZooError)
 M = TypeVar("M", bound=type[ZooModel])
 
 
 def register_model(cls: M) -> M:
     """Class decorator: add a ZooModel subclass to the registry under ``cls.name``."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ZooError(f"zoo model {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls
+    MODELS.register(cls.name, cls)
     return cls
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a glob pattern, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+    return MODELS.list(pattern)
 
 
 def model_class(name: str) -> type[ZooModel]:
-    if name not in _REGISTRY:
-        raise ZooError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    return _REGISTRY[name]
+    """The registered class ``name``; the error lists the valid names."""
+    return MODELS.get(name)
 
 
 def create_model(model_id: str, **kwargs: Any) -> ZooModel:
@@ -111,7 +109,7 @@ def create_model(model_id: str, **kwargs: Any) -> ZooModel:
     cls = model_class(name)
     if sep:
         if not cls.args:
-            raise ZooError(f"model {name!r} takes no argument, but got {arg!r} after ':'")
+            raise ZooError("model", model_id, f"{name!r} takes no argument, but got {arg!r} after ':'")
         kwargs = {cls.args[0]: arg, **kwargs}
     return cls(**kwargs)
 

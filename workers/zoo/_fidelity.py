@@ -50,12 +50,12 @@ def _photo_patches() -> torch.Tensor:
     try:
         from sklearn.datasets import load_sample_images
     except ImportError as exc:  # pragma: no cover - scikit-learn is a declared dependency
-        raise ZooError("the logit-fidelity evaluator needs scikit-learn: pip install scikit-learn") from exc
+        raise ZooError("evaluator", "logit-fidelity", "needs scikit-learn: pip install scikit-learn") from exc
     try:
         images = load_sample_images().images  # china.jpg, flower.jpg, shipped inside scikit-learn
     except ImportError as exc:  # pragma: no cover - sklearn reads the JPEGs with Pillow
         raise ZooError(
-            "the logit-fidelity evaluator needs Pillow to read sklearn's photos: pip install pillow"
+            "evaluator", "logit-fidelity", "needs Pillow to read sklearn's photos: pip install pillow"
         ) from exc
     per_image = N_INPUTS // len(images)
     cols = per_image // _GRID_ROWS
@@ -96,7 +96,7 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ZooError(f"expected the model to return logits of shape ({x.shape[0]}, classes), got {shape}")
+        raise ZooError("model output shape", shape, f"expected logits of shape ({x.shape[0]}, classes)")
     return out.detach().to(device="cpu", dtype=torch.float64)
 
 
@@ -130,7 +130,9 @@ class LogitFidelity:
         ref = self.reference_logits()
         out = _logits(model, self.inputs())
         if out.shape != ref.shape:
-            raise ZooError(f"model returns logits of shape {tuple(out.shape)}, expected {tuple(ref.shape)}")
+            raise ZooError(
+                "model output shape", tuple(out.shape), f"expected logits of shape {tuple(ref.shape)}"
+            )
         # float64 so that the uncompressed model scores 1.0 to ~1e-15, not to float32 rounding.
         cos = F.cosine_similarity(out, ref, dim=1, eps=1e-12).clamp(-1.0, 1.0)
         agreement = (out.argmax(dim=1) == ref.argmax(dim=1)).double().mean()

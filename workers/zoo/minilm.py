@@ -47,10 +47,10 @@ def model_dir() -> Path:
     try:
         package = importlib.import_module(WEIGHT_PACKAGE)
     except ImportError as exc:
-        raise ZooError(f"model 'minilm-l6' needs its weight package: `{INSTALL_HINT}`") from exc
+        raise ZooError("model", "minilm-l6", f"needs its weight package: `{INSTALL_HINT}`") from exc
     path = Path(package.get_model_path())
     if not (path / "model.safetensors").is_file():
-        raise ZooError(f"{path} has no model.safetensors; reinstall with `{INSTALL_HINT}`")
+        raise ZooError("weights", str(path), f"has no model.safetensors; reinstall with `{INSTALL_HINT}`")
     return path
 
 
@@ -76,9 +76,13 @@ class BertConfig:
     def from_hf(cls, cfg: dict[str, Any]) -> BertConfig:
         """Read an HF ``config.json``, refusing variants this implementation does not compute."""
         if cfg.get("hidden_act") != "gelu":
-            raise ZooError(f"unsupported hidden_act {cfg.get('hidden_act')!r}; only exact 'gelu'")
+            raise ZooError("config.hidden_act", cfg.get("hidden_act"), "unsupported; only exact 'gelu'")
         if cfg.get("position_embedding_type", "absolute") != "absolute":
-            raise ZooError(f"unsupported position_embedding_type {cfg['position_embedding_type']!r}")
+            raise ZooError(
+                "config.position_embedding_type",
+                cfg["position_embedding_type"],
+                "unsupported; only 'absolute'",
+            )
         return cls(
             vocab_size=cfg["vocab_size"],
             hidden_size=cfg["hidden_size"],
@@ -112,10 +116,10 @@ def _check_pipeline() -> None:
     pooling = _read_json("1_Pooling/config.json")
     modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
     if modes != ["pooling_mode_mean_tokens"]:
-        raise ZooError(f"expected mean pooling only, but 1_Pooling/config.json enables {modes}")
+        raise ZooError("1_Pooling/config.json", modes, "expected mean pooling only")
     types = [m["type"].rsplit(".", 1)[-1] for m in _read_json("modules.json")]
     if types != ["Transformer", "Pooling", "Normalize"]:
-        raise ZooError(f"expected modules Transformer, Pooling, Normalize, but got {types}")
+        raise ZooError("modules.json", types, "expected modules Transformer, Pooling, Normalize")
 
 
 @functools.cache
@@ -246,12 +250,16 @@ def convert_hf_state_dict(tensors: dict[str, torch.Tensor], cfg: BertConfig) -> 
         elif key == POSITION_IDS_KEY:
             # We compute arange(T) ourselves; make sure the checkpoint agrees.
             if not torch.equal(tensor.flatten(), torch.arange(tensor.numel(), dtype=tensor.dtype)):
-                raise ZooError(f"{POSITION_IDS_KEY} is not arange: positions would differ")
+                raise ZooError(
+                    POSITION_IDS_KEY, "not arange", "positions would differ; reinstall the weight package"
+                )
         else:
             unexpected.append(key)
     missing = sorted(set(mapping) - set(tensors))
     if unexpected or missing:
-        raise ZooError(f"checkpoint does not match the encoder: unexpected {unexpected}, missing {missing}")
+        raise ZooError(
+            "checkpoint", {"unexpected": unexpected, "missing": missing}, "does not match the encoder"
+        )
     return converted
 
 

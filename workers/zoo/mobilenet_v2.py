@@ -127,10 +127,14 @@ def weights_path() -> Path:
     try:
         root = importlib.resources.files(WEIGHTS_PACKAGE)
     except ModuleNotFoundError as exc:
-        raise ZooError(f"mobilenet-v2 needs its weight package {WEIGHTS_PACKAGE!r}: {INSTALL_HINT}") from exc
+        raise ZooError(
+            "model", "mobilenet-v2", f"needs its weight package {WEIGHTS_PACKAGE!r}: {INSTALL_HINT}"
+        ) from exc
     path = Path(str(root.joinpath("weights", WEIGHTS_FILE)))
     if not path.is_file():
-        raise ZooError(f"{path} is missing from {WEIGHTS_PACKAGE!r}; reinstall it: {INSTALL_HINT}")
+        raise ZooError(
+            "weights", str(path), f"missing from {WEIGHTS_PACKAGE!r}; reinstall it: {INSTALL_HINT}"
+        )
     return path
 
 

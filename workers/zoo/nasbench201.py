@@ -50,34 +50,45 @@ def parse_arch(arch: str) -> Genotype:
     Surrounding whitespace is ignored; everything else must match the canonical format exactly.
     """
     if not isinstance(arch, str):
-        raise ZooError(f"nasbench201: arch must be a string, got {type(arch).__name__}; {_FORMAT_HELP}")
+        raise ZooError(
+            "nasbench201.arch", arch, f"must be a string, got {type(arch).__name__}; {_FORMAT_HELP}"
+        )
     groups = arch.strip().split("+")
     if len(groups) != N_NODES - 1:
         raise ZooError(
-            f"nasbench201: arch {arch!r} has {len(groups)} '+'-separated groups, not {N_NODES - 1}; "
-            + _FORMAT_HELP
+            "nasbench201.arch",
+            arch,
+            f"has {len(groups)} '+'-separated groups, not {N_NODES - 1}; {_FORMAT_HELP}",
         )
     genotype: list[tuple[str, ...]] = []
     for k, group in enumerate(groups):
         if len(group) < 2 or not group.startswith("|") or not group.endswith("|"):
-            raise ZooError(f"nasbench201: group {group!r} must start and end with '|'; {_FORMAT_HELP}")
+            raise ZooError(
+                "nasbench201.arch", arch, f"group {group!r} must start and end with '|'; {_FORMAT_HELP}"
+            )
         tokens = group[1:-1].split("|")
         if len(tokens) != k + 1:
             raise ZooError(
-                f"nasbench201: group {group!r} (edges into node {k + 1}) must list {k + 1} edge(s), "
-                f"got {len(tokens)}; {_FORMAT_HELP}"
+                "nasbench201.arch",
+                arch,
+                f"group {group!r} (edges into node {k + 1}) must list {k + 1} edge(s), "
+                f"got {len(tokens)}; {_FORMAT_HELP}",
             )
         ops: list[str] = []
         for i, token in enumerate(tokens):
             op, sep, src = token.partition("~")
             if not sep or src != str(i):
                 raise ZooError(
-                    f"nasbench201: bad edge token {token!r} in group {group!r}: expected 'op~{i}' "
-                    f"(edge {i} -> {k + 1}); {_FORMAT_HELP}"
+                    "nasbench201.arch",
+                    arch,
+                    f"bad edge token {token!r} in group {group!r}: expected 'op~{i}' "
+                    f"(edge {i} -> {k + 1}); {_FORMAT_HELP}",
                 )
             if op not in OPS:
                 raise ZooError(
-                    f"nasbench201: unknown op {op!r} in token {token!r}; valid ops: {', '.join(OPS)}"
+                    "nasbench201.arch",
+                    arch,
+                    f"unknown op {op!r} in token {token!r}; valid ops: {', '.join(OPS)}",
                 )
             ops.append(op)
         genotype.append(tuple(ops))
@@ -110,7 +121,9 @@ def _edge_op(op: str, channels: int) -> nn.Module:
         return ReLUConvBN(channels, channels, 3)
     if op == "avg_pool_3x3":
         return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
-    raise ZooError(f"nasbench201: no module for op {op!r}")  # 'none' never gets here
+    raise ZooError(
+        "nasbench201.op", op, f"no module for it; valid ops: {', '.join(OPS)}"
+    )  # 'none' never gets here
 
 
 class Cell(nn.Module):

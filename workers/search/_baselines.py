@@ -1,0 +1,114 @@
+"""The baseline strategies: ``random`` (every knob drawn independently) and ``uniform`` (one
+compression setting for every layer, swept over its strength)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from search_spaces import KNOBS, Choice, Plan
+
+from ._problem import Problem
+from ._strategy import Observation, Strategy, register_strategy
+
+
+@register_strategy
+class RandomStrategy(Strategy):
+    name = "random"
+    description = "uniformly random plans (every knob of every layer drawn independently)"
+
+    def ask(self, n: int) -> list[Plan]:
+        return [self.problem.space.sample(self.rng) for _ in range(n)]
+
+    def tell(self, observations: Sequence[Observation]) -> None:
+        pass
+
+
+@register_strategy
+class UniformStrategy(Strategy):
+    """The same compression on every layer, swept over its strength.
+
+    Every combination of the space's global knob values (rank fraction, keep, bits, token
+    keep) is one uniform plan: each layer takes the option nearest to that value among its own.
+    Plans are ordered by predicted latency on the first target and proposed in a bisecting
+    order (van der Corput), so any prefix of the sweep spans the whole latency range.
+    """
+
+    name = "uniform"
+    description = "one compression setting for every layer, swept over its strength (the baseline)"
+
+    def __init__(self, problem: Problem, seed: int) -> None:
+        super().__init__(problem, seed)
+        ordered = uniform_plans(problem)
+        encoded = np.stack([problem.space.encode(p) for p in ordered])
+        latency = problem.screen_latency_ms(encoded)[:, 0]
+        by_latency = [ordered[i] for i in np.argsort(latency, kind="stable")]
+        self._queue = [by_latency[i] for i in _bisecting_order(len(by_latency))]
+
+    def ask(self, n: int) -> list[Plan]:
+        out, self._queue = self._queue[:n], self._queue[n:]
+        return out
+
+    def tell(self, observations: Sequence[Observation]) -> None:
+        pass
+
+
+def uniform_plans(problem: Problem) -> list[Plan]:
+    """Every uniform plan of the space: one per combination of its global knob values, each
+    layer taking its own option nearest to that value (distinct plans, in combination order)."""
+    spec = problem.spec.space
+    axes: dict[str, list[Any]] = {
+        "rank": [None, *spec.rank_fractions],
+        "keep": [1.0, *spec.keep],
+        "wbits": [32, *spec.wbits],
+        "abits": [32, *spec.abits],
+        "token_keep": [1.0, *spec.token_keep],
+    }
+    plans: dict[Plan, None] = {}
+    for combo in itertools.product(*(dict.fromkeys(axes[k]) for k in KNOBS)):
+        plans.setdefault(_uniform(problem, dict(zip(KNOBS, combo, strict=True))))
+    return list(plans)
+
+
+def _uniform(problem: Problem, value: dict[str, Any]) -> Plan:
+    space = problem.space
+    choices: dict[str, Choice] = {}
+    for layer in space.layers:
+        kn = space.knobs_of(layer.name)
+        pick: dict[str, Any] = {}
+        for knob in KNOBS:
+            opts = kn.options(knob)
+            v = value[knob]
+            if knob == "rank":
+                if v is None or opts == (None,):
+                    pick[knob] = None
+                    continue
+                full = layer.full_rank
+                numeric = [(full if o is None else o) / full for o in opts]
+                pick[knob] = opts[int(np.argmin([abs(f - float(v)) for f in numeric]))]
+            else:
+                pick[knob] = opts[int(np.argmin([abs(float(o) - float(v)) for o in opts]))]
+        choices[layer.name] = Choice(**pick)
+    return space.tie_groups(Plan(choices))
+
+
+def _bisecting_order(n: int) -> list[int]:
+    """Indices 0..n-1: both ends first, then midpoints of ever finer halvings."""
+    if n <= 2:
+        return list(range(n))
+    order, seen = [0, n - 1], {0, n - 1}
+    depth = 1
+    while len(order) < n:
+        for k in range(1, 2**depth, 2):
+            i = round(k * (n - 1) / 2**depth)
+            if i not in seen:
+                seen.add(i)
+                order.append(i)
+        depth += 1
+        if 2**depth > 4 * n:
+            order.extend(i for i in range(n) if i not in seen)
+            break
+    return order
