@@ -42,16 +42,12 @@ def export_compressed(model_id: str, trial: dict[str, Any], path: str | Path, jo
     import torch
     from safetensors.torch import save as save_tensors
 
-    from kernels import apply
     from search_spaces import Plan
-    from workers.zoo import create_model
+    from workers.zoo import prepare
 
     torch.set_num_threads(1)
-    entry = create_model(model_id)
-    net = entry.build()
-    x = entry.example_input()
     plan = Plan.from_dict(trial["plan"])
-    model = apply(net, plan, x, execution="simulate", ignore=tuple(entry.ignore_layers(net)))
+    model = prepare(model_id).apply(plan)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as z:

@@ -74,14 +74,9 @@ def _inventory(
 ) -> list[LayerSpec]:
     key = (model_id, needs_coupling)
     if key not in cache:
-        from kernels import trace
-        from workers.zoo import create_model
+        from workers.zoo import prepare
 
-        entry = create_model(model_id)
-        net = entry.build()
-        cache[key] = trace(
-            net, entry.example_input(), ignore=entry.ignore_layers(net), coupling=needs_coupling
-        )
+        cache[key] = prepare(model_id, coupling=needs_coupling).layers
     return cache[key]
 
 

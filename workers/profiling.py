@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kernels import apply, time_callable, time_model, to_int8_dynamic, trace
+from kernels import time_callable, time_model, to_int8_dynamic
 from latency_models import Target
 from search_spaces import Plan, Space
 
@@ -97,17 +97,15 @@ def profile_networks(
     0.29-0.35 ms across one run); the per-round ratio cancels the drift, and a held-out
     split's MAPE of a fitted host-cpu predictor fell from 18% to 9% with it (docs/latency.md).
     """
-    from workers.zoo import create_model
+    from workers.zoo import prepare
 
     rng = np.random.default_rng(seed)
     out: list[Measured] = []
     for model_id in models:
-        entry = create_model(model_id)
-        net = entry.build()
-        x = entry.example_input()
-        layers = trace(net, x, ignore=entry.ignore_layers(net))
+        prepared = prepare(model_id)
+        entry, net, x = prepared.entry, prepared.model, prepared.example_input
         space = Space.build(
-            layers,
+            prepared.layers,
             rank_fractions=(0.125, 0.25, 0.5),
             keep=(0.25, 0.5, 0.75),
             wbits=(8,),
@@ -117,7 +115,7 @@ def profile_networks(
         first = len(out)
         for i in range(plans_per_model):
             plan = space.sample(rng) if i else Plan()  # the first row: the uncompressed model
-            deployed = apply(net, plan, x, execution="int8", ignore=tuple(entry.ignore_layers(net)))
+            deployed = prepared.apply(plan, execution="int8")
             timing = time_model(deployed, x, reference=net, repeats=repeats, warmup=3, threads=1)
             out.append(
                 Measured(

@@ -52,13 +52,13 @@ class Problem:
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def build(cls, spec: JobSpec) -> Problem:
-        from kernels import trace
-        from workers.zoo import ZooError, create_model
+        from workers.zoo import ZooError, prepare
 
         try:
-            entry = create_model(spec.model)
+            prepared = prepare(spec.model)
         except ZooError as exc:
             raise SearchError("model", spec.model, str(exc)) from None
+        entry = prepared.entry
         if spec.quality_examples is not None and not hasattr(entry, "n_calibration_images"):
             raise SearchError(
                 "quality_examples",
@@ -72,10 +72,7 @@ class Problem:
                 costers.append(Coster.active(cat, name))
             except LatencyModelError as exc:
                 raise SearchError(f"targets[{i}]", name, str(exc)) from None
-        net = entry.build()
-        x = entry.example_input()
-        ignore = tuple(entry.ignore_layers(net))
-        layers = trace(net, x, ignore=ignore)
+        layers = prepared.layers
         try:
             space = Space.build(layers, **spec.space.build_kwargs())
         except SpaceError as exc:
@@ -98,9 +95,9 @@ class Problem:
             goals=Objectives(
                 spec, None, {c.target.name: r for c, r in zip(costers, reference_costs, strict=True)}
             ),
-            model=net,
-            example_input=x,
-            ignore=ignore,
+            model=prepared.model,
+            example_input=prepared.example_input,
+            ignore=prepared.ignore,
         )
         return problem
 

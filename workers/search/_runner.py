@@ -88,29 +88,24 @@ class Evaluator:
     def __init__(self, model_id: str, quality_examples: int | None) -> None:
         import torch
 
-        from workers.zoo import create_model
+        from workers.zoo import create_model, prepare
 
         torch.set_num_threads(1)
-        self.entry = create_model(model_id)
+        entry = create_model(model_id)
         if quality_examples is not None:
-            self.entry.n_calibration_images = quality_examples  # type: ignore[attr-defined]
-        self.net = self.entry.build()
-        self.x = self.entry.example_input()
-        self.ignore = tuple(self.entry.ignore_layers(self.net))
+            entry.n_calibration_images = quality_examples  # type: ignore[attr-defined]
+        self.prepared = prepare(entry)
 
     def pid(self) -> int:
         return os.getpid()
 
     def evaluate(self, plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from kernels import apply
-
         out = []
         for data in plans:
             start = time.perf_counter()
             try:
-                plan = Plan.from_dict(data)
-                model = apply(self.net, plan, self.x, execution="simulate", ignore=self.ignore)
-                q = self.entry.evaluate(model)
+                model = self.prepared.apply(Plan.from_dict(data))
+                q = self.prepared.entry.evaluate(model)
                 out.append({"quality": q.value, "metric": q.metric, "eval_s": time.perf_counter() - start})
             except Exception as exc:  # a failing plan is a failed trial, never a failed job
                 out.append(

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from . import digits, efficientnet_lite0, fbnet, minilm, mobilenet_v2, nasbench201
 from ._base import Quality, ZooError, ZooModel, create_model, list_models, model_class, register_model
+from ._prepare import Prepared, prepare
 
 __all__ = [
+    "Prepared",
     "Quality",
     "ZooError",
     "ZooModel",
@@ -22,5 +24,6 @@ __all__ = [
     "mobilenet_v2",
     "model_class",
     "nasbench201",
+    "prepare",
     "register_model",
 ]

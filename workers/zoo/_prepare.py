@@ -1,0 +1,64 @@
+"""Prepare a model once: build it, make its example input, name the layers never to compress
+and trace its inventory, in one call every caller uses (search, evaluators, profiling, export,
+the CLI), so no caller can forget ``ignore_layers`` and compress a layer it must not.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._base import ZooModel, create_model
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from search_spaces import LayerSpec, Plan
+
+__all__ = ["Prepared", "prepare"]
+
+
+@dataclass
+class Prepared:
+    """A built model with what compressing it needs: its zoo entry, the example input, the
+    layers never to compress (``ignore``) and, traced on first use, its layer inventory."""
+
+    entry: ZooModel
+    model: nn.Module
+    example_input: torch.Tensor
+    ignore: tuple[str, ...]
+    #: Whether the inventory records coupled channel groups (Torch-Pruning's dependency graph,
+    #: needed for channel pruning; the slowest part of tracing).
+    coupling: bool = True
+
+    @functools.cached_property
+    def layers(self) -> list[LayerSpec]:
+        """The layer inventory (``kernels.trace``), ignored layers listed without knobs."""
+        from kernels import trace
+
+        return trace(self.model, self.example_input, ignore=self.ignore, coupling=self.coupling)
+
+    def apply(self, plan: Plan, *, execution: Literal["simulate", "int8"] = "simulate") -> nn.Module:
+        """A compressed copy of the model (``kernels.apply``), never touching ignored layers."""
+        from kernels import apply
+
+        return apply(self.model, plan, self.example_input, execution=execution, ignore=self.ignore)
+
+
+def prepare(model: str | ZooModel, *, coupling: bool = True, **kwargs: Any) -> Prepared:
+    """Build ``model`` (a zoo id such as ``"mobilenet-v2"`` or ``"nasbench201:<arch>"``, or a
+    ZooModel instance) and return it prepared; ``kwargs`` go to ``create_model``.
+
+    Raises ``ZooError`` (an ``InputError``) for an unknown model or bad arguments.
+    """
+    entry = create_model(model, **kwargs) if isinstance(model, str) else model
+    net = entry.build()
+    return Prepared(
+        entry=entry,
+        model=net,
+        example_input=entry.example_input(),
+        ignore=tuple(entry.ignore_layers(net)),
+        coupling=coupling,
+    )
