@@ -10,7 +10,8 @@ or per-layer measurement tables, their validation report and a versioned catalog
 from __future__ import annotations
 
 from ._batch import BatchPredictor
-from ._catalogue import Catalogue
+from ._catalogue import Catalogue, catalogue, data_dir
+from ._coster import Coster, learned_provenance
 from ._errors import LatencyModelError
 from ._family import (
     FpgaFamily,
@@ -61,6 +62,7 @@ __all__ = [
     "CalibratedPrior",
     "Catalogue",
     "CostPrediction",
+    "Coster",
     "FpgaFamily",
     "FpgaResources",
     "Gemms",
@@ -74,10 +76,13 @@ __all__ = [
     "RooflineFamily",
     "Target",
     "TargetFamily",
+    "catalogue",
     "create_family",
     "create_predictor",
+    "data_dir",
     "get_target",
     "layer_features",
+    "learned_provenance",
     "list_families",
     "list_predictors",
     "list_targets",

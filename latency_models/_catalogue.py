@@ -9,14 +9,37 @@ Layout under the catalogue root (the service's data dir):
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import platformdirs
+
 from ._errors import LatencyModelError
 from ._predictor import Predictor, load_predictor
 from ._target import Target, get_target, register_target
+
+
+def data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``$HWSEARCH_DATA_DIR`` (of ``env``, default the process environment) or the user data
+    dir: the catalogue of targets and predictors, and the service's database and artifacts."""
+    env = os.environ if env is None else env
+    root = env.get("HWSEARCH_DATA_DIR") or platformdirs.user_data_dir("hwsearch")
+    return Path(root)
+
+
+def catalogue(root: str | Path | None = None) -> Catalogue:
+    """The catalogue under ``root`` (default ``data_dir()``), its user targets registered.
+
+    Library code takes a ``Catalogue`` as an argument; only the edges (the CLI, the service's
+    settings) choose its folder, so no process passes its data directory through the
+    environment."""
+    cat = Catalogue(data_dir() if root is None else root)
+    cat.load_targets()
+    return cat
 
 
 class Catalogue:
@@ -76,6 +99,15 @@ class Catalogue:
             if folder.exists()
             else []
         )
+
+    def report(self, target: str, version: str) -> dict[str, Any]:
+        """The validation report stored with a predictor version."""
+        if version not in self.versions(target):
+            raise LatencyModelError(
+                "version", version, f"one of {self.versions(target) or 'no versions yet'}"
+            )
+        report: dict[str, Any] = json.loads((self._folder(target) / version / "report.json").read_text())
+        return report
 
     def activate(self, target: str, version: str) -> None:
         if version not in self.versions(target):

@@ -26,7 +26,7 @@ def seed_demo(settings: Settings, store: Store) -> str | None:
     """Queue the demo job when the database has no jobs; returns its id (None: nothing to do)."""
     if store.list_jobs(limit=1)[1] > 0:
         return None
-    from workers.calibration import catalogue
+    from latency_models import catalogue
     from workers.search import JobSpec
 
     cat = catalogue(settings.data_dir)
@@ -56,9 +56,7 @@ DEMO_CALIBRATION_PLANS = 30
 
 def calibrate_host_in_worker(data_dir: str) -> dict[str, Any]:
     """Measure this CPU, time the demo's calibration plans and fit host-cpu (in a Ray worker)."""
-    import os
-
+    from latency_models import catalogue
     from workers.profiling import calibrate_host
 
-    os.environ["HWSEARCH_DATA_DIR"] = data_dir  # the worker's catalogue is the service's
-    return calibrate_host(DEMO_CALIBRATION_MODELS, DEMO_CALIBRATION_PLANS, repeats=9)
+    return calibrate_host(DEMO_CALIBRATION_MODELS, DEMO_CALIBRATION_PLANS, repeats=9, cat=catalogue(data_dir))

@@ -43,21 +43,17 @@ class DbSink:
         self.store.add_measurement(job_id, number, measured)
 
 
-def _use_data_dir(data_dir: str | None) -> None:
-    # A Ray task's process reads the catalogue (targets, predictors) from the service's data dir.
-    if data_dir is not None:
-        os.environ["HWSEARCH_DATA_DIR"] = data_dir
-
-
 def execute_fit(database_url: str, fit_id: str, data_dir: str | None = None) -> str:
     """Fit a predictor version from an uploaded table (inside a Ray task); returns its status."""
+    from latency_models import catalogue
     from workers.calibration import fit
 
-    _use_data_dir(data_dir)
     store = Store(make_engine(database_url))
     try:
         row = store.get_fit(fit_id)
-        report = fit(row["target"], row["csv_path"], family=row["family"], kind=row["kind"])
+        # The Ray task reads and writes the service's catalogue, passed by its folder.
+        cat = catalogue(data_dir)
+        report = fit(row["target"], row["csv_path"], family=row["family"], kind=row["kind"], cat=cat)
     except Exception as exc:  # LatencyModelError/MeasurementError name the field; anything else too
         store.finish_fit(fit_id, error=f"{type(exc).__name__}: {exc}")
         return "failed"
@@ -67,9 +63,8 @@ def execute_fit(database_url: str, fit_id: str, data_dir: str | None = None) -> 
 
 def execute_job(database_url: str, job_id: str, worker: str, data_dir: str | None = None) -> str:
     """Run one claimed job to its end (inside a Ray task, or inline); returns its final status."""
+    from latency_models import catalogue
     from workers.search import JobSpec, SearchError, Trial, run_search
-
-    _use_data_dir(data_dir)
 
     store = Store(make_engine(database_url))
     finished = threading.Event()
@@ -87,7 +82,9 @@ def execute_job(database_url: str, job_id: str, worker: str, data_dir: str | Non
         stored = [Trial.from_dict(t) for t in store.trials(job_id)[0]]
         if job["cancel_requested"]:
             cancel.set()
-        result = run_search(spec, DbSink(store), job_id=job_id, resume=stored, cancel=cancel)
+        result = run_search(
+            spec, DbSink(store), job_id=job_id, resume=stored, cancel=cancel, catalogue=catalogue(data_dir)
+        )
         return result.status
     except SearchError as exc:
         store.set_status(job_id, "failed", error=str(exc))

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from latency_models import data_dir as default_data_dir
 from search_spaces import InputError
-from workers.calibration import data_dir as calibration_data_dir
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -57,7 +57,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        data_dir = calibration_data_dir(env)
+        data_dir = default_data_dir(env)
         if data_dir.exists() and not data_dir.is_dir():
             raise SettingsError("HWSEARCH_DATA_DIR", str(data_dir), "a directory is required")
         url = env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'hwsearch.db'}"

@@ -10,14 +10,12 @@ catalogue and the report live in ``latency_models``.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import platformdirs
 
 from latency_models import (
     FEATURE_NAMES,
@@ -27,6 +25,7 @@ from latency_models import (
     NetworkMeasurement,
     Predictor,
     Target,
+    catalogue,
     create_predictor,
     get_target,
     layer_features,
@@ -34,30 +33,17 @@ from latency_models import (
     measurement_format,
     metrics,
     network_features,
-    predict,
     proxy_baselines,
     read_layer_measurements,
     read_network_measurements,
 )
-from search_spaces import LayerSpec, Plan, SpaceError
+from latency_models import Coster as Coster  # transitional: service/ still imports these from here
+from latency_models import data_dir as data_dir
+from latency_models import learned_provenance as learned_provenance
+from search_spaces import LayerSpec, SpaceError
 
 #: The built-in target a new target of each family starts from (its specs, renamed).
 FAMILY_TEMPLATES = {"gpu": "gtx-1080ti", "cpu": "xeon-gold-6240", "mobile": "cortex-a76", "fpga": "zcu102"}
-
-
-def data_dir(env: Mapping[str, str] | None = None) -> Path:
-    """``$HWSEARCH_DATA_DIR`` (of ``env``, default the process environment) or the user data
-    dir: the catalogue of targets and predictors, and the service's database and artifacts."""
-    env = os.environ if env is None else env
-    root = env.get("HWSEARCH_DATA_DIR") or platformdirs.user_data_dir("hwsearch")
-    return Path(root)
-
-
-def catalogue(root: Path | None = None) -> Catalogue:
-    """The catalogue under ``root`` (default ``data_dir()``), its user targets registered."""
-    cat = Catalogue(root or data_dir())
-    cat.load_targets()
-    return cat
 
 
 @dataclass(frozen=True)
@@ -141,11 +127,11 @@ def _new_target(name: str, family: str | None) -> Target:
     return Target.from_dict(target.to_dict())
 
 
-def ensure_target(name: str, family: str | None) -> Target:
+def ensure_target(name: str, family: str | None, *, cat: Catalogue | None = None) -> Target:
     """The target ``name``; when it does not exist and ``family`` is given, a new one built from
-    the family's template specs (stored in the catalogue, so a user can bring a device with
-    nothing but measurements)."""
-    cat = catalogue()
+    the family's template specs (stored in ``cat``, default the data dir's catalogue, so a user
+    can bring a device with nothing but measurements)."""
+    cat = cat or catalogue()
     if name in list_targets():
         return cat.target(name)
     return cat.add_target(_new_target(name, family))
@@ -168,8 +154,10 @@ def fit(
     test_fraction: float = 0.2,
     seed: int = 0,
     budget_ms: float | None = None,
+    cat: Catalogue | None = None,
 ) -> dict[str, Any]:
-    """Fit a new predictor version for a target from a per-network or per-layer CSV; returns the report.
+    """Fit a new predictor version for a target from a per-network or per-layer CSV into ``cat``
+    (default: the data dir's catalogue); returns the report.
 
     The report comes from a held-out ``test_fraction`` of the rows (networks or layers, with
     MACs-proxy and linear baselines on the same split); the stored model is then refitted on
@@ -179,7 +167,7 @@ def fit(
     if not 0.0 <= test_fraction < 1.0:
         raise LatencyModelError("--test-fraction", test_fraction, "a fraction in [0, 1) is required")
     create_predictor(kind)  # an unknown kind fails here, before any work
-    cat = catalogue()  # registers the stored user targets (reads only)
+    cat = cat or catalogue()  # registers the stored user targets (reads only)
     existing = target_name in list_targets()
     target = cat.target(target_name) if existing else _new_target(target_name, family)
     table = read_table(target, measurements)
@@ -266,14 +254,20 @@ def holdout_pairs(
     }
 
 
-def validate(target_name: str, measurements: str | Path, budget_ms: float | None = None) -> dict[str, Any]:
+def validate(
+    target_name: str,
+    measurements: str | Path,
+    budget_ms: float | None = None,
+    *,
+    cat: Catalogue | None = None,
+) -> dict[str, Any]:
     """Score the target's active predictor on a measurement table it may not have seen.
 
     A per-network table works with any predictor (a per-layer fit then predicts each network as
     the sum of its layers). A per-layer table needs a predictor fitted per layer: one fitted on
     whole networks carries a per-network overhead and trees that do not apply to one layer.
     """
-    cat = catalogue()
+    cat = cat or catalogue()
     target = cat.target(target_name)
     active = cat.predictor(target.name)
     if active is None:
@@ -305,55 +299,3 @@ def validate(target_name: str, measurements: str | Path, budget_ms: float | None
         ).to_dict()
     }
     return report
-
-
-ANALYTIC_PROVENANCE = "analytic prior (uncalibrated)"
-
-
-def learned_provenance(report: dict[str, Any]) -> str:
-    """How a fitted predictor's numbers are labelled (DESIGN.md, "Honesty of numbers")."""
-    mape = report.get("mape")
-    if report.get("format") == "layer":
-        text = f"learned (fitted on {report.get('n_fit')} layer measurements" + (
-            f", validation MAPE {100 * mape:.1f}% per layer" if mape is not None else ""
-        )
-        return text + "; a network is the sum of its layers, no per-network overhead)"
-    return f"learned (fitted on {report.get('n_fit')} measurements" + (
-        f", validation MAPE {100 * mape:.1f}%)" if mape is not None else ")"
-    )
-
-
-class Coster:
-    """Predicted costs of plans on one target: its active learned predictor when there is one
-    (latency with its 80% interval), else the analytic prior; ``provenance`` says which."""
-
-    def __init__(self, target: Target, learned: tuple[Predictor, dict[str, Any]] | None) -> None:
-        self.target = target
-        self.learned = learned
-        self.provenance = ANALYTIC_PROVENANCE if learned is None else learned_provenance(learned[1])
-
-    @classmethod
-    def active(cls, cat: Catalogue, name: str) -> Coster:
-        """The target ``name`` of the catalogue with its active predictor (LatencyModelError if unknown)."""
-        target = cat.target(name)
-        return cls(target, cat.predictor(target.name))
-
-    def cost(self, layers: list[LayerSpec], plan: Plan) -> dict[str, Any]:
-        """``latency_ms`` (+ ``latency_low_ms`` / ``latency_high_ms`` when learned), ``provenance``,
-        ``weight_bytes``, ``macs``, ``energy_mj`` (board power × latency, where the power is
-        known) and, on FPGA targets, ``dsp`` / ``lut`` / ``bram36`` / ``fits_board``."""
-        p = predict(self.target, layers, plan)
-        out: dict[str, Any] = {
-            "latency_ms": p.latency_ms,
-            "provenance": self.provenance,
-            "weight_bytes": p.weight_bytes,
-            "macs": p.macs,
-        }
-        if self.learned is not None:
-            mid, lo, hi = self.learned[0].predict(network_features(self.target, layers, plan)[None, :])
-            out.update(latency_ms=float(mid[0]), latency_low_ms=float(lo[0]), latency_high_ms=float(hi[0]))
-        if self.target.power_w is not None:
-            out["energy_mj"] = self.target.power_w * out["latency_ms"]
-        if p.dsp is not None:
-            out.update(dsp=p.dsp, lut=p.lut, bram36=p.bram36, fits_board=p.feasible)
-        return out

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from kernels import time_callable, time_model, to_int8_dynamic
-from latency_models import Target
+from latency_models import Catalogue, Target, catalogue
 from search_spaces import Plan, Space
 
 HOST = "host-cpu"
@@ -147,20 +147,27 @@ def write_csv(rows: Iterable[Measured], path: str | Path) -> Path:
 
 
 def calibrate_host(
-    models: Sequence[str], plans_per_model: int, *, repeats: int = 15, out: str | Path | None = None
+    models: Sequence[str],
+    plans_per_model: int,
+    *,
+    repeats: int = 15,
+    out: str | Path | None = None,
+    cat: Catalogue | None = None,
 ) -> dict[str, object]:
     """Measure this CPU (the host-cpu target), time compressed ``models`` on it and fit the host-cpu
-    predictor from them; returns the fit's report with ``measurements`` (the CSV written).
+    predictor from them into ``cat`` (default: the data dir's catalogue); returns the fit's
+    report with ``measurements`` (the CSV written, under the catalogue's folder by default).
 
     What ``hwsearch latency profile-host`` and ``hwsearch serve --demo`` run, so the demo's
     host-cpu costs are learned from this machine's timings rather than the analytic prior.
     """
-    from workers.calibration import catalogue, data_dir, fit
+    from workers.calibration import fit
 
-    target = catalogue().add_target(measure_host_target())
+    cat = cat or catalogue()
+    target = cat.add_target(measure_host_target())
     rows = profile_networks(models, plans_per_model, repeats=repeats)
-    path = write_csv(rows, out or data_dir() / "measurements" / f"{HOST}-{int(time.time())}.csv")
-    report: dict[str, object] = fit(target.name, path)
+    path = write_csv(rows, out or cat.root / "measurements" / f"{HOST}-{int(time.time())}.csv")
+    report: dict[str, object] = fit(target.name, path, cat=cat)
     report["measurements"] = str(path)
     report["n_networks_timed"] = len(rows)
     return report

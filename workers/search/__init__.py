@@ -8,8 +8,6 @@ from moocore on normalised objectives with a reference point fixed by the proble
 
 from __future__ import annotations
 
-from workers.calibration import Coster
-
 from ._errors import SearchError
 from ._pareto import front_mask, hypervolume
 from ._problem import Problem
@@ -21,7 +19,6 @@ from ._trial import JsonlSink, MemorySink, Sink, Trial
 __all__ = [
     "Budget",
     "Constraint",
-    "Coster",
     "JobSpec",
     "JsonlSink",
     "MemorySink",

@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from latency_models import BatchPredictor, LatencyModelError, predict
+from latency_models import BatchPredictor, Catalogue, Coster, LatencyModelError, catalogue, predict
 from search_spaces import LayerSpec, Plan, Space, SpaceError
-from workers.calibration import Coster, catalogue
 
 from ._errors import SearchError
 from ._objectives import Objectives
@@ -51,7 +50,10 @@ class Problem:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def build(cls, spec: JobSpec) -> Problem:
+    def build(cls, spec: JobSpec, cat: Catalogue | None = None) -> Problem:
+        """The problem of ``spec``, its targets' cost models read from ``cat`` (default: the
+        catalogue of ``latency_models.data_dir()``; the service passes its own)."""
+        cat = cat or catalogue()
         from workers.zoo import ZooError, prepare
 
         try:
@@ -65,7 +67,6 @@ class Problem:
                 spec.quality_examples,
                 f"model {spec.model!r} evaluates on a fixed set; leave quality_examples unset",
             )
-        cat = catalogue()
         costers = []
         for i, name in enumerate(spec.targets):
             try:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from latency_models import Catalogue
 from search_spaces import Plan
 
 from ._pareto import front_mask
@@ -134,16 +135,20 @@ def run_search(
     resume: Iterable[Trial] = (),
     cancel: threading.Event | None = None,
     problem: Problem | None = None,
+    catalogue: Catalogue | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     measure_front: bool = True,
 ) -> SearchResult:
-    """Run (or resume) one search to its budget; every trial goes to ``sink`` as it finishes."""
+    """Run (or resume) one search to its budget; every trial goes to ``sink`` as it finishes.
+
+    Costs come from ``catalogue`` (the targets and their active predictors; default: the
+    catalogue of ``latency_models.data_dir()``) unless a built ``problem`` is given."""
     import ray
 
     job_id = job_id or uuid.uuid4().hex[:12]
     cancel = cancel or threading.Event()
     start = time.monotonic()
-    problem = problem or Problem.build(spec)
+    problem = problem or Problem.build(spec, catalogue)
     trials: dict[int, Trial] = {t.number: t for t in resume if t.job_id == job_id}
     budget = spec.budget.evaluations or 10**9
     deadline = start + spec.budget.wall_time_s if spec.budget.wall_time_s else float("inf")

@@ -1,0 +1,69 @@
+"""A target's cost model in use, and how its numbers are labelled.
+
+``Coster`` costs plans on one target with its active learned predictor when the catalogue has
+one (latency with its 80% interval), else with the analytic prior; every cost carries its
+provenance (DESIGN.md, "Honesty of numbers"): ``ANALYTIC`` or ``learned_provenance(report)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from search_spaces import LayerSpec, Plan
+
+from ._catalogue import Catalogue
+from ._features import network_features
+from ._predict import ANALYTIC, predict
+from ._predictor import Predictor
+from ._target import Target
+
+__all__ = ["Coster", "learned_provenance"]
+
+
+def learned_provenance(report: dict[str, Any]) -> str:
+    """How a fitted predictor's numbers are labelled, from its validation report."""
+    mape = report.get("mape")
+    if report.get("format") == "layer":
+        text = f"learned (fitted on {report.get('n_fit')} layer measurements" + (
+            f", validation MAPE {100 * mape:.1f}% per layer" if mape is not None else ""
+        )
+        return text + "; a network is the sum of its layers, no per-network overhead)"
+    return f"learned (fitted on {report.get('n_fit')} measurements" + (
+        f", validation MAPE {100 * mape:.1f}%)" if mape is not None else ")"
+    )
+
+
+class Coster:
+    """Predicted costs of plans on one target: its active learned predictor when there is one
+    (latency with its 80% interval), else the analytic prior; ``provenance`` says which."""
+
+    def __init__(self, target: Target, learned: tuple[Predictor, dict[str, Any]] | None) -> None:
+        self.target = target
+        self.learned = learned
+        self.provenance = ANALYTIC if learned is None else learned_provenance(learned[1])
+
+    @classmethod
+    def active(cls, cat: Catalogue, name: str) -> Coster:
+        """The target ``name`` of the catalogue with its active predictor (LatencyModelError if unknown)."""
+        target = cat.target(name)
+        return cls(target, cat.predictor(target.name))
+
+    def cost(self, layers: list[LayerSpec], plan: Plan) -> dict[str, Any]:
+        """``latency_ms`` (+ ``latency_low_ms`` / ``latency_high_ms`` when learned), ``provenance``,
+        ``weight_bytes``, ``macs``, ``energy_mj`` (board power × latency, where the power is
+        known) and, on FPGA targets, ``dsp`` / ``lut`` / ``bram36`` / ``fits_board``."""
+        p = predict(self.target, layers, plan)
+        out: dict[str, Any] = {
+            "latency_ms": p.latency_ms,
+            "provenance": self.provenance,
+            "weight_bytes": p.weight_bytes,
+            "macs": p.macs,
+        }
+        if self.learned is not None:
+            mid, lo, hi = self.learned[0].predict(network_features(self.target, layers, plan)[None, :])
+            out.update(latency_ms=float(mid[0]), latency_low_ms=float(lo[0]), latency_high_ms=float(hi[0]))
+        if self.target.power_w is not None:
+            out["energy_mj"] = self.target.power_w * out["latency_ms"]
+        if p.dsp is not None:
+            out.update(dsp=p.dsp, lut=p.lut, bram36=p.bram36, fits_board=p.feasible)
+        return out
