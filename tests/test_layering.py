@@ -1,4 +1,5 @@
-"""Imports flow one way: service → workers → {kernels, latency_models} → search_spaces."""
+"""Imports flow one way: service → workers → {kernels, latency_models} → search_spaces, and no
+module imports itself back through others (no import circle anywhere, inside a package too)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,101 @@ def test_importing_kernels_does_not_initialise_cuda() -> None:
     code = "import torch, kernels, workers.zoo; print(torch.cuda.is_initialized())"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+# ---------------------------------------------------------------------------- import circles
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for package in RANK for p in sorted((ROOT / package).rglob("*.py"))}
+
+
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    """Lines inside ``if TYPE_CHECKING:`` blocks: imports for annotations only, never run."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def _module_imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Project modules that ``name`` imports, at module level or inside functions (a lazy import
+    still ties the two modules together), resolved to the module named: importing
+    ``a.b.c`` is an edge to ``a.b.c``, not to the packages above it."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skip = _type_checking_lines(tree)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.add(module)
+            # ``from pkg import sub`` imports the submodule ``pkg.sub``.
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return {m for m in found if m in modules and m != name}
+
+
+def _circles() -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each a circle."""
+    modules = _modules()
+    graph = {name: sorted(_module_imports(name, path, modules)) for name, path in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_module_names_resolve() -> None:
+    # Guard: relative imports resolve to real modules (an edge inside a package is found).
+    modules = _modules()
+    assert "workers.search._objectives" in _module_imports(
+        "workers.search._problem", modules["workers.search._problem"], modules
+    )
+
+
+def test_no_import_circles() -> None:
+    circles = _circles()
+    assert not circles, "import circles (cut each by giving the shared part its own module): " + "; ".join(
+        " ↔ ".join(c) for c in circles
+    )
