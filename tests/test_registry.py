@@ -78,11 +78,16 @@ def test_register_create_replace_and_remove(case: Case) -> None:
 
 def test_loader_runs_once_and_lazy_entries_import_on_first_use() -> None:
     calls: list[str] = []
-    registry: Registry[int] = Registry(
-        "thing",
-        loader=lambda: (calls.append("load"), registry.register("a", 1)) and None,
-        lazy={"b": lambda: (calls.append("import b"), registry.register("b", 2))},
-    )
+
+    def load() -> None:
+        calls.append("load")
+        registry.register("a", 1)
+
+    def import_b() -> None:
+        calls.append("import b")
+        registry.register("b", 2)
+
+    registry: Registry[int] = Registry("thing", loader=load, lazy={"b": import_b})
     assert registry.list() == ["a", "b"]  # lazy names are listed before they are imported
     assert calls == ["load"]
     assert registry.get("b") == 2 and calls == ["load", "import b"]
