@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from search_spaces import InputError
 from service.cli import app
 
 runner = CliRunner()
@@ -99,7 +102,7 @@ def test_installed_entry_point_exits_2_without_traceback() -> None:
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "service.cli"]
     proc = subprocess.run([*cmd, "compress", "nope", "--uniform", "keep=0.5"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "unknown model 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "model: got 'nope'; unknown model" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_targets_lists_the_catalogue() -> None:
@@ -126,3 +129,99 @@ def test_predict_labels_provenance_and_reports_fpga_resources() -> None:
 def test_predict_unknown_target_exits_2() -> None:
     code, _, err = _run("predict", "digits-cnn", "--target", "tpu", "--uniform", "wbits=8")
     assert code == 2 and "valid names: a100" in err
+
+
+# ------------------------------------------------------------ one exit-2 path for bad input
+class _OddInput(InputError):
+    """An InputError no command knows by name: only the app's one mapping can catch it."""
+
+
+def test_any_input_error_exits_2_with_its_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.zoo
+
+    def broken(pattern: str = "*") -> list[str]:
+        raise _OddInput("zoo.pattern", pattern, "a glob over the registered names is required")
+
+    monkeypatch.setattr(workers.zoo, "list_models", broken)
+    code, out, err = _run("models")
+    assert code == 2 and out == ""
+    assert err == "error: zoo.pattern: got '*'; a glob over the registered names is required\n"
+
+
+def test_other_errors_are_not_passed_off_as_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.zoo
+
+    def broken(pattern: str = "*") -> list[str]:
+        raise RuntimeError("a bug, not the user's input")
+
+    monkeypatch.setattr(workers.zoo, "list_models", broken)
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+
+
+@pytest.mark.parametrize(
+    "args,env,message",
+    [
+        # SettingsError, in a command of a sub-group (`token`), before any database is touched.
+        (("token", "create"), {"HWSEARCH_MAX_UPLOAD_BYTES": "-3"}, "HWSEARCH_MAX_UPLOAD_BYTES='-3'"),
+        # LatencyModelError from workers.calibration.
+        (("latency", "validate", "--target", "zcu102"), {}, "has no fitted predictor"),
+        (("latency", "fit", "--target", "dev", "--family", "bogus"), {}, "--family: got 'bogus'"),
+        (("predict", "nope", "--target", "zcu102", "--uniform", "wbits=8"), {}, "model: got 'nope'"),
+        (("latency", "profile-host", "--models", "digits-cnn,nope"), {}, "model: got 'nope'"),
+    ],
+)
+def test_input_errors_of_every_group_exit_2(
+    args: tuple[str, ...], env: dict[str, str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HWSEARCH_DATA_DIR", str(tmp_path / "data"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    table = tmp_path / "m.csv"
+    table.write_text("model,plan,batch,latency_ms\ndigits-cnn,{},1,0.5\n")
+    extra = ("--measurements", str(table)) if args[0] == "latency" and args[1] != "profile-host" else ()
+    code, _, err = _run(*args, *extra)
+    assert code == 2
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.json"))
+
+
+# ------------------------------------------------- the CLI builds models with workers.zoo.prepare
+@pytest.fixture
+def model_keeping_fc1() -> Iterator[str]:
+    """digits-cnn under another name, with fc1 among the layers never to compress."""
+    from workers.zoo import register_model
+    from workers.zoo._base import MODELS
+    from workers.zoo.digits import DigitsCNNEntry
+
+    class KeepsFc1(DigitsCNNEntry):
+        name = "test-digits-cnn-keeps-fc1"
+
+        def ignore_layers(self, model: Any) -> list[str]:
+            return ["fc1"]
+
+    register_model(KeepsFc1)
+    yield KeepsFc1.name
+    MODELS.unregister(KeepsFc1.name)
+
+
+def test_ignored_layers_are_never_compressed(model_keeping_fc1: str, tmp_path: Path) -> None:
+    def fc1(model: str) -> dict[str, Any]:
+        code, out, _ = _run("inspect", model, "--json")
+        assert code == 0
+        return next(layer for layer in json.loads(out)["layers"] if layer["name"] == "fc1")
+
+    assert fc1("digits-cnn")["prunable"] and fc1("digits-cnn")["decomposable"]
+    kept = fc1(model_keeping_fc1)
+    assert not kept["prunable"] and not kept["decomposable"]
+
+    def params_after(model: str) -> int:
+        code, out, _ = _run("compress", model, "--uniform", "keep=0.5", "--json")
+        assert code == 0
+        return int(json.loads(out)["params"]["after"])
+
+    assert params_after(model_keeping_fc1) > params_after("digits-cnn")  # fc1 keeps its 128 channels
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"layers": {"fc1": {"keep": 0.5}}}))
+    code, _, err = _run("compress", model_keeping_fc1, "--plan", str(plan))
+    assert code == 2 and "plan.layers['fc1'].keep" in err and "cannot be pruned" in err

@@ -1,62 +1,62 @@
-"""The ``hwsearch`` command line.
+"""Commands that work on this machine, without the service: ``models``, ``inspect``,
+``compress``, ``targets``, ``predict`` and ``search`` (on an embedded Ray, or RAY_ADDRESS).
 
-Commands that work locally (models, inspect, compress) import ``workers`` inside the
-command, so ``import service`` stays free of torch. Bad input exits with code 2 and a
-one-paragraph message, never a traceback.
+Each imports ``workers``/``kernels`` inside the command, so importing the CLI stays free of
+torch. Every zoo model is built through ``workers.zoo.prepare``, so the layers a model must
+never compress are ignored in the inventory and in every compressed copy alike. The
+functions are registered on the app by ``service.cli``.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(
-    name="hwsearch",
-    help="Hardware-aware search of per-layer ranks, pruning, bit widths and token keep rates.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from ._common import (
+    AbitsOpt,
+    BudgetEvalOpt,
+    ConcurrencyOpt,
+    ConstraintOpt,
+    JsonFlag,
+    KeepOpt,
+    ModelOpt,
+    RankOpt,
+    SeedOpt,
+    StrategyOpt,
+    TargetOpt,
+    TokensOpt,
+    WbitsOpt,
+    fail,
+    job_spec,
+    print_json,
+    quiet_torch,
 )
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+__all__ = [
+    "compress",
+    "inspect",
+    "models",
+    "parse_uniform",
+    "predict",
+    "search",
+    "targets",
+    "uniform_plan",
+]
 
 _UNIFORM_KEYS = {"rank", "keep", "wbits", "abits", "tokens"}
 
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=False))
+PlanOption = Annotated[Path | None, typer.Option("--plan", help="Plan JSON file.")]
+UniformOption = Annotated[
+    str | None,
+    typer.Option(help="Same compression on every layer, e.g. rank=0.5,keep=0.75,wbits=8,abits=8,tokens=0.7"),
+]
 
 
-def _load_model(model_id: str) -> Any:
-    from workers.zoo import ZooError, create_model
-
-    try:
-        return create_model(model_id)
-    except ZooError as exc:
-        _fail(str(exc))
-
-
-def _quiet_torch() -> None:
-    import warnings
-
-    # torch.ao / torch-pruning deprecation chatter is not for end users.
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-
-
-@app.command()
 def models(json_output: JsonFlag = False) -> None:
     """List the model zoo: name, task, quality metric and compressible layers."""
-    _quiet_torch()
+    quiet_torch()
     from workers.zoo import list_models, model_class
 
     rows: list[dict[str, Any]] = []
@@ -73,7 +73,7 @@ def models(json_output: JsonFlag = False) -> None:
             }
         )
     if json_output:
-        _print_json(rows)
+        print_json(rows)
         return
     width = max(len(r["name"]) for r in rows)
     for r in rows:
@@ -104,20 +104,18 @@ def _shape(layer: Any) -> str:
     return f"{layer.in_channels}→{layer.out_channels} k{kh}x{kw} s{layer.stride[0]} g{layer.groups} @{h}x{w}"
 
 
-@app.command()
 def inspect(
     model: Annotated[str, typer.Argument(help="Zoo model name, e.g. digits-cnn or nasbench201:<arch>.")],
     json_output: JsonFlag = False,
 ) -> None:
     """Print the layer inventory: name, kind, shapes, params, MACs, knobs and coupled group."""
-    _quiet_torch()
-    from kernels import trace
+    quiet_torch()
+    from workers.zoo import prepare
 
-    entry = _load_model(model)
-    net = entry.build()
-    layers = trace(net, entry.example_input(), ignore=entry.ignore_layers(net))
+    prepared = prepare(model)
+    layers = prepared.layers
     if json_output:
-        _print_json({"model": entry.model_id, "layers": [layer.to_dict() for layer in layers]})
+        print_json({"model": prepared.entry.model_id, "layers": [layer.to_dict() for layer in layers]})
         return
     typer.echo(f"{'name':<34} {'kind':<17} {'shape':<36} {'params':>9} {'MACs':>12}  {'knobs':<22} group")
     for layer in layers:
@@ -179,62 +177,48 @@ def uniform_plan(layers: list[Any], spec: dict[str, float]) -> Any:
     return plan
 
 
-def _model_and_plan(
-    model_id: str, plan_file: Path | None, uniform: str | None
-) -> tuple[Any, Any, Any, Any, Any]:
-    """Build the zoo model, trace it and read the plan; bad input exits 2 with a message."""
+def _prepared_and_plan(model_id: str, plan_file: Path | None, uniform: str | None) -> tuple[Any, Any]:
+    """The prepared zoo model (``workers.zoo.Prepared``) and the plan read for it.
+
+    A plan that does not fit the model exits 2 with the model named; an unknown model raises
+    ZooError, which the app turns into exit 2.
+    """
     if (plan_file is None) == (uniform is None):
-        _fail("give exactly one of --plan PLAN.json or --uniform KEY=VALUE,...")
-    from search_spaces import Plan, SpaceError
+        fail("give exactly one of --plan PLAN.json or --uniform KEY=VALUE,...")
+    from search_spaces import Plan
+    from workers.zoo import prepare
 
-    entry = _load_model(model_id)
-    from kernels import trace
-
-    net = entry.build()
-    x = entry.example_input()
-    layers = trace(net, x, ignore=tuple(entry.ignore_layers(net)))
+    prepared = prepare(model_id)
+    layers = prepared.layers  # traced outside the try: a tracing error is not a bad plan
     try:
         if plan_file is not None:
             try:
                 text = plan_file.read_text()
             except OSError as exc:
-                _fail(f"--plan: cannot read {str(plan_file)!r} ({exc.strerror}); give a readable JSON file")
+                fail(f"--plan: cannot read {str(plan_file)!r} ({exc.strerror}); give a readable JSON file")
             plan = Plan.from_json(text, layers)
         else:
             plan = uniform_plan(layers, parse_uniform(uniform or "")).validate(layers)
-    except (SpaceError, ValueError) as exc:
-        _fail(f"invalid plan for {entry.model_id}: {exc}")
-    return entry, net, x, layers, plan
+    except ValueError as exc:  # SpaceError (an InputError, so a ValueError) or parse_uniform's
+        fail(f"invalid plan for {prepared.entry.model_id}: {exc}")
+    return prepared, plan
 
 
-PlanOption = Annotated[Path | None, typer.Option("--plan", help="Plan JSON file.")]
-UniformOption = Annotated[
-    str | None,
-    typer.Option(help="Same compression on every layer, e.g. rank=0.5,keep=0.75,wbits=8,abits=8,tokens=0.7"),
-]
-
-
-@app.command()
 def compress(
     model: Annotated[str, typer.Argument(help="Zoo model name.")],
-    plan_file: Annotated[Path | None, typer.Option("--plan", help="Plan JSON file.")] = None,
-    uniform: Annotated[
-        str | None,
-        typer.Option(
-            help="Same compression on every layer, e.g. rank=0.5,keep=0.75,wbits=8,abits=8,tokens=0.7"
-        ),
-    ] = None,
+    plan_file: PlanOption = None,
+    uniform: UniformOption = None,
     measure: Annotated[bool, typer.Option(help="Also time both models on the host CPU.")] = False,
     repeats: Annotated[int, typer.Option(help="Timing rounds for --measure.", min=3)] = 30,
     json_output: JsonFlag = False,
 ) -> None:
     """Apply a plan; print quality before and after, params, MACs, weight bytes (and latency)."""
-    _quiet_torch()
-    from kernels import apply, count_cost, time_model
+    quiet_torch()
+    from kernels import count_cost, time_model
 
-    entry, net, x, _, plan = _model_and_plan(model, plan_file, uniform)
-    ignore = tuple(entry.ignore_layers(net))
-    compressed = apply(net, plan, x, ignore=ignore)
+    prepared, plan = _prepared_and_plan(model, plan_file, uniform)
+    entry, net, x = prepared.entry, prepared.model, prepared.example_input
+    compressed = prepared.apply(plan)
     before, after = entry.evaluate(net), entry.evaluate(compressed)
     cost_before, cost_after = count_cost(net, x), count_cost(compressed, x)
     result: dict[str, Any] = {
@@ -250,7 +234,7 @@ def compress(
         "weight_bytes": {"before": cost_before.weight_bytes, "after": cost_after.weight_bytes},
     }
     if measure:
-        deployed = apply(net, plan, x, execution="int8", ignore=ignore)
+        deployed = prepared.apply(plan, execution="int8")
         timing = time_model(deployed, x, reference=net, repeats=repeats, warmup=5, threads=1)
         result["latency_ms"] = {
             "before": timing.reference_median_ms,
@@ -263,7 +247,7 @@ def compress(
             "note": "median of interleaved rounds; int8 kernels for 8-bit Linear layers, float32 elsewhere",
         }
     if json_output:
-        _print_json(result)
+        print_json(result)
         return
     q = result["quality"]
     typer.echo(f"{entry.model_id}: {len(plan.choices)} layers compressed")
@@ -279,14 +263,13 @@ def compress(
         )
 
 
-@app.command()
 def targets(json_output: JsonFlag = False) -> None:
     """List the hardware targets: family, peak MAC/s per bit width, memory bandwidth, sources."""
     from latency_models import get_target, list_targets
 
     rows = [get_target(name).to_dict() for name in list_targets()]
     if json_output:
-        _print_json(rows)
+        print_json(rows)
         return
     for r in rows:
         peaks = ", ".join(f"{b}b {v / 1e12:.3g}T" for b, v in r["peak_macs_per_s"].items())
@@ -296,7 +279,6 @@ def targets(json_output: JsonFlag = False) -> None:
         )
 
 
-@app.command()
 def predict(
     model: Annotated[str, typer.Argument(help="Zoo model name.")],
     target: Annotated[str, typer.Option(help="Target name (see `hwsearch targets`).")],
@@ -305,23 +287,20 @@ def predict(
     json_output: JsonFlag = False,
 ) -> None:
     """Predict latency, energy, FPGA resources and weight bytes of a plan on a target, with provenance."""
-    _quiet_torch()
-    from latency_models import LatencyModelError
+    quiet_torch()
     from workers.calibration import Coster, catalogue
 
-    try:
-        coster = Coster.active(catalogue(), target)
-    except LatencyModelError as exc:
-        _fail(str(exc))
+    coster = Coster.active(catalogue(), target)  # an unknown target is checked before the model is built
     device = coster.target
-    entry, _, _, layers, plan = _model_and_plan(model, plan_file, uniform)
+    prepared, plan = _prepared_and_plan(model, plan_file, uniform)
+    model_id, layers = prepared.entry.model_id, prepared.layers
     # A fitted predictor replaces the prior; its interval and its validation travel with it.
     base, cost = coster.cost(layers, type(plan)()), coster.cost(layers, plan)
     latency = {"before": base["latency_ms"], "after": cost["latency_ms"]}
     if "latency_low_ms" in cost:
         latency.update(after_low=cost["latency_low_ms"], after_high=cost["latency_high_ms"])
     result: dict[str, Any] = {
-        "model": entry.model_id,
+        "model": model_id,
         "target": device.name,
         "provenance": coster.provenance,
         "predictor_version": device.predictor_version,
@@ -339,11 +318,11 @@ def predict(
             "board": {"dsp": device.fpga.dsp, "lut": device.fpga.lut, "bram36": device.fpga.bram36},
         }
     if json_output:
-        _print_json(result)
+        print_json(result)
         return
     lat, macs, wbytes, energy = (result[k] for k in ("latency_ms", "macs", "weight_bytes", "energy_mj"))
     typer.echo(
-        f"{entry.model_id} on {device.name}: {lat['before']:.3f} ms → {lat['after']:.3f} ms "
+        f"{model_id} on {device.name}: {lat['before']:.3f} ms → {lat['after']:.3f} ms "
         f"({lat['speedup']:.2f}×) [{coster.provenance}]"
     )
     typer.echo(
@@ -361,225 +340,6 @@ def predict(
         )
 
 
-latency_app = typer.Typer(help="Fit and validate latency predictors from measurements.", no_args_is_help=True)
-app.add_typer(latency_app, name="latency")
-
-
-def _metrics_line(name: str, m: dict[str, Any]) -> str:
-    coverage = m.get("interval_coverage")
-    return (
-        f"  {name:<16} MAPE {m['mape']:.3f}  ±5% {m['within_5pct']:.2f}  ±10% {m['within_10pct']:.2f}  "
-        f"Spearman {m['spearman']:.3f}  Kendall {m['kendall']:.3f}"
-        + (f"  in 80% interval {coverage:.2f}" if coverage is not None else "")
-    )
-
-
-def _report_lines(report: dict[str, Any]) -> list[str]:
-    version = f", version {report['version']}" if report.get("version") else ""
-    unit = "layer" if report.get("format") == "layer" else "network"
-    lines = [
-        f"target {report['target']}: {report.get('n_train')} train, {report.get('n_test')} test "
-        f"{unit} rows{version}"
-    ]
-    if report.get("note"):
-        lines.append(f"  note: {report['note']}")
-    if "mape" in report:
-        lines.append(_metrics_line("predictor", report))
-        lines += [_metrics_line(name, m) for name, m in report.get("baselines", {}).items()]
-    return lines
-
-
-BudgetOption = Annotated[float | None, typer.Option(help="Latency budget for the false-feasible rate.")]
-
-
-def _emit_report(report: dict[str, Any], json_output: bool) -> None:
-    if json_output:
-        _print_json(report)
-        return
-    for line in _report_lines(report):
-        typer.echo(line)
-
-
-MeasurementsOption = Annotated[
-    Path,
-    typer.Option(
-        help="Measurements CSV, per network (columns model, plan, batch, latency_ms) or per layer "
-        "(name, kind, shapes, rank/keep/wbits/abits, latency_ms), told apart by the header; "
-        "see docs/latency.md."
-    ),
-]
-
-
-@latency_app.command("fit")
-def latency_fit(
-    target: Annotated[str, typer.Option(help="Target to calibrate (created when --family is given).")],
-    measurements: MeasurementsOption,
-    family: Annotated[str | None, typer.Option(help="gpu, cpu, mobile or fpga: create the target.")] = None,
-    kind: Annotated[str, typer.Option(help="Predictor kind.")] = "boosted-residual",
-    test_fraction: Annotated[float, typer.Option(help="Share of rows held out for the report.")] = 0.2,
-    budget_ms: BudgetOption = None,
-    json_output: JsonFlag = False,
-) -> None:
-    """Fit a new predictor version for TARGET from measurements and print its validation report.
-
-    A per-network table fits network latency directly. A per-layer table (single kernels
-    profiled on the device, nn-Meter style) fits an additive model: a network is predicted as
-    the sum of its layers, without a per-network overhead; boosted-residual then keeps its
-    calibrated prior only. A bad table exits 2 naming the row and column; nothing is written.
-    """
-    _quiet_torch()
-    from latency_models import LatencyModelError
-    from workers.calibration import fit
-
-    try:
-        report = fit(
-            target, measurements, family=family, kind=kind, test_fraction=test_fraction, budget_ms=budget_ms
-        )
-    except LatencyModelError as exc:
-        _fail(str(exc))
-    _emit_report(report, json_output)
-
-
-@latency_app.command("validate")
-def latency_validate(
-    target: Annotated[str, typer.Option(help="Target whose active predictor is scored.")],
-    measurements: MeasurementsOption,
-    budget_ms: BudgetOption = None,
-    json_output: JsonFlag = False,
-) -> None:
-    """Score TARGET's active predictor on measurements: MAPE, ±5/±10%, Spearman, Kendall.
-
-    A per-network table scores any predictor; a per-layer table scores a predictor fitted
-    per layer.
-    """
-    _quiet_torch()
-    from latency_models import LatencyModelError
-    from workers.calibration import validate
-
-    try:
-        report = validate(target, measurements, budget_ms=budget_ms)
-    except LatencyModelError as exc:
-        _fail(str(exc))
-    _emit_report(report, json_output)
-
-
-@latency_app.command("profile-host")
-def latency_profile_host(
-    models: Annotated[
-        str, typer.Option(help="Comma-separated zoo models to time.")
-    ] = "digits-cnn,digits-vit,minilm-l6",
-    plans: Annotated[
-        int, typer.Option(help="Sampled plans per model (the first is uncompressed).", min=3)
-    ] = 12,
-    repeats: Annotated[int, typer.Option(help="Timing rounds per plan.", min=3)] = 15,
-    out: Annotated[Path | None, typer.Option(help="Where to write the measurements CSV.")] = None,
-    json_output: JsonFlag = False,
-) -> None:
-    """Measure this CPU, time compressed zoo models on it, and fit the host-cpu predictor."""
-    _quiet_torch()
-    from latency_models import LatencyModelError, get_target
-    from workers.profiling import HOST, calibrate_host
-
-    names = [m.strip() for m in models.split(",") if m.strip()]
-    for name in names:
-        _load_model(name)  # unknown names exit 2 before any timing
-    try:
-        report = calibrate_host(names, plans, repeats=repeats, out=out)
-    except LatencyModelError as exc:
-        _fail(str(exc))
-    target = get_target(HOST)
-    path = report["measurements"]
-    rows = report["n_networks_timed"]
-    if not json_output:
-        typer.echo(
-            f"host-cpu: {target.peak_macs_per_s[32] / 1e9:.1f} G MAC/s fp32 (1 thread), "
-            f"{target.memory_bandwidth_gb_s:.1f} GB/s; {rows} networks timed → {path}"
-        )
-    _emit_report(report, json_output)
-
-
-def _floats(text: str | None, flag: str) -> list[float]:
-    if not text:
-        return []
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        _fail(f"{flag}: {text!r} is not a comma-separated list of numbers, e.g. {flag} 0.25,0.5")
-
-
-# Options shared by `search` (local) and `submit` (to the service): one JobSpec either way.
-ModelOpt = Annotated[str | None, typer.Option(help="Zoo model (see `hwsearch models`).")]
-TargetOpt = Annotated[
-    list[str] | None, typer.Option(help="Target (see `hwsearch targets`); repeat for several.")
-]
-StrategyOpt = Annotated[str, typer.Option(help="random, uniform, nsga2, tpe or guided.")]
-BudgetEvalOpt = Annotated[
-    int, typer.Option(help="Quality evaluations (trial 0, the uncompressed model, counts).")
-]
-SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
-ConstraintOpt = Annotated[
-    list[str] | None,
-    typer.Option(help="Hard constraint, e.g. latency_ms<=5, dsp@zcu102<=2000, quality>=0.9; repeatable."),
-]
-RankOpt = Annotated[str | None, typer.Option(help="Rank fractions offered, e.g. 0.25,0.5.")]
-KeepOpt = Annotated[str | None, typer.Option(help="Channel keep ratios offered, e.g. 0.5,0.75.")]
-WbitsOpt = Annotated[str | None, typer.Option(help="Weight bit widths offered, e.g. 4,8.")]
-AbitsOpt = Annotated[str | None, typer.Option(help="Activation bit widths offered, e.g. 8.")]
-TokensOpt = Annotated[str | None, typer.Option(help="Token keep rates offered, e.g. 0.5,0.7.")]
-ConcurrencyOpt = Annotated[int, typer.Option(help="Ray evaluator actors.", min=1)]
-
-
-def job_spec(
-    spec_file: Path | None,
-    model: str | None,
-    target: list[str] | None,
-    strategy: str,
-    budget: int,
-    seed: int,
-    constraint: list[str] | None,
-    space_flags: dict[str, str | None],
-    concurrency: int,
-) -> Any:
-    """The JobSpec of a spec file or of the search flags; bad input exits 2 naming the field."""
-    from pydantic import ValidationError
-
-    from workers.search import JobSpec
-
-    try:
-        if spec_file is not None:
-            try:
-                data = json.loads(spec_file.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                _fail(f"--spec: {spec_file}: a readable JobSpec JSON file is required ({exc})")
-            return JobSpec.model_validate(data)
-        if not model or not target:
-            _fail("--model and --target are required (or a JobSpec file)")
-        space: dict[str, Any] = {
-            "rank_fractions": _floats(space_flags["rank"], "--rank"),
-            "keep": _floats(space_flags["keep"], "--keep"),
-            "wbits": [int(b) for b in _floats(space_flags["wbits"], "--wbits")],
-            "abits": [int(b) for b in _floats(space_flags["abits"], "--abits")],
-            "token_keep": _floats(space_flags["tokens"], "--tokens"),
-        }
-        if not any(space.values()):
-            space = {"rank_fractions": [0.25, 0.5, 0.75], "keep": [0.5, 0.75], "wbits": [4, 8]}
-        return JobSpec.model_validate(
-            {
-                "model": model,
-                "targets": target,
-                "space": space,
-                "strategy": strategy,
-                "budget": {"evaluations": budget},
-                "seed": seed,
-                "constraints": constraint or [],
-                "concurrency": concurrency,
-            }
-        )
-    except ValidationError as exc:
-        _fail(_validation_message(exc))
-
-
-@app.command()
 def search(
     model: ModelOpt = None,
     target: TargetOpt = None,
@@ -607,8 +367,8 @@ def search(
     json_output: JsonFlag = False,
 ) -> None:
     """Search per-layer compression plans on an embedded Ray (or RAY_ADDRESS) and print the front."""
-    _quiet_torch()
-    from workers.search import JsonlSink, MemorySink, SearchError, Trial, run_search
+    quiet_torch()
+    from workers.search import JsonlSink, MemorySink, Trial, run_search
 
     spec = job_spec(
         spec_file,
@@ -628,10 +388,10 @@ def search(
         try:
             sink = JsonlSink(trials_file)
         except (OSError, ValueError, TypeError) as exc:
-            _fail(f"--trials: {trials_file}: a JSON-lines file of hwsearch trials is required ({exc})")
+            fail(f"--trials: {trials_file}: a JSON-lines file of hwsearch trials is required ({exc})")
         others = sorted({j for j, _ in sink.trials} - {job_id})
         if others:
-            _fail(
+            fail(
                 f"--trials: {trials_file} holds trials of another search ({', '.join(others)}; this one is "
                 f"{job_id}): use a new file, or the model, targets, space, objectives, constraints, "
                 "strategy and seed of that search"
@@ -652,15 +412,14 @@ def search(
             progress["done"] += step
 
     try:
+        # A SearchError (bad input found once the search starts) reaches the app: exit 2.
         result = run_search(spec, sink, job_id=job_id, resume=stored, on_progress=on_progress)
-    except SearchError as exc:
-        _fail(str(exc))
     finally:
         if progress["bar"] is not None:
             progress["bar"].__exit__(None, None, None)
     if json_output:
         summary = result.summary()
-        _print_json(
+        print_json(
             {"front": summary["front"], "hypervolume": result.hypervolume, "trials": len(result.trials)}
         )
         return
@@ -676,27 +435,3 @@ def search(
         cells = "  ".join(f"{t.costs[n]['latency_ms']:>16.4f}" for n in names)
         measured = f"  measured {t.measured['latency_ms']:.4f} ms" if t.measured else ""
         typer.echo(f"{t.number:>5}  {t.quality:>8.4f}  {cells}  {t.costs[names[0]]['provenance']}{measured}")
-
-
-def _validation_message(exc: Any) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "spec"
-        parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
-    return "; ".join(parts)
-
-
-# The service's commands (serve, token, submit, status, front, cancel) register on `app`.
-from . import cli_remote  # noqa: E402, F401
-
-
-def main() -> None:
-    """Entry point of the ``hwsearch`` script."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,12 @@
-"""CLI commands of the service: ``serve`` and ``token create`` run where the service runs; the
-others talk to its REST API (``HWSEARCH_URL``, default http://127.0.0.1:8000, with
-``HWSEARCH_TOKEN`` for changes), never to the database."""
+"""The service's commands: ``serve`` and ``token create`` run where the service runs; the
+others (``submit``, ``status``, ``front``, ``cancel``, ``schedule ...``) talk to its REST API
+(``HWSEARCH_URL``, default http://127.0.0.1:8000, with ``HWSEARCH_TOKEN`` for changes), never
+to the database.
+
+The top-level commands are registered on the app by ``service.cli``; ``token_app`` and
+``schedule_app`` are the sub-groups it mounts under ``token`` and ``schedule``. A bad
+environment variable raises SettingsError (an InputError), which the app turns into exit 2.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli import (
+from ._common import (
     AbitsOpt,
     BudgetEvalOpt,
     ConcurrencyOpt,
@@ -26,23 +32,15 @@ from .cli import (
     TargetOpt,
     TokensOpt,
     WbitsOpt,
-    _fail,
-    _print_json,
-    app,
+    fail,
     job_spec,
+    print_json,
 )
+
+__all__ = ["Api", "cancel", "front", "schedule_app", "serve", "status", "submit", "token_app"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED = ("succeeded", "failed", "cancelled")
-
-
-def _settings() -> Any:
-    from .settings import Settings, SettingsError
-
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        _fail(str(exc))
 
 
 class Api:
@@ -62,12 +60,12 @@ class Api:
         try:
             r = self.client.request(method, f"/api/v1{path}", **kw)
         except httpx.HTTPError as exc:
-            _fail(
+            fail(
                 f"HWSEARCH_URL={self.base}: the service does not answer ({exc}); "
                 "start it with `hwsearch serve`"
             )
         if r.status_code == 401:
-            _fail("the service needs a token: set HWSEARCH_TOKEN (create one with `hwsearch token create`)")
+            fail("the service needs a token: set HWSEARCH_TOKEN (create one with `hwsearch token create`)")
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail")
@@ -75,13 +73,12 @@ class Api:
                 detail = r.text
             if isinstance(detail, list):
                 detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in detail)
-            _fail(f"{r.status_code}: {detail}")
+            fail(f"{r.status_code}: {detail}")
         if r.status_code == 204:
             return None
         return r.json() if "json" in r.headers.get("content-type", "") else r.text
 
 
-@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 8000,
@@ -92,12 +89,13 @@ def serve(
     """Run the service: REST API, dispatcher (jobs on Ray) and scheduler."""
     import uvicorn
 
-    from .app import create_app
+    from ..app import create_app
+    from ..settings import Settings
 
-    settings = _settings()
+    settings = Settings.from_env()
     if demo:
-        from .db import make_engine, migrate
-        from .store import Store
+        from ..db import make_engine, migrate
+        from ..store import Store
 
         engine = make_engine(settings.database_url)
         migrate(engine)
@@ -110,21 +108,20 @@ def serve(
 
 
 token_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)
-app.add_typer(token_app, name="token")
 
 
 @token_app.command("create")
 def token_create(name: Annotated[str, typer.Option(help="What the token is for.")] = "cli") -> None:
     """Create an API token in the service's database (run where the service runs)."""
-    from .db import make_engine, migrate
-    from .store import Store
+    from ..db import make_engine, migrate
+    from ..settings import Settings
+    from ..store import Store
 
-    engine = make_engine(_settings().database_url)
+    engine = make_engine(Settings.from_env().database_url)
     migrate(engine)
     typer.echo(Store(engine).create_token(name))
 
 
-@app.command()
 def submit(
     spec_file: Annotated[Path | None, typer.Argument(help="A JobSpec JSON file (or use the flags).")] = None,
     model: ModelOpt = None,
@@ -173,7 +170,7 @@ def submit(
 
 def _show_job(job: dict[str, Any], json_output: bool) -> None:
     if json_output:
-        _print_json(job)
+        print_json(job)
         return
     hv = job["hypervolume"]
     typer.echo(
@@ -184,7 +181,6 @@ def _show_job(job: dict[str, Any], json_output: bool) -> None:
     )
 
 
-@app.command()
 def status(
     job_id: Annotated[str | None, typer.Argument(help="A job id; without one, the latest jobs.")] = None,
     json_output: JsonFlag = False,
@@ -196,13 +192,12 @@ def status(
         return
     page = api.call("GET", "/jobs", params={"limit": 20})
     if json_output:
-        _print_json(page)
+        print_json(page)
         return
     for job in page["items"]:
         _show_job(job, False)
 
 
-@app.command()
 def front(
     job_id: Annotated[str, typer.Argument(help="A job id.")],
     csv_output: Annotated[bool, typer.Option("--csv", help="CSV instead of a table.")] = False,
@@ -215,7 +210,7 @@ def front(
         return
     doc = api.call("GET", f"/jobs/{job_id}/front")
     if json_output:
-        _print_json(doc)
+        print_json(doc)
         return
     typer.echo(f"{len(doc['front'])} plans on the front; hypervolume {doc['hypervolume']}")
     for t in doc["front"]:
@@ -223,7 +218,6 @@ def front(
         typer.echo(f"{t['number']:>5}  quality {t['quality']:.4f}  {lat}")
 
 
-@app.command()
 def cancel(job_id: Annotated[str, typer.Argument(help="A job id.")]) -> None:
     """Cancel a job (a running one stops within seconds; finished trials are kept)."""
     job = Api().call("POST", f"/jobs/{job_id}/cancel")
@@ -233,7 +227,6 @@ def cancel(job_id: Annotated[str, typer.Argument(help="A job id.")]) -> None:
 schedule_app = typer.Typer(
     help="Cron schedules that re-run a search (each firing is a job).", no_args_is_help=True
 )
-app.add_typer(schedule_app, name="schedule")
 
 
 @schedule_app.command("add")
@@ -271,7 +264,7 @@ def schedule_add(
     body = {"name": name, "cron": cron, "timezone": timezone, "spec": spec.model_dump(mode="json")}
     sch = Api().call("POST", "/schedules", json=body)
     if json_output:
-        _print_json(sch)
+        print_json(sch)
         return
     typer.echo(f"{sch['id']}  next firing {sch['next_run_at']}")
 
@@ -281,7 +274,7 @@ def schedule_list(json_output: JsonFlag = False) -> None:
     """Schedules with their next firing and last runs (regressions flagged)."""
     rows = Api().call("GET", "/schedules")
     if json_output:
-        _print_json(rows)
+        print_json(rows)
         return
     for s in rows:
         flag = "  REGRESSION: the last run's front is worse than the previous one" if s["regression"] else ""

@@ -1,0 +1,65 @@
+"""The ``hwsearch`` command line (the console script is ``service.cli:main``).
+
+The package is cut by what a command needs, with imports flowing one way
+(``__init__`` → command modules → ``_common``; no command module imports this one):
+
+- ``_common``: ``--json`` and JSON printing, ``fail`` (exit 2), the group that maps every
+  ``search_spaces.InputError`` to exit 2, and the search options with their JobSpec builder;
+- ``local``: ``models``, ``inspect``, ``compress``, ``targets``, ``predict``, ``search``;
+- ``latency``: the ``latency fit | validate | profile-host`` group;
+- ``remote``: ``serve``, ``token create``, and the REST clients ``submit``, ``status``,
+  ``front``, ``cancel`` and ``schedule add | list | remove``.
+
+Commands import ``workers`` (torch, Ray) inside their bodies, so ``import service`` stays free
+of both. Bad input exits with code 2 and a one-paragraph message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import typer
+
+from . import latency, local, remote
+from ._common import ExitOnInputError, job_spec
+from .local import parse_uniform, uniform_plan
+
+__all__ = ["app", "job_spec", "main", "parse_uniform", "uniform_plan"]
+
+app = typer.Typer(
+    name="hwsearch",
+    help="Hardware-aware search of per-layer ranks, pruning, bit widths and token keep rates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    cls=ExitOnInputError,
+)
+
+# In the order `hwsearch --help` lists them (the groups come after the commands).
+_COMMANDS: tuple[Callable[..., None], ...] = (
+    local.models,
+    local.inspect,
+    local.compress,
+    local.targets,
+    local.predict,
+    local.search,
+    remote.serve,
+    remote.submit,
+    remote.status,
+    remote.front,
+    remote.cancel,
+)
+for _command in _COMMANDS:
+    app.command()(_command)
+app.add_typer(latency.app, name="latency")
+app.add_typer(remote.token_app, name="token")
+app.add_typer(remote.schedule_app, name="schedule")
+
+
+def main() -> None:
+    """Entry point of the ``hwsearch`` script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,138 @@
+"""``hwsearch latency fit | validate | profile-host``: fit and score latency predictors from
+measurements. ``app`` is the sub-group ``service.cli`` mounts under ``latency``.
+
+A bad table or an unknown target raises LatencyModelError (an InputError), which the app
+turns into exit 2; nothing is written then.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._common import JsonFlag, print_json, quiet_torch
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Fit and validate latency predictors from measurements.", no_args_is_help=True)
+
+BudgetOption = Annotated[float | None, typer.Option(help="Latency budget for the false-feasible rate.")]
+MeasurementsOption = Annotated[
+    Path,
+    typer.Option(
+        help="Measurements CSV, per network (columns model, plan, batch, latency_ms) or per layer "
+        "(name, kind, shapes, rank/keep/wbits/abits, latency_ms), told apart by the header; "
+        "see docs/latency.md."
+    ),
+]
+
+
+def _metrics_line(name: str, m: dict[str, Any]) -> str:
+    coverage = m.get("interval_coverage")
+    return (
+        f"  {name:<16} MAPE {m['mape']:.3f}  ±5% {m['within_5pct']:.2f}  ±10% {m['within_10pct']:.2f}  "
+        f"Spearman {m['spearman']:.3f}  Kendall {m['kendall']:.3f}"
+        + (f"  in 80% interval {coverage:.2f}" if coverage is not None else "")
+    )
+
+
+def _report_lines(report: dict[str, Any]) -> list[str]:
+    version = f", version {report['version']}" if report.get("version") else ""
+    unit = "layer" if report.get("format") == "layer" else "network"
+    lines = [
+        f"target {report['target']}: {report.get('n_train')} train, {report.get('n_test')} test "
+        f"{unit} rows{version}"
+    ]
+    if report.get("note"):
+        lines.append(f"  note: {report['note']}")
+    if "mape" in report:
+        lines.append(_metrics_line("predictor", report))
+        lines += [_metrics_line(name, m) for name, m in report.get("baselines", {}).items()]
+    return lines
+
+
+def _emit_report(report: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        print_json(report)
+        return
+    for line in _report_lines(report):
+        typer.echo(line)
+
+
+@app.command("fit")
+def latency_fit(
+    target: Annotated[str, typer.Option(help="Target to calibrate (created when --family is given).")],
+    measurements: MeasurementsOption,
+    family: Annotated[str | None, typer.Option(help="gpu, cpu, mobile or fpga: create the target.")] = None,
+    kind: Annotated[str, typer.Option(help="Predictor kind.")] = "boosted-residual",
+    test_fraction: Annotated[float, typer.Option(help="Share of rows held out for the report.")] = 0.2,
+    budget_ms: BudgetOption = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Fit a new predictor version for TARGET from measurements and print its validation report.
+
+    A per-network table fits network latency directly. A per-layer table (single kernels
+    profiled on the device, nn-Meter style) fits an additive model: a network is predicted as
+    the sum of its layers, without a per-network overhead; boosted-residual then keeps its
+    calibrated prior only. A bad table exits 2 naming the row and column; nothing is written.
+    """
+    quiet_torch()
+    from workers.calibration import fit
+
+    report = fit(
+        target, measurements, family=family, kind=kind, test_fraction=test_fraction, budget_ms=budget_ms
+    )
+    _emit_report(report, json_output)
+
+
+@app.command("validate")
+def latency_validate(
+    target: Annotated[str, typer.Option(help="Target whose active predictor is scored.")],
+    measurements: MeasurementsOption,
+    budget_ms: BudgetOption = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Score TARGET's active predictor on measurements: MAPE, ±5/±10%, Spearman, Kendall.
+
+    A per-network table scores any predictor; a per-layer table scores a predictor fitted
+    per layer.
+    """
+    quiet_torch()
+    from workers.calibration import validate
+
+    _emit_report(validate(target, measurements, budget_ms=budget_ms), json_output)
+
+
+@app.command("profile-host")
+def latency_profile_host(
+    models: Annotated[
+        str, typer.Option(help="Comma-separated zoo models to time.")
+    ] = "digits-cnn,digits-vit,minilm-l6",
+    plans: Annotated[
+        int, typer.Option(help="Sampled plans per model (the first is uncompressed).", min=3)
+    ] = 12,
+    repeats: Annotated[int, typer.Option(help="Timing rounds per plan.", min=3)] = 15,
+    out: Annotated[Path | None, typer.Option(help="Where to write the measurements CSV.")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Measure this CPU, time compressed zoo models on it, and fit the host-cpu predictor."""
+    quiet_torch()
+    from latency_models import get_target
+    from workers.profiling import HOST, calibrate_host
+    from workers.zoo import create_model
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    for name in names:
+        create_model(name)  # an unknown name raises ZooError (exit 2) before any timing
+    report = calibrate_host(names, plans, repeats=repeats, out=out)
+    target = get_target(HOST)
+    path = report["measurements"]
+    rows = report["n_networks_timed"]
+    if not json_output:
+        typer.echo(
+            f"host-cpu: {target.peak_macs_per_s[32] / 1e9:.1f} G MAC/s fp32 (1 thread), "
+            f"{target.memory_bandwidth_gb_s:.1f} GB/s; {rows} networks timed → {path}"
+        )
+    _emit_report(report, json_output)
