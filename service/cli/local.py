@@ -288,7 +288,7 @@ def predict(
 ) -> None:
     """Predict latency, energy, FPGA resources and weight bytes of a plan on a target, with provenance."""
     quiet_torch()
-    from workers.calibration import Coster, catalogue
+    from latency_models import Coster, catalogue
 
     coster = Coster.active(catalogue(), target)  # an unknown target is checked before the model is built
     device = coster.target
