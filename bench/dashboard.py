@@ -5,9 +5,9 @@ Run: ``.venv/bin/python bench/dashboard.py [--repeats 5] [--out bench/results/da
 and ``.venv/bin/python bench/dashboard.py --markdown bench/results/dashboard.json`` for the table.
 
 One app (uvicorn in this process, SQLite, dispatcher off) serves jobs of synthetic trials on two
-targets (latency with an interval, energy, weight bytes; quality a noisy function of latency,
-so the front holds ~1-2% of the trials). Debian's chromium (headless, through Playwright) opens
-each job page, and for each case, interleaved round by round:
+targets (bench/synthetic.py: latency with an interval, energy, weight bytes; quality a noisy
+function of latency, so the front holds ~1-2% of the trials). Debian's chromium (headless,
+through Playwright) opens each job page, and for each case, interleaved round by round:
 
 - **shown_ms**: from navigation start to the first animation frame with the page's plots and
   table on screen as the server drew them (SVG and HTML, service/svg_plot.py;
@@ -33,25 +33,19 @@ import json
 import shutil
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import uvicorn
+from synthetic import TARGETS, trials  # bench/synthetic.py: this script's folder is on sys.path
 
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import uvicorn  # noqa: E402
-
-from service.app import create_app  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.app import create_app
+from service.settings import Settings
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-TARGETS = ("zcu102", "cortex-a76")
 SPEC: dict[str, Any] = {
     "model": "digits-cnn",
     "targets": list(TARGETS),
@@ -60,51 +54,6 @@ SPEC: dict[str, Any] = {
     "budget": {"evaluations": 10000},
     "constraints": ["latency_ms@zcu102<=0.16"],
 }
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2")
-
-
-def trials(job_id: str, n: int, seed: int, start: int = 0) -> list[dict[str, Any]]:
-    """``n`` synthetic trials numbered from ``start`` (trial 0 is the uncompressed model)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(start, start + n):
-        lat = 0.15 if i == 0 else float(rng.uniform(0.10, 0.17))
-        quality = 0.99 if i == 0 else float(np.clip(0.99 - (0.15 - lat) * rng.uniform(2, 12), 0.1, 0.99))
-        costs = {}
-        for k, name in enumerate(TARGETS):
-            ms = lat * (1 + 9 * k) * float(rng.uniform(0.95, 1.05))
-            costs[name] = {
-                "latency_ms": ms,
-                "latency_low_ms": ms * 0.93,
-                "latency_high_ms": ms * 1.07,
-                "energy_mj": ms * (15.0 if k == 0 else 4.0),
-                "weight_bytes": int(4e5 * lat / 0.15),
-                "provenance": "analytic prior (uncalibrated)",
-            }
-        plan = {
-            name: {"rank": None, "keep": 0.75, "wbits": 8, "abits": 32, "token_keep": 1.0}
-            for name in rng.choice(LAYERS, size=int(rng.integers(0, 4)), replace=False)
-        }
-        out.append(
-            {
-                "job_id": job_id,
-                "number": i,
-                "plan": {"layers": plan},
-                "status": "ok",
-                "quality": quality,
-                "quality_metric": "top1_accuracy",
-                "costs": costs,
-                "feasible": costs["zcu102"]["latency_ms"] <= 0.16,
-                "violations": [],
-                "error": None,
-                "eval_s": 0.05,
-                "predict_s": 0.001,
-                "strategy": "guided",
-                "measured": None,
-            }
-        )
-    return out
-
 
 PAINTED = """() => new Promise(resolve => {
   const check = () => window.hwsearchPainted ? resolve(window.hwsearchPainted) : setTimeout(check, 5);

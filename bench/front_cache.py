@@ -27,20 +27,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# bench/dashboard.py and bench/synthetic.py: this script's folder is first on sys.path.
+from dashboard import SPEC
+from synthetic import trials
 
-from bench.dashboard import SPEC, trials  # noqa: E402
-from service.app import FrontCache  # noqa: E402
-from service.dashboard import ViewCache  # noqa: E402
-from service.db import make_engine, migrate  # noqa: E402
-from service.store import Store  # noqa: E402
+from service.db import make_engine, migrate
+from service.fronts import FrontCache, ViewCache
+from service.store import Store
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

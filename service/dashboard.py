@@ -1,42 +1,31 @@
 """The web dashboard: server-rendered pages (Jinja2) with plotly.js served from the installed
 plotly package (these machines are offline: no CDN).
 
-Pages read through ``Store`` like the API. A job page thins dominated points for plotting
-(at most ``MAX_PLOTTED`` of them, evenly by trial number) but always plots the whole front.
+Pages read through ``Store`` like the API, and fronts and job views through the read-model
+(service/fronts.py) the API's front uses too. A job page thins dominated points for plotting
+(at most ``fronts.MAX_PLOTTED`` of them, evenly by trial number) but always plots the whole front.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import threading
-from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from workers.search import JobSpec
-
-from .store import NotFound, Store
+from .api.deps import get_store as _store
+from .fronts import point
+from .store import NotFound
 from .svg_plot import Series, plot_svg
 
-if TYPE_CHECKING:
-    from .app import FrontCache
-
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-MAX_PLOTTED = 2000
 KNOB_ROWS = ("rank", "keep", "wbits", "abits", "token_keep")
 
 router = APIRouter(include_in_schema=False)
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
 
 
 def _plotly_js() -> Path:
@@ -90,95 +79,6 @@ def jobs_page(request: Request, fragment: str = "") -> Response:
             request, "_job_rows.html", {"jobs": rows}, headers={"X-Jobs-Active": str(int(active))}
         )
     return TEMPLATES.TemplateResponse(request, "jobs.html", {"jobs": rows, "active": active})
-
-
-def _point(t: dict[str, Any], targets: list[str], on_front: set[int]) -> dict[str, Any]:
-    """One trial as the page plots it: costs per target (latency with its interval, energy
-    where the target has a power figure), weight bytes, the host measurement if any."""
-    costs = {name: t["costs"].get(name, {}) for name in targets}
-    measured = t.get("measured") or {}
-    return {
-        "number": t["number"],
-        "quality": t["quality"],
-        "latency_ms": {n: c.get("latency_ms") for n, c in costs.items()},
-        "low_ms": {n: c.get("latency_low_ms") for n, c in costs.items()},
-        "high_ms": {n: c.get("latency_high_ms") for n, c in costs.items()},
-        "energy_mj": {n: c.get("energy_mj") for n, c in costs.items()},
-        "weight_bytes": costs[targets[0]].get("weight_bytes"),
-        "measured_ms": measured.get("latency_ms"),
-        "feasible": bool(t.get("feasible")),
-        "front": t["number"] in on_front,
-    }
-
-
-def job_view(
-    job: dict[str, Any],
-    trials: list[dict[str, Any]],
-    front: list[dict[str, Any]],
-    *,
-    max_plotted: int | None = MAX_PLOTTED,
-) -> dict[str, Any]:
-    """What the job page plots: points (the front complete, the other trials thinned to
-    ``max_plotted`` evenly by number; None keeps them all), the hypervolume curve, the front.
-
-    Objectives of the curve are normalised by trial 0 (the uncompressed model), as the search
-    normalises them, so the curve is the search's hypervolume.
-    """
-    from workers.search import hypervolume
-
-    spec = JobSpec.model_validate(job["spec"])
-    targets = list(spec.targets)
-    on_front = {int(t["number"]) for t in front}
-    ok = [t for t in trials if t.get("quality") is not None]
-    rest = [t for t in ok if t["number"] not in on_front]
-    if max_plotted is not None and len(rest) > max_plotted:
-        step = len(rest) / max_plotted
-        rest = [rest[int(i * step)] for i in range(max_plotted)]
-
-    curve: list[list[float]] = []
-    zero = next((t for t in ok if t["number"] == 0), None)
-    if zero is not None:
-        q0 = float(zero["quality"]) or 1.0
-        ref_cost = {
-            name: float(zero["costs"][name]["latency_ms"]) for name in targets if name in zero["costs"]
-        }
-        floor = spec.quality_floor
-        ref = [-(floor or 0.0) / q0] + [1.0] * len(ref_cost)
-        ordered = sorted(ok, key=lambda t: t["number"])
-        points: list[list[float]] = []
-        marks = max(1, len(ordered) // 60)
-        cuts = []  # (evaluations, feasible points among them) at each mark of the curve
-        for i, t in enumerate(ordered, start=1):
-            if t.get("feasible"):
-                points.append(
-                    [-float(t["quality"]) / q0]
-                    + [float(t["costs"][n]["latency_ms"]) / c for n, c in ref_cost.items()]
-                )
-            if i % marks == 0 or i == len(ordered):
-                cuts.append((i, len(points)))
-        # One array, sliced at each mark: converting the growing list 60 times cost more than
-        # the hypervolumes themselves.
-        table = np.asarray(points, dtype=np.float64).reshape(-1, len(ref))
-        curve = [[i, hypervolume(table[:n], ref) if n else 0.0] for i, n in cuts]
-    front_points = [_point(t, targets, on_front) for t in front]
-    # Why trials failed, most frequent first (a failed trial keeps its exception as text).
-    errors = Counter(str(t.get("error") or "no error recorded") for t in trials if t.get("quality") is None)
-    provenance = {
-        name: (front[0]["costs"].get(name, {}).get("provenance") if front else None) for name in targets
-    }
-    return {
-        "targets": targets,
-        "points": front_points + [_point(t, targets, on_front) for t in rest],
-        "n_trials": len(trials),
-        "n_failed": len(trials) - len(ok),
-        "n_plotted_rest": len(rest),
-        "n_rest": len(ok) - len(front),
-        "curve": curve,
-        "front": front_points,
-        "provenance": provenance,
-        "constraints": [c.model_dump() for c in spec.constraints],
-        "failures": [{"error": e, "count": n} for e, n in errors.most_common(5)],
-    }
 
 
 # Okabe-Ito colours (safe for colour-blind readers) of the job page's plots: the server-drawn
@@ -237,64 +137,6 @@ def previews(view: dict[str, Any]) -> dict[str, Markup]:
     return {"front": front, "curve": curve}
 
 
-class ViewCache:
-    """Job views, recomputed only when the job's trials changed (the key of ``FrontCache``):
-    the page polls while a job runs, and a 10,000-trial job costs seconds to decode.
-
-    For a running job the decoded trials are kept too (at most ``max_running`` jobs), so each
-    change reads only the trials written since (``Store.trials_added``), as ``FrontCache``
-    does; a new measurement or a row committed late reads them all again.
-    """
-
-    def __init__(self, max_entries: int = 64, max_running: int = 4) -> None:
-        self._cache: dict[tuple[str, bool], tuple[tuple[int, int, int], dict[str, Any]]] = {}
-        self._trials: dict[str, tuple[tuple[int, int, int], list[dict[str, Any]]]] = {}
-        self._lock = threading.Lock()
-        self.max_entries = max_entries
-        self.max_running = max_running
-
-    def get(self, store: Store, fronts: FrontCache, job: dict[str, Any], *, plot_all: bool) -> dict[str, Any]:
-        key = (str(job["id"]), plot_all)
-        version = store.trials_version(job["id"])
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit is not None and hit[0] == version:
-            return hit[1]
-        trials = self._read(store, job, version)
-        front = fronts.get(store, job, (version, trials))
-        view = job_view(job, trials, front, max_plotted=None if plot_all else MAX_PLOTTED)
-        with self._lock:
-            if len(self._cache) >= self.max_entries:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = (version, view)
-        return view
-
-    def _read(self, store: Store, job: dict[str, Any], version: tuple[int, int, int]) -> list[dict[str, Any]]:
-        job_id = str(job["id"])
-        with self._lock:
-            kept = self._trials.pop(job_id, None)
-        trials = None
-        if kept is not None and kept[0] == version:  # read for the other of plot_all's two views
-            trials = kept[1]
-        elif kept is not None and (added := store.trials_added(job_id, kept[0], version)) is not None:
-            trials = sorted(kept[1] + added, key=lambda t: int(t["number"]))
-        if trials is None:
-            trials = store.trials(job_id)[0]
-        if job["status"] in ("queued", "running"):
-            with self._lock:
-                while len(self._trials) >= self.max_running:
-                    self._trials.pop(next(iter(self._trials)))
-                self._trials[job_id] = (version, trials)
-        return trials
-
-
-def _job_or_404(request: Request, job_id: str) -> dict[str, Any]:
-    try:
-        return _store(request).get_job(job_id)
-    except NotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}") from None
-
-
 JOB_FIELDS = ("id", "status", "model", "strategy", "evaluations", "budget", "hypervolume", "error")
 
 
@@ -318,7 +160,7 @@ def _table_context(job_id: str, view: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str, all: bool = False) -> Response:
-    job = _job_or_404(request, job_id)
+    job = _store(request).get_job(job_id)
     view = request.app.state.views.get(_store(request), request.app.state.fronts, job, plot_all=all)
     return TEMPLATES.TemplateResponse(
         request,
@@ -339,7 +181,7 @@ def job_page(request: Request, job_id: str, all: bool = False) -> Response:
 def job_view_json(request: Request, job_id: str, all: bool = False) -> dict[str, Any]:
     """What the job page polls while the job runs: its summary, the view to redraw and the
     front's table as HTML (rendered by the same template as the page's)."""
-    job = _job_or_404(request, job_id)
+    job = _store(request).get_job(job_id)
     view = request.app.state.views.get(_store(request), request.app.state.fronts, job, plot_all=all)
     table = TEMPLATES.get_template("_front_table.html").render(_table_context(job["id"], view))
     return {"job": _job_summary(job), "view": view, "table_html": table}
@@ -364,7 +206,7 @@ def compare_page(request: Request, jobs: str = "", job: Annotated[list[str], Que
             continue
         front = request.app.state.fronts.get(store, row)
         summary = {k: row[k] for k in ("id", "model", "targets", "strategy", "status")}
-        series.append({"job": summary, "front": [_point(t, row["targets"], set()) for t in front]})
+        series.append({"job": summary, "front": [point(t, row["targets"], set()) for t in front]})
     recent, _ = store.list_jobs(limit=50)
     return TEMPLATES.TemplateResponse(
         request,
@@ -393,10 +235,7 @@ def _calibration(report: dict[str, Any] | None) -> dict[str, Any] | None:
 def targets_page(request: Request) -> Response:
     """Every target with its provenance; every fitted predictor version with its validation
     numbers, and the active one's calibration plot (held-out predicted against measured)."""
-    import json
-
-    from latency_models import list_targets
-    from workers.calibration import catalogue, learned_provenance
+    from latency_models import catalogue, learned_provenance, list_targets
 
     cat = catalogue(request.app.state.settings.data_dir)
     rows: list[dict[str, Any]] = []
@@ -405,7 +244,7 @@ def targets_page(request: Request) -> Response:
         target = cat.target(name)
         versions: list[dict[str, Any]] = []
         for version in cat.versions(name):
-            report = json.loads((cat.root / "predictors" / name / version / "report.json").read_text())
+            report = cat.report(name, version)
             versions.append(
                 {
                     "version": version,

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, literal, select, update
+from sqlalchemy import delete, func, literal, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -30,11 +30,11 @@ R = TypeVar("R", Job, Fit)
 
 
 class NotFound(LookupError):
-    pass
+    """No such row; the message names it as the API's 404 says it ("no job 'abc'")."""
 
 
 class Conflict(RuntimeError):
-    pass
+    """The row is in a state that forbids the change; the message says why (the API's 409)."""
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -93,7 +93,7 @@ class Store:
         with self.session() as s:
             job = s.get(Job, job_id)
             if job is None:
-                raise NotFound(job_id)
+                raise NotFound(f"no job {job_id!r}")
             return job_dict(job)
 
     def list_jobs(
@@ -123,7 +123,7 @@ class Store:
         with self.session() as s:
             job = s.get(Job, job_id, with_for_update=True)
             if job is None:
-                raise NotFound(job_id)
+                raise NotFound(f"no job {job_id!r}")
             if job.status == "queued":
                 job.status, job.finished_at = "cancelled", utcnow()
             elif job.status == "running":
@@ -134,7 +134,7 @@ class Store:
         with self.session() as s:
             job = s.get(Job, job_id)
             if job is None:
-                raise NotFound(job_id)
+                raise NotFound(f"no job {job_id!r}")
             if job.status not in FINISHED:
                 raise Conflict(
                     f"job {job_id} is {job.status}; only finished jobs can be deleted (cancel it first)"
@@ -257,7 +257,7 @@ class Store:
     ) -> tuple[list[dict[str, Any]], int]:
         with self.session() as s:
             if s.get(Job, job_id) is None:
-                raise NotFound(job_id)
+                raise NotFound(f"no job {job_id!r}")
             total = s.scalar(select(func.count()).where(TrialRow.job_id == job_id)) or 0
             # Two columns, not ORM objects: a 10,000-trial job decodes in about half the time.
             query = (
@@ -303,7 +303,7 @@ class Store:
         with self.session() as s:
             row = s.scalar(select(TrialRow).where(TrialRow.job_id == job_id, TrialRow.number == number))
             if row is None:
-                raise NotFound(f"{job_id}/{number}")
+                raise NotFound(f"no trial {number} in job {job_id!r}")
             return trial_dict(row)
 
     # ---- schedules ----------------------------------------------------------------------------
@@ -336,7 +336,7 @@ class Store:
         with self.session() as s:
             schedule = s.get(Schedule, schedule_id)
             if schedule is None:
-                raise NotFound(schedule_id)
+                raise NotFound(f"no schedule {schedule_id!r}")
             return schedule_dict(schedule, self._runs(s, schedule_id))
 
     def list_schedules(self) -> list[dict[str, Any]]:
@@ -348,7 +348,7 @@ class Store:
         with self.session() as s:
             schedule = s.get(Schedule, schedule_id, with_for_update=True)
             if schedule is None:
-                raise NotFound(schedule_id)
+                raise NotFound(f"no schedule {schedule_id!r}")
             for key, value in changes.items():
                 setattr(schedule, key, value)
             if {"cron", "timezone", "enabled"} & set(changes):
@@ -361,7 +361,7 @@ class Store:
         with self.session() as s:
             schedule = s.get(Schedule, schedule_id)
             if schedule is None:
-                raise NotFound(schedule_id)
+                raise NotFound(f"no schedule {schedule_id!r}")
             s.delete(schedule)
 
     def fire_due(self, now: datetime) -> list[str]:
@@ -424,7 +424,7 @@ class Store:
         with self.session() as s:
             fit = s.get(Fit, fit_id)
             if fit is None:
-                raise NotFound(fit_id)
+                raise NotFound(f"no fit {fit_id!r}")
             return fit_dict(fit)
 
     def finish_fit(
@@ -437,6 +437,23 @@ class Store:
     def fit_heartbeat(self, fit_id: str) -> None:
         with self.session() as s:
             s.execute(update(Fit).where(Fit.id == fit_id).values(heartbeat_at=utcnow()))
+
+    # ---- operations (/healthz, /metrics) ----------------------------------------------------------
+    def ping(self) -> None:
+        """A round trip to the database; raises what the driver raises when it does not answer."""
+        with self.engine.connect() as c:
+            c.execute(text("SELECT 1"))
+
+    def job_counts(self) -> dict[str, int]:
+        """Jobs per status (statuses without a job are absent)."""
+        with self.session() as s:
+            rows = s.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+            return {str(status): int(n) for status, n in rows}
+
+    def trials_since(self, since: datetime) -> int:
+        """Trials stored at or after ``since`` (of every job)."""
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).where(TrialRow.created_at >= since)) or 0)
 
     # ---- tokens -----------------------------------------------------------------------------
     def create_token(self, name: str) -> str:

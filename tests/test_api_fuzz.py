@@ -7,16 +7,13 @@ is fuzzed with a valid token on every operation, 30 examples per operation.
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-import uvicorn
 
 from service.app import create_app
 from service.settings import Settings
@@ -32,28 +29,18 @@ class _Errors(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def live(tmp_path_factory: pytest.TempPathFactory, serve: Any) -> Iterator[tuple[str, str]]:
     tmp: Path = tmp_path_factory.mktemp("fuzz")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = {"HWSEARCH_DATA_DIR": str(tmp), "DATABASE_URL": f"sqlite:///{tmp / 'hwsearch.db'}"}
     app = create_app(Settings.from_env(env), dispatcher=False)
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    token = app.state.store.create_token("fuzz")
-    errors = _Errors()
-    logging.getLogger("uvicorn.error").addHandler(errors)
-    yield f"http://127.0.0.1:{port}", token
-    logging.getLogger("uvicorn.error").removeHandler(errors)
-    # An exception in the app is a 500 even where the client saw the connection drop.
-    assert not errors.records, "\n".join(errors.records[:5])
-    server.should_exit = True
-    thread.join(15)
+    with serve(app) as url:
+        token = app.state.store.create_token("fuzz")
+        errors = _Errors()
+        logging.getLogger("uvicorn.error").addHandler(errors)
+        yield url, token
+        logging.getLogger("uvicorn.error").removeHandler(errors)
+        # An exception in the app is a 500 even where the client saw the connection drop.
+        assert not errors.records, "\n".join(errors.records[:5])
 
 
 def test_no_request_gets_a_server_error(live: tuple[str, str], tmp_path: Path) -> None:

@@ -9,18 +9,13 @@ invalid job shows its error next to the field.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import numpy as np
 import pytest
-import uvicorn
 
 from service.app import create_app
 from service.settings import Settings
@@ -28,130 +23,70 @@ from service.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TARGETS = ("zcu102",)
 SPEC: dict[str, Any] = {
     "model": "digits-cnn",
-    "targets": ["zcu102"],
+    "targets": list(TARGETS),
     "space": {"keep": [0.5, 0.75], "wbits": [4, 8]},
     "strategy": "guided",
     "budget": {"evaluations": 300},
     "constraints": ["latency_ms<=0.16"],
 }
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2")
-
-
-def _trials(job_id: str, n: int, seed: int) -> list[dict[str, Any]]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        lat = 0.15 if i == 0 else float(rng.uniform(0.10, 0.17))
-        quality = 0.99 if i == 0 else float(np.clip(0.99 - (0.15 - lat) * rng.uniform(2, 12), 0.1, 0.99))
-        plan = (
-            {}
-            if i == 0
-            else {
-                name: {
-                    "rank": None if rng.random() < 0.5 else int(rng.choice([4, 8])),
-                    "keep": float(rng.choice([0.5, 0.75, 1.0])),
-                    "wbits": int(rng.choice([4, 8, 32])),
-                    "abits": 32,
-                    "token_keep": 1.0,
-                }
-                for name in rng.choice(LAYERS, size=int(rng.integers(1, 4)), replace=False)
-            }
-        )
-        out.append(
-            {
-                "job_id": job_id,
-                "number": i,
-                "plan": {"layers": plan},
-                "status": "ok",
-                "quality": quality,
-                "quality_metric": "top1_accuracy",
-                "costs": {
-                    "zcu102": {
-                        "latency_ms": lat,
-                        "provenance": "analytic prior (uncalibrated)",
-                        "weight_bytes": int(4e5 * lat / 0.15),
-                        "energy_mj": 15.0 * lat,
-                        "dsp": 2268,
-                        "lut": 136000,
-                        "bram36": 4,
-                        "fits_board": True,
-                    }
-                },
-                "feasible": lat <= 0.16,
-                "violations": [] if lat <= 0.16 else ["latency_ms@zcu102"],
-                "error": None,
-                "eval_s": 0.05,
-                "predict_s": 0.001,
-                "strategy": "guided",
-                "measured": None,
-            }
-        )
-    return out
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2")  # digits-cnn's, as bench/synthetic.py plans them
 
 
 def _calibrate_host(data_dir: Path) -> None:
     """A real host-cpu predictor in ``data_dir``: digits-cnn plans timed on this machine, fitted."""
+    from latency_models import catalogue
     from workers.profiling import calibrate_host
 
-    before = os.environ.get("HWSEARCH_DATA_DIR")
-    os.environ["HWSEARCH_DATA_DIR"] = str(data_dir)
-    try:
-        calibrate_host(("digits-cnn",), 15, repeats=5)
-    finally:
-        if before is None:
-            del os.environ["HWSEARCH_DATA_DIR"]
-        else:
-            os.environ["HWSEARCH_DATA_DIR"] = before
+    calibrate_host(("digits-cnn",), 15, repeats=5, cat=catalogue(data_dir))
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def site(
+    tmp_path_factory: pytest.TempPathFactory, serve: Any, synthetic: ModuleType
+) -> Iterator[dict[str, Any]]:
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (make test installs Debian's chromium package)")
     tmp = tmp_path_factory.mktemp("dash")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {"HWSEARCH_DATA_DIR": str(tmp), "DATABASE_URL": f"sqlite:///{tmp / 'hwsearch.db'}"}
     _calibrate_host(tmp)
     app = create_app(Settings.from_env(env), dispatcher=False)
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    store = app.state.store
-    job = store.create_job(SPEC)
-    for t in _trials(job["id"], 300, 0):
-        store.add_trial(t)
-    layers = [{"name": n, "kind": "conv2d", "full_rank": 32, "out_channels": 32} for n in LAYERS]
-    store.set_status(
-        job["id"], "succeeded", progress={"evaluations": 300, "hypervolume": 0.12, "layers": layers}
-    )
-    big = store.create_job({**SPEC, "budget": {"evaluations": 10000}})
-    for t in _trials(big["id"], 10000, 1):
-        store.add_trial(t)
-    store.set_status(big["id"], "succeeded", progress={"evaluations": 10000, "hypervolume": 0.2})
-    store.create_schedule(name="nightly", cron="0 2 * * *", timezone="Europe/Berlin", spec=SPEC, enabled=True)
-    empty = store.create_job(SPEC)  # queued, no trial yet
-    failed = store.create_job(SPEC)  # every trial failed, then the job
-    for t in _trials(failed["id"], 5, 2):
-        failure = {"status": "failed", "quality": None, "feasible": False, "error": "RuntimeError: x"}
-        store.add_trial({**t, **failure})
-    store.set_status(failed["id"], "failed", progress={"evaluations": 5}, error="RuntimeError: all failed")
-    yield {
-        "url": f"http://127.0.0.1:{port}",
-        "job": job["id"],
-        "big": big["id"],
-        "empty": empty["id"],
-        "failed": failed["id"],
-        "token": store.create_token("ui"),
-        "data_dir": tmp,
-        "store": store,
-    }
-    server.should_exit = True
+    with serve(app) as url:
+        store = app.state.store
+        job = store.create_job(SPEC)
+        for t in synthetic.trials(job["id"], 300, 0, targets=TARGETS):
+            store.add_trial(t)
+        layers = [{"name": n, "kind": "conv2d", "full_rank": 32, "out_channels": 32} for n in LAYERS]
+        store.set_status(
+            job["id"], "succeeded", progress={"evaluations": 300, "hypervolume": 0.12, "layers": layers}
+        )
+        big = store.create_job({**SPEC, "budget": {"evaluations": 10000}})
+        for t in synthetic.trials(big["id"], 10000, 1, targets=TARGETS):
+            store.add_trial(t)
+        store.set_status(big["id"], "succeeded", progress={"evaluations": 10000, "hypervolume": 0.2})
+        store.create_schedule(
+            name="nightly", cron="0 2 * * *", timezone="Europe/Berlin", spec=SPEC, enabled=True
+        )
+        empty = store.create_job(SPEC)  # queued, no trial yet
+        failed = store.create_job(SPEC)  # every trial failed, then the job
+        for t in synthetic.trials(failed["id"], 5, 2, targets=TARGETS):
+            failure = {"status": "failed", "quality": None, "feasible": False, "error": "RuntimeError: x"}
+            store.add_trial({**t, **failure})
+        store.set_status(
+            failed["id"], "failed", progress={"evaluations": 5}, error="RuntimeError: all failed"
+        )
+        yield {
+            "url": url,
+            "job": job["id"],
+            "big": big["id"],
+            "empty": empty["id"],
+            "failed": failed["id"],
+            "token": store.create_token("ui"),
+            "data_dir": tmp,
+            "store": store,
+        }
 
 
 @pytest.fixture(scope="module")
@@ -384,7 +319,7 @@ def test_the_front_table_is_keyboard_navigable(site: dict[str, Any], browser: An
     assert errors == []
 
 
-def test_a_running_job_updates_in_place(site: dict[str, Any], browser: Any) -> None:
+def test_a_running_job_updates_in_place(site: dict[str, Any], browser: Any, synthetic: ModuleType) -> None:
     """The job page and the jobs list poll while the job runs: new trials and the final status
     appear without a reload (a marker set on the window survives), and the plan shown stays
     selected."""
@@ -394,7 +329,7 @@ def test_a_running_job_updates_in_place(site: dict[str, Any], browser: Any) -> N
 
     store: Store = site["store"]
     job = store.create_job({**SPEC, "budget": {"evaluations": 40}})
-    trials = _trials(job["id"], 40, 7)
+    trials = synthetic.trials(job["id"], 40, 7, targets=TARGETS)
     for t in trials[:10]:
         store.add_trial(t)
     store.set_status(job["id"], "running", progress={"evaluations": 10})

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -77,30 +78,11 @@ def store(database_url: str) -> Iterator[Store]:
     engine.dispose()
 
 
-def _trial(job_id: str, number: int, quality: float, latency: float, feasible: bool = True) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "number": number,
-        "plan": {"layers": {}},
-        "status": "ok",
-        "quality": quality,
-        "quality_metric": "top1_accuracy",
-        "costs": {"xeon-gold-6240": {"latency_ms": latency, "weight_bytes": 10, "provenance": "analytic"}},
-        "feasible": feasible,
-        "violations": [],
-        "error": None,
-        "eval_s": 0.0,
-        "predict_s": 0.0,
-        "strategy": "random",
-        "measured": None,
-    }
-
-
 # ------------------------------------------------------------------------------- storage
-def test_trials_are_stored_once(store: Store) -> None:
+def test_trials_are_stored_once(store: Store, synthetic: ModuleType) -> None:
     job = store.create_job(SPEC)
-    assert store.add_trial(_trial(job["id"], 0, 0.9, 1.0)) is True
-    assert store.add_trial(_trial(job["id"], 0, 0.1, 9.0)) is False  # same number: ignored
+    assert store.add_trial(synthetic.trial(job["id"], 0, 0.9, 1.0)) is True
+    assert store.add_trial(synthetic.trial(job["id"], 0, 0.1, 9.0)) is False  # same number: ignored
     items, total = store.trials(job["id"])
     assert total == 1 and items[0]["quality"] == 0.9
 
@@ -134,12 +116,12 @@ def test_orphaned_running_jobs_are_requeued(store: Store) -> None:
     assert store.get_job(job["id"])["status"] == "queued"
 
 
-def test_only_finished_jobs_are_deleted(store: Store) -> None:
+def test_only_finished_jobs_are_deleted(store: Store, synthetic: ModuleType) -> None:
     job = store.create_job(SPEC)
     with pytest.raises(Conflict, match="only finished jobs"):
         store.delete_job(job["id"])
     assert store.request_cancel(job["id"])["status"] == "cancelled"  # a queued job: at once
-    store.add_trial(_trial(job["id"], 0, 0.9, 1.0))
+    store.add_trial(synthetic.trial(job["id"], 0, 0.9, 1.0))
     store.delete_job(job["id"])
     assert store.list_jobs()[1] == 0
 
@@ -227,13 +209,15 @@ def test_mutations_need_a_token(client: tuple[TestClient, str]) -> None:
     assert c.get(f"/api/v1/jobs/{job['id']}").status_code == 200  # reads open by default
 
 
-def test_front_is_derived_from_trials_as_json_and_csv(client: tuple[TestClient, str]) -> None:
+def test_front_is_derived_from_trials_as_json_and_csv(
+    client: tuple[TestClient, str], synthetic: ModuleType
+) -> None:
     c, token = client
     job = c.post("/api/v1/jobs", json=SPEC, headers=_auth(token)).json()
     store: Store = c.app.state.store  # type: ignore[attr-defined]
     rows = [(0, 0.99, 1.0, True), (1, 0.95, 0.6, True), (2, 0.90, 0.7, True), (3, 0.97, 0.5, False)]
     for n, q, lat, ok in rows:
-        store.add_trial(_trial(job["id"], n, q, lat, ok))
+        store.add_trial(synthetic.trial(job["id"], n, q, lat, feasible=ok))
     front = c.get(f"/api/v1/jobs/{job['id']}/front").json()["front"]
     assert [t["number"] for t in front] == [0, 1]  # 2 is dominated by 1; 3 is infeasible
     text = c.get(f"/api/v1/jobs/{job['id']}/front", params={"format": "csv"}).text
@@ -281,31 +265,14 @@ def test_a_job_runs_end_to_end_through_the_dispatcher(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------- the CLI over HTTP
 @pytest.fixture()
-def live_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def live_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve: Any) -> Iterator[str]:
     """A real uvicorn server on a free port (SQLite, dispatcher on); yields its URL."""
-    import socket
-
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = {"HWSEARCH_DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'hwsearch.db'}"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(Settings.from_env(env)), port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    url = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("HWSEARCH_URL", url)
-    yield url
-    server.should_exit = True
-    thread.join(15)
+    with serve(create_app(Settings.from_env(env))) as url:
+        monkeypatch.setenv("HWSEARCH_URL", url)
+        yield url
 
 
 def test_cli_talks_to_the_service(live_service: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -477,7 +444,7 @@ def test_targets_and_fits_over_rest(
     assert c.get("/api/v1/targets/nope").status_code == 404
 
 
-def test_the_compressed_model_of_a_trial_downloads_and_loads(tmp_path: Path) -> None:
+def test_the_compressed_model_of_a_trial_downloads_and_loads(tmp_path: Path, synthetic: ModuleType) -> None:
     import zipfile
 
     import torch
@@ -493,9 +460,9 @@ def test_the_compressed_model_of_a_trial_downloads_and_loads(tmp_path: Path) -> 
         token = c.app.state.store.create_token("tests")  # type: ignore[attr-defined]
         job = c.post("/api/v1/jobs", json=SPEC, headers=_auth(token)).json()
         plan = {"layers": {"conv3": {"keep": 0.5}, "fc1": {"wbits": 4}}}
-        trial = {**_trial(job["id"], 3, 0.9, 1.0), "plan": plan}
+        trial = {**synthetic.trial(job["id"], 3, 0.9, 1.0), "plan": plan}
         c.app.state.store.add_trial(trial)  # type: ignore[attr-defined]
-        c.app.state.store.add_trial({**_trial(job["id"], 4, 0.9, 1.0), "status": "failed"})  # type: ignore[attr-defined]
+        c.app.state.store.add_trial({**synthetic.trial(job["id"], 4, 0.9, 1.0), "status": "failed"})  # type: ignore[attr-defined]
         r = c.get(f"/api/v1/jobs/{job['id']}/trials/3/model")
         assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
         cached = tmp_path / "artifacts" / job["id"] / "trial-3.zip"
@@ -670,25 +637,25 @@ def test_restart_recovery_and_cancel_with_a_real_service(tmp_path: Path) -> None
         engine.dispose()
 
 
-def test_the_front_follows_new_trials_and_measurements(store: Store) -> None:
-    from service.app import FrontCache
+def test_the_front_follows_new_trials_and_measurements(store: Store, synthetic: ModuleType) -> None:
+    from service.fronts import FrontCache
 
     job = store.create_job(SPEC)
     cache = FrontCache()
-    store.add_trial(_trial(job["id"], 0, 0.9, 1.0))
+    store.add_trial(synthetic.trial(job["id"], 0, 0.9, 1.0))
     assert [t["number"] for t in cache.get(store, store.get_job(job["id"]))] == [0]
-    store.add_trial(_trial(job["id"], 1, 0.95, 0.5))  # dominates trial 0
+    store.add_trial(synthetic.trial(job["id"], 1, 0.95, 0.5))  # dominates trial 0
     assert [t["number"] for t in cache.get(store, store.get_job(job["id"]))] == [1]
     store.add_measurement(job["id"], 1, {"latency_ms": 0.7})
     (row,) = cache.get(store, store.get_job(job["id"]))
     assert row["measured"] == {"latency_ms": 0.7}
 
 
-def test_a_running_jobs_front_is_extended_by_its_new_trials(store: Store) -> None:
+def test_a_running_jobs_front_is_extended_by_its_new_trials(store: Store, synthetic: ModuleType) -> None:
     """Trials arriving in batches, out of number order, some duplicates and infeasible ones:
     after each batch the cached front equals the front of every trial, and only the first
     read (and the one after a measurement) read every trial."""
-    from service.app import FrontCache, front_of
+    from service.fronts import FrontCache, front_of
 
     rng = np.random.default_rng(3)
     job = store.create_job(SPEC)
@@ -700,7 +667,9 @@ def test_a_running_jobs_front_is_extended_by_its_new_trials(store: Store) -> Non
     for batch in np.array_split(numbers, 12):
         for n in batch:
             quality, latency = round(float(rng.uniform(0.5, 1)), 2), round(float(rng.uniform(0.1, 1)), 1)
-            store.add_trial(_trial(job["id"], int(n), quality, latency, feasible=bool(rng.random() < 0.9)))
+            store.add_trial(
+                synthetic.trial(job["id"], int(n), quality, latency, feasible=bool(rng.random() < 0.9))
+            )
         got = cache.get(store, store.get_job(job["id"]))
         expected = front_of(store.get_job(job["id"]), read_all(job["id"])[0])
         assert [t["number"] for t in got] == [t["number"] for t in expected]
@@ -710,11 +679,10 @@ def test_a_running_jobs_front_is_extended_by_its_new_trials(store: Store) -> Non
     assert len(full_reads) == 2
 
 
-def test_a_running_jobs_page_view_reads_only_its_new_trials(store: Store) -> None:
+def test_a_running_jobs_page_view_reads_only_its_new_trials(store: Store, synthetic: ModuleType) -> None:
     """The job page's view of a running job, after each batch of trials, equals the view of
     every trial, having read every trial once; a finished job's trials are not kept."""
-    from service.app import FrontCache, front_of
-    from service.dashboard import ViewCache, job_view
+    from service.fronts import FrontCache, ViewCache, front_of, job_view
 
     rng = np.random.default_rng(4)
     job = store.create_job(SPEC)
@@ -725,7 +693,9 @@ def test_a_running_jobs_page_view_reads_only_its_new_trials(store: Store) -> Non
     store.trials = lambda *a, **k: full_reads.append(1) or read_all(*a, **k)  # type: ignore[method-assign]
     for batch in np.array_split(rng.permutation(120), 6):
         for n in batch:
-            store.add_trial(_trial(job["id"], int(n), float(rng.uniform(0.5, 1)), float(rng.uniform(0.1, 1))))
+            store.add_trial(
+                synthetic.trial(job["id"], int(n), float(rng.uniform(0.5, 1)), float(rng.uniform(0.1, 1)))
+            )
         current = store.get_job(job["id"])
         got = views.get(store, fronts, current, plot_all=False)
         every = read_all(job["id"])[0]
@@ -743,7 +713,7 @@ def test_a_running_jobs_page_view_reads_only_its_new_trials(store: Store) -> Non
     floor = JobSpec.model_validate(SPEC).quality_floor or 0.0
     assert curve[-1] == pytest.approx(hypervolume(front, [-floor / q0, 1.0]))
     store.set_status(job["id"], "succeeded", progress={"evaluations": 120})
-    store.add_trial(_trial(job["id"], 120, 0.99, 0.05))  # a late trial of a finished job
+    store.add_trial(synthetic.trial(job["id"], 120, 0.99, 0.05))  # a late trial of a finished job
     views.get(store, fronts, store.get_job(job["id"]), plot_all=True)
     assert views._trials == {}
 

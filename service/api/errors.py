@@ -1,0 +1,98 @@
+"""The API's exception handlers, each mapping one kind of error once for every route:
+
+- ``store.NotFound`` → 404 and ``store.Conflict`` → 409, their message as the detail;
+- ``search_spaces.InputError`` (bad input found by the library: a space, a target, a latency
+  model, a search) → 422 in the shape of FastAPI's own request validation errors, which
+  ``RequestValidationError`` keeps: ``{"detail": [{"loc", "msg", "input"}, ...]}``.
+
+An input error is placed at ``("body", error.field)`` unless the route placed it with
+``reported_at`` (a query or path parameter, or a field nested in the body).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fastapi import Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from search_spaces import InputError
+
+from ..store import Conflict, NotFound
+
+_KEEP: Any = object()
+
+
+class Located(InputError):
+    """An input error at a known place of the request: ``loc`` as pydantic writes it."""
+
+    def __init__(self, loc: tuple[Any, ...], message: str, value: Any) -> None:
+        self.loc = loc
+        super().__init__(".".join(str(part) for part in loc), value, message)
+
+    @staticmethod
+    def _format(field: str, value: Any, hint: str) -> str:
+        return hint  # the message as given: it already names what is wrong
+
+
+def invalid(loc: tuple[Any, ...], msg: str, value: Any) -> Located:
+    """A 422 like pydantic's, to raise: the field's path, what is wrong, and the value given."""
+    return Located(loc, msg, value)
+
+
+@contextmanager
+def reported_at(*loc: Any, value: Any = _KEEP) -> Iterator[None]:
+    """Input errors raised inside are reported at ``loc`` of the request (with ``value`` as the
+    input, when given, instead of the error's own value)."""
+    try:
+        yield
+    except InputError as exc:
+        raise Located(loc, str(exc), exc.value if value is _KEEP else value) from None
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def _unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
+    # The field path, the message and the value, for every error (never the traceback).
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "input": _jsonable(e.get("input"))}
+        for e in errors
+    ]
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def on_request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return _unprocessable(list(exc.errors()))
+
+
+async def on_input_error(_: Request, exc: InputError) -> JSONResponse:
+    loc = exc.loc if isinstance(exc, Located) else ("body", exc.field)
+    return _unprocessable([{"loc": loc, "msg": str(exc), "input": exc.value}])
+
+
+async def on_not_found(_: Request, exc: NotFound) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+
+async def on_conflict(_: Request, exc: Conflict) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_409_CONFLICT)
+
+
+#: What ``create_app`` registers: exception class → handler.
+HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {
+    RequestValidationError: on_request_invalid,
+    InputError: on_input_error,
+    NotFound: on_not_found,
+    Conflict: on_conflict,
+}

@@ -1,0 +1,161 @@
+"""Jobs and their results: create, list, read, cancel and delete jobs; their trials, a trial's
+plan and compressed model, and the front (JSON or CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, PlainTextResponse
+
+from workers.search import JobSpec
+
+from ..settings import Settings
+from ..store import Conflict
+from .deps import CatalogueDep, FrontsDep, Read, SettingsDep, StoreDep, Write, check_targets
+from .schemas import API, MAX_INT, STATUS_PATTERN, JobOut, JobPage, TrialNumber, TrialPage
+
+router = APIRouter(prefix=API)
+
+
+@router.post("/jobs", status_code=201, response_model=JobOut, dependencies=[Write])
+def create_job(spec: JobSpec, store: StoreDep, cat: CatalogueDep) -> dict[str, Any]:
+    check_targets(cat, spec, ("body",))
+    return store.create_job(spec.model_dump(mode="json"))
+
+
+@router.get("/jobs", response_model=JobPage, dependencies=[Read])
+def list_jobs(
+    store: StoreDep,
+    status_: Annotated[str | None, Query(alias="status", pattern=STATUS_PATTERN)] = None,
+    model: str | None = None,
+    target: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+) -> dict[str, Any]:
+    items, total = store.list_jobs(status=status_, model=model, target=target, limit=limit, offset=offset)
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, dependencies=[Read])
+def get_job(job_id: str, store: StoreDep) -> dict[str, Any]:
+    return store.get_job(job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, dependencies=[Write])
+def cancel_job(job_id: str, store: StoreDep) -> dict[str, Any]:
+    return store.request_cancel(job_id)
+
+
+@router.delete("/jobs/{job_id}", status_code=204, dependencies=[Write])
+def delete_job(job_id: str, store: StoreDep) -> Response:
+    store.delete_job(job_id)
+    return Response(status_code=204)
+
+
+# ---- results ----------------------------------------------------------------------------------
+@router.get("/jobs/{job_id}/trials", response_model=TrialPage, dependencies=[Read])
+def trials(
+    job_id: str,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+) -> dict[str, Any]:
+    items, total = store.trials(job_id, limit=limit, offset=offset)
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/jobs/{job_id}/trials/{number}/plan", dependencies=[Read])
+def trial_plan(job_id: str, number: TrialNumber, store: StoreDep) -> dict[str, Any]:
+    plan: dict[str, Any] = store.trial(job_id, number)["plan"]
+    return plan
+
+
+@router.get("/jobs/{job_id}/trials/{number}/model", dependencies=[Read], response_model=None)
+async def trial_model(
+    job_id: str, number: TrialNumber, store: StoreDep, settings: SettingsDep
+) -> FileResponse:
+    """The compressed model of a trial as a zip (weights, plan, README), built on demand by a
+    Ray worker and cached under the artifact directory."""
+    job = store.get_job(job_id)
+    trial = store.trial(job_id, number)
+    if trial.get("status") != "ok":
+        raise Conflict(f"trial {number} failed; it has no model")
+    root = (settings.data_dir / "artifacts").resolve()
+    path = (root / job["id"] / f"trial-{int(number)}.zip").resolve()
+    if not path.is_relative_to(root):  # ids come from the database, but never trust a path
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such artifact")
+    if not path.exists():
+        try:
+            await run_in_threadpool(_build_artifact, settings, job, trial, path)
+        except Exception as exc:  # a stored plan that no longer builds: say why, not a bare 500
+            raise HTTPException(
+                status.HTTP_500_INTERNAL_SERVER_ERROR, f"building the model failed: {type(exc).__name__}"
+            ) from None
+    return FileResponse(path, media_type="application/zip", filename=f"{job['id']}-trial-{number}.zip")
+
+
+@router.get("/jobs/{job_id}/front", dependencies=[Read], response_model=None)
+def front(
+    job_id: str,
+    store: StoreDep,
+    fronts: FrontsDep,
+    format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
+) -> Any:
+    job = store.get_job(job_id)
+    rows = fronts.get(store, job)
+    if format == "csv":
+        return PlainTextResponse(front_csv(job, rows), media_type="text/csv")
+    return {
+        "job_id": job_id,
+        "objectives": JobSpec.model_validate(job["spec"]).objectives,
+        "targets": job["targets"],
+        "hypervolume": job["hypervolume"],
+        "front": rows,
+    }
+
+
+def _build_artifact(settings: Settings, job: dict[str, Any], trial: dict[str, Any], path: Path) -> None:
+    import ray
+
+    from workers.artifacts import export_compressed
+
+    from ..dispatcher import start_ray
+
+    start_ray(settings.ray_address)
+    task = ray.remote(num_cpus=1, max_retries=1)(export_compressed)
+    ray.get(task.remote(job["model"], trial, str(path), job["id"]), timeout=600)
+
+
+def front_csv(job: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The front as CSV: number, quality, latency per target, weight bytes, provenance, plan (JSON)."""
+    out = io.StringIO()
+    targets = job["targets"]
+    writer = csv.writer(out)
+    header = [
+        "number",
+        "quality",
+        *[f"latency_ms@{t}" for t in targets],
+        "weight_bytes",
+        "provenance",
+        "plan",
+    ]
+    writer.writerow(header)
+    for t in rows:
+        costs = t["costs"]
+        writer.writerow(
+            [
+                t["number"],
+                t["quality"],
+                *[costs[name]["latency_ms"] for name in targets],
+                costs[targets[0]].get("weight_bytes"),
+                costs[targets[0]].get("provenance"),
+                json.dumps(t["plan"], separators=(",", ":")),
+            ]
+        )
+    return out.getvalue()

@@ -1,0 +1,68 @@
+"""Operations: /healthz (database and Ray) and /metrics (Prometheus text), read through ``Store``."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from ..db import JOB_STATUSES, utcnow
+from ..settings import Settings
+from .deps import SettingsDep, StoreDep
+
+router = APIRouter()
+
+#: The window /metrics reports trials per second over.
+TRIALS_WINDOW_S = 60
+
+
+@router.get("/healthz")
+def healthz(store: StoreDep, settings: SettingsDep) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        store.ping()
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+    checks["ray"] = _ray_state(settings)
+    healthy = checks["database"] == "ok" and not checks["ray"].startswith("error")
+    return JSONResponse(
+        {"status": "ok" if healthy else "error", **checks}, status_code=200 if healthy else 503
+    )
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(request: Request, store: StoreDep) -> str:
+    lines = ["# HELP hwsearch_jobs Jobs by status.", "# TYPE hwsearch_jobs gauge"]
+    counts = store.job_counts()
+    recent = store.trials_since(utcnow() - timedelta(seconds=TRIALS_WINDOW_S))
+    for name in JOB_STATUSES:
+        lines.append(f'hwsearch_jobs{{status="{name}"}} {counts.get(name, 0)}')
+    lines += [
+        "# HELP hwsearch_queue_depth Jobs waiting for a dispatcher.",
+        "# TYPE hwsearch_queue_depth gauge",
+        f"hwsearch_queue_depth {counts.get('queued', 0)}",
+        "# HELP hwsearch_trials_per_second Trials stored per second over the last minute.",
+        "# TYPE hwsearch_trials_per_second gauge",
+        f"hwsearch_trials_per_second {recent / TRIALS_WINDOW_S:.6g}",
+        "# HELP hwsearch_request_seconds Time spent answering requests, by route.",
+        "# TYPE hwsearch_request_seconds summary",
+    ]
+    # route → (count, total seconds), kept by create_app's timing middleware
+    for route, (count, total) in sorted(request.app.state.request_seconds.items()):
+        lines.append(f'hwsearch_request_seconds_count{{route="{route}"}} {count}')
+        lines.append(f'hwsearch_request_seconds_sum{{route="{route}"}} {total:.6g}')
+    return "\n".join(lines) + "\n"
+
+
+def _ray_state(settings: Settings) -> str:
+    if "ray" not in sys.modules:
+        return "not started (starts with the first job)" if not settings.ray_address else "not connected yet"
+    import ray
+
+    try:
+        return "ok" if ray.is_initialized() else "not started"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"

@@ -1,0 +1,226 @@
+"""The front read-model: a job's front and its page view, derived from its stored trials.
+
+The objectives are the search's own (``Objectives`` of workers/search/_objectives.py: which
+costs count, their normalisation by the uncompressed model, the reference point and the
+hypervolume), so the API's front is the search's front and the job page's hypervolume curve
+ends at the search's hypervolume, whatever ``spec.objectives`` says.
+
+Both are cached per job under ``Store.trials_version`` (``FrontCache``, ``ViewCache``): a read
+never returns something older than the trials, and while a job runs only the trials written
+since the last read are read. The API (service/api/jobs.py) and the dashboard
+(service/dashboard.py) import this module; it imports neither.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, cast
+
+import numpy as np
+
+from workers.search import JobSpec
+from workers.search._objectives import Objectives
+
+from .store import Store
+
+__all__ = ["MAX_PLOTTED", "FrontCache", "ViewCache", "front_of", "job_view", "point"]
+
+#: Trials off the front that a job page plots at most (thinned evenly by number); the front is whole.
+MAX_PLOTTED = 2000
+#: Trial versions as ``Store.trials_version`` gives them: (trials, newest row id, measured).
+Version = tuple[int, int, int]
+
+
+def _spec(job: Mapping[str, Any]) -> JobSpec:
+    return JobSpec.model_validate(job["spec"])  # stored specs get today's defaults
+
+
+def front_of(job: Mapping[str, Any], trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The non-dominated feasible trials of ``job``, best quality first, derived from the trials.
+
+    The objectives are normalised by trial 0 where ``trials`` hold it; dominance does not change
+    when an objective is scaled by a positive constant, so a subset without trial 0 (a cached
+    front and new trials) has the same front as the search's normalised objectives.
+    """
+    spec = _spec(job)
+    # ``Objectives.front`` returns the very dicts it was given.
+    return cast("list[dict[str, Any]]", Objectives.from_trials(spec, trials).front(trials))
+
+
+class FrontCache:
+    """Fronts derived from the trials, recomputed only when a job's trials changed.
+
+    The key is (number of trials, newest trial row id, measurements stored): a new trial or a
+    new measurement changes it, so a read never returns a front older than the trials. Without
+    it, every read decoded every trial (2,000-trial job, 50 clients: 6.6 s median per read).
+
+    While a job runs its key changes with every trial, and the jobs list polls: when only
+    trials were added, the front is extended from the cached one and the new rows (the front
+    of a union is the front of one part's front and the other part), not derived from every
+    trial again (``Store.trials_added``; a new measurement or a row committed late reads
+    everything).
+    """
+
+    def __init__(self, max_jobs: int = 256) -> None:
+        self._cache: dict[str, tuple[Version, list[dict[str, Any]]]] = {}
+        self._lock = threading.Lock()
+        self.max_jobs = max_jobs
+
+    def get(
+        self,
+        store: Store,
+        job: dict[str, Any],
+        read: tuple[Version, list[dict[str, Any]]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The front of ``job``. ``read`` is (trials version, all trials) that a caller just read,
+        the version first, so the trials are at least as new as the key they are stored under."""
+        key = store.trials_version(job["id"]) if read is None else read[0]
+        with self._lock:
+            hit = self._cache.get(job["id"])
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        added = store.trials_added(job["id"], hit[0], key) if read is None and hit is not None else None
+        if hit is not None and added is not None:
+            rows = front_of(job, sorted(hit[1] + added, key=lambda t: int(t["number"])))
+        else:
+            rows = front_of(job, store.trials(job["id"])[0] if read is None else read[1])
+        with self._lock:
+            if len(self._cache) >= self.max_jobs:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[job["id"]] = (key, rows)
+        return rows
+
+
+def point(t: Mapping[str, Any], targets: list[str], on_front: set[int]) -> dict[str, Any]:
+    """One trial as the job and compare pages plot it: costs per target (latency with its
+    interval, energy where the target has a power figure), weight bytes, the host measurement."""
+    costs = {name: t["costs"].get(name, {}) for name in targets}
+    measured = t.get("measured") or {}
+    return {
+        "number": t["number"],
+        "quality": t["quality"],
+        "latency_ms": {n: c.get("latency_ms") for n, c in costs.items()},
+        "low_ms": {n: c.get("latency_low_ms") for n, c in costs.items()},
+        "high_ms": {n: c.get("latency_high_ms") for n, c in costs.items()},
+        "energy_mj": {n: c.get("energy_mj") for n, c in costs.items()},
+        "weight_bytes": costs[targets[0]].get("weight_bytes"),
+        "measured_ms": measured.get("latency_ms"),
+        "feasible": bool(t.get("feasible")),
+        "front": t["number"] in on_front,
+    }
+
+
+def _curve(spec: JobSpec, ok: list[dict[str, Any]]) -> list[list[float]]:
+    """(evaluations, hypervolume of the feasible trials among them) at up to ~60 marks, in trial
+    number order; empty until trial 0 (the reference) has been evaluated."""
+    if not any(int(t["number"]) == 0 for t in ok):
+        return []
+    goals = Objectives.from_trials(spec, ok)
+    ordered = sorted(ok, key=lambda t: int(t["number"]))
+    vectors: list[list[float]] = []
+    marks = max(1, len(ordered) // 60)
+    cuts = []  # (evaluations, feasible trials among them) at each mark of the curve
+    for i, t in enumerate(ordered, start=1):
+        if t.get("feasible"):
+            vectors.append(goals.vector(float(t["quality"]), t["costs"]))
+        if i % marks == 0 or i == len(ordered):
+            cuts.append((i, len(vectors)))
+    # One array, sliced at each mark: converting the growing list 60 times cost more than
+    # the hypervolumes themselves.
+    table = np.asarray(vectors, dtype=np.float64).reshape(-1, len(goals.reference_point()))
+    return [[i, goals.hypervolume(table[:n])] for i, n in cuts]
+
+
+def job_view(
+    job: dict[str, Any],
+    trials: list[dict[str, Any]],
+    front: list[dict[str, Any]],
+    *,
+    max_plotted: int | None = MAX_PLOTTED,
+) -> dict[str, Any]:
+    """What the job page plots: points (the front complete, the other trials thinned to
+    ``max_plotted`` evenly by number; None keeps them all), the hypervolume curve, the front.
+
+    The curve is the search's hypervolume after each number of evaluations (``Objectives``,
+    trial 0 as the reference), so its last value is the job's hypervolume.
+    """
+    spec = _spec(job)
+    targets = list(spec.targets)
+    on_front = {int(t["number"]) for t in front}
+    ok = [t for t in trials if t.get("quality") is not None]
+    rest = [t for t in ok if t["number"] not in on_front]
+    if max_plotted is not None and len(rest) > max_plotted:
+        step = len(rest) / max_plotted
+        rest = [rest[int(i * step)] for i in range(max_plotted)]
+    front_points = [point(t, targets, on_front) for t in front]
+    # Why trials failed, most frequent first (a failed trial keeps its exception as text).
+    errors = Counter(str(t.get("error") or "no error recorded") for t in trials if t.get("quality") is None)
+    provenance = {
+        name: (front[0]["costs"].get(name, {}).get("provenance") if front else None) for name in targets
+    }
+    return {
+        "targets": targets,
+        "points": front_points + [point(t, targets, on_front) for t in rest],
+        "n_trials": len(trials),
+        "n_failed": len(trials) - len(ok),
+        "n_plotted_rest": len(rest),
+        "n_rest": len(ok) - len(front),
+        "curve": _curve(spec, ok),
+        "front": front_points,
+        "provenance": provenance,
+        "constraints": [c.model_dump() for c in spec.constraints],
+        "failures": [{"error": e, "count": n} for e, n in errors.most_common(5)],
+    }
+
+
+class ViewCache:
+    """Job views, recomputed only when the job's trials changed (the key of ``FrontCache``):
+    the page polls while a job runs, and a 10,000-trial job costs seconds to decode.
+
+    For a running job the decoded trials are kept too (at most ``max_running`` jobs), so each
+    change reads only the trials written since (``Store.trials_added``), as ``FrontCache``
+    does; a new measurement or a row committed late reads them all again.
+    """
+
+    def __init__(self, max_entries: int = 64, max_running: int = 4) -> None:
+        self._cache: dict[tuple[str, bool], tuple[Version, dict[str, Any]]] = {}
+        self._trials: dict[str, tuple[Version, list[dict[str, Any]]]] = {}
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+        self.max_running = max_running
+
+    def get(self, store: Store, fronts: FrontCache, job: dict[str, Any], *, plot_all: bool) -> dict[str, Any]:
+        key = (str(job["id"]), plot_all)
+        version = store.trials_version(job["id"])
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        trials = self._read(store, job, version)
+        front = fronts.get(store, job, (version, trials))
+        view = job_view(job, trials, front, max_plotted=None if plot_all else MAX_PLOTTED)
+        with self._lock:
+            if len(self._cache) >= self.max_entries:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = (version, view)
+        return view
+
+    def _read(self, store: Store, job: dict[str, Any], version: Version) -> list[dict[str, Any]]:
+        job_id = str(job["id"])
+        with self._lock:
+            kept = self._trials.pop(job_id, None)
+        trials = None
+        if kept is not None and kept[0] == version:  # read for the other of plot_all's two views
+            trials = kept[1]
+        elif kept is not None and (added := store.trials_added(job_id, kept[0], version)) is not None:
+            trials = sorted(kept[1] + added, key=lambda t: int(t["number"]))
+        if trials is None:
+            trials = store.trials(job_id)[0]
+        if job["status"] in ("queued", "running"):
+            with self._lock:
+                while len(self._trials) >= self.max_running:
+                    self._trials.pop(next(iter(self._trials)))
+                self._trials[job_id] = (version, trials)
+        return trials
