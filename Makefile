@@ -39,7 +39,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(PY) bench/kernels.py
+	$(PY) bench/kernel_speed.py
 
 clean:
 	rm -rf $(VENV)

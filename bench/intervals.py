@@ -2,11 +2,12 @@
 training residuals (before) against the interval from 5-fold held-out residuals (now), side by
 side in one run.
 
-Run: ``.venv/bin/python bench/intervals.py [--seeds 5] [--out bench/results/intervals.json]``
+Run: ``.venv/bin/python bench/intervals.py [--seeds 5] [--data FILE] [--out bench/results/intervals.json]``
 and ``--markdown bench/results/intervals.json`` for the table.
 
-Data: NAS-Bench-201 latencies measured on four devices (../shared/data/nb201_latency_dev.csv.gz,
-the first 1,500 cells; features as in bench/latency.py, traced once and cached) and a synthetic
+Data: NAS-Bench-201 latencies measured on four devices (``nb201_latency_dev.csv.gz``, found as
+bench/nb201_data.py says; the first 1,500 cells; features as in bench/latency.py, traced once
+and cached) and a synthetic
 device (2.5 × the raspi4 prior + 0.4 ms, 2% log-normal noise, on digits-cnn plans: the test
 suite's device). For n training rows drawn at random (seeds), the rest are held out; *coverage*
 is the share of held-out rows whose measured latency lies in the predicted interval (goal 0.80),
@@ -23,19 +24,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(1, str(Path(__file__).resolve().parent))
-
-from latency_models import FEATURE_NAMES, create_predictor, get_target, network_features  # noqa: E402
-from latency_models._predictor import BoostedResidual, CalibratedPrior  # noqa: E402
-from search_spaces import Plan  # noqa: E402
+from latency_models import (
+    FEATURE_NAMES,
+    BoostedResidual,
+    CalibratedPrior,
+    create_predictor,
+    get_target,
+    network_features,
+)
+from search_spaces import Plan
 
 SIZES = (30, 100, 300, 900)
 KINDS = ("calibrated-prior", "boosted-residual")
@@ -73,10 +75,10 @@ def score(model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     }
 
 
-def nb201_data() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    import latency as bl  # bench/latency.py: the loader and the cached traces
+def nb201_data(data: Path | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    import latency as bl  # bench/latency.py (bench/ is first on a script's path): loader and traces
 
-    archs, lat = bl.load(1500)
+    archs, lat = bl.load(1500, data)
     cache = Path(__file__).parent / "results" / ".cache" / "nb201_inventories_1500.json"
     layers = bl.inventories(archs, cache)
     out = {}
@@ -88,13 +90,11 @@ def nb201_data() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def synthetic_data(n: int = 1200) -> tuple[np.ndarray, np.ndarray]:
-    from kernels import trace
     from latency_models import predict
     from search_spaces import Space
-    from workers.zoo import create_model
+    from workers.zoo import prepare
 
-    entry = create_model("digits-cnn")
-    layers = trace(entry.build(), entry.example_input(), coupling=False)
+    layers = prepare("digits-cnn", coupling=False).layers
     space = Space.build(layers, rank_fractions=(0.1, 0.25, 0.5), wbits=(8,), abits=(8,), rank_multiple=1)
     rng = np.random.default_rng(0)
     target = get_target("raspi4")
@@ -106,8 +106,8 @@ def synthetic_data(n: int = 1200) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(x), np.array(y)
 
 
-def run(seeds: int) -> dict[str, Any]:
-    data = {"synthetic digits-cnn": synthetic_data(), **nb201_data()}
+def run(seeds: int, nb201: Path | None = None) -> dict[str, Any]:
+    data = {"synthetic digits-cnn": synthetic_data(), **nb201_data(nb201)}
     out: dict[str, Any] = {"seeds": seeds, "sizes": SIZES, "rows": []}
     for name, (x, y) in data.items():
         keep = y >= 0.05  # NB201 on raspi4 lists cells "measured" at 0.01 ms (failed runs)
@@ -147,13 +147,16 @@ def markdown(path: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--data", type=Path, default=None, help="the NB201 latency table (default: see bench/nb201_data.py)"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "intervals.json")
     parser.add_argument("--markdown", type=Path, help="print the table of a results file and exit")
     args = parser.parse_args()
     if args.markdown:
         print(markdown(args.markdown))
         return
-    result = run(args.seeds)
+    result = run(args.seeds, args.data)
     result["features"] = list(FEATURE_NAMES)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

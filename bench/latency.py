@@ -1,16 +1,18 @@
 """Latency-model validation tables and predictor throughput (issue 3's bench).
 
-Run: ``.venv/bin/python bench/latency.py [--quick] [--out bench/results/latency.json]``.
+Run: ``.venv/bin/python bench/latency.py [--quick] [--data FILE] [--out bench/results/latency.json]``.
 
-- NAS-Bench-201 on four real devices (../shared/data/nb201_latency_dev.csv.gz): features come
+- NAS-Bench-201 on four real devices (``shared/data/nb201_latency_dev.csv.gz`` beside the
+  checkout, ``$HWSEARCH_SHARED_DATA`` or ``--data``; bench/nb201_data.py): features come
   from hwsearch's own pipeline (zoo → ``kernels.trace`` → ``network_features`` on the matching
   target), for the first ``--networks`` NB201 indices (HELP's protocol needs 0–1899).
   * HELP's protocol: train pool = indices 0–899, test = 900–1899, both trimmed to the device's
     10–90% latency band; train on the first 10 / 100 / 900 pool networks; Spearman.
   * Random splits (5 seeds): 10 / 100 / 900 training networks, test = the rest of the sample;
     MAPE and share within ±10%.
-  Baselines on the same splits: MACs (FLOPs proxy), ridge on a one-hot encoding of the six
-  cell ops (the issue's anchor), a linear model on the same features, and the analytic prior.
+  Baselines on the same splits: MACs (FLOPs proxy) and a linear model on the same features
+  (``latency_models.proxy_baselines``), ridge on a one-hot encoding of the six cell ops (the
+  issue's anchor), and the analytic prior.
 - Throughput: plans per second of ``BatchPredictor`` (vectorised) and of per-plan ``predict``
   on mobilenet-v2 (53 compressible layers) on zcu102.
 """
@@ -18,30 +20,20 @@ Run: ``.venv/bin/python bench/latency.py [--quick] [--out bench/results/latency.
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import json
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from nb201_data import nb201_csv, read_nb201
+from scipy.stats import spearmanr
+from sklearn.linear_model import Ridge
 
-# bench/kernels.py shares its name with the kernels package: keep bench/ off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-warnings.filterwarnings("ignore")
-
-import torch  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
-from sklearn.linear_model import Ridge  # noqa: E402
-
-from kernels import trace  # noqa: E402
-from latency_models import (  # noqa: E402
+from latency_models import (
     FEATURE_NAMES,
     BatchPredictor,
     create_predictor,
@@ -49,51 +41,46 @@ from latency_models import (  # noqa: E402
     metrics,
     network_features,
     predict,
+    proxy_baselines,
 )
-from search_spaces import Plan, Space  # noqa: E402
-from workers.zoo import create_model  # noqa: E402
+from search_spaces import LayerSpec, Plan, Space
+from workers.zoo import prepare
+from workers.zoo.nasbench201 import OPS, parse_arch
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nb201_latency_dev.csv.gz"
+warnings.filterwarnings("ignore")
+
 DEVICES = {
     "raspi4": ("raspi4", 1),
     "fpga": ("zc706", 1),
     "1080ti_32": ("gtx-1080ti", 32),
     "gold_6240": ("xeon-gold-6240", 1),
 }
-OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 SIZES = (10, 100, 900)
 KINDS = ("calibrated-prior", "boosted-residual")
 
 
-def load(n: int) -> tuple[list[str], dict[str, np.ndarray]]:
-    by: dict[str, list[tuple[str, float]]] = {}
-    with gzip.open(DATA, "rt") as f:
-        for row in csv.DictReader(f):
-            by.setdefault(row["device"], []).append((row["arch"], float(row["latency_ms"])))
-    archs = [a for a, _ in by["raspi4"][:n]]
-    for rows in by.values():
-        if [a for a, _ in rows[:n]] != archs:
-            raise SystemExit("devices list architectures in different orders")
-    return archs, {d: np.array([y for _, y in rows[:n]]) for d, rows in by.items()}
+def load(n: int, data: Path | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The first ``n`` NB201 archs and their latencies on every device (``data``: the table,
+    default the shared one; see bench/nb201_data.py)."""
+    archs, lat = read_nb201(nb201_csv(data))
+    return archs[:n], {d: y[:n] for d, y in lat.items()}
 
 
 def onehot(arch: str) -> np.ndarray:
-    ops = [tok.split("~")[0] for group in arch.strip("|").split("|+|") for tok in group.split("|")]
+    """The six edge ops in arch-string order, each one-hot over ``OPS``."""
+    ops = [op for edges in parse_arch(arch) for op in edges]
     return np.array([1.0 if op == o else 0.0 for op in ops for o in OPS])
 
 
-def inventories(archs: list[str], cache: Path) -> list[Any]:
+def inventories(archs: list[str], cache: Path) -> list[list[LayerSpec]]:
     """Trace every architecture once (cached as JSON: the traces take a few minutes)."""
-    from search_spaces import LayerSpec
-
     if cache.exists():
         raw = json.loads(cache.read_text())
         if len(raw) >= len(archs):
             return [[LayerSpec.from_dict(d) for d in layers] for layers in raw[: len(archs)]]
     out = []
     for arch in archs:
-        entry = create_model(f"nasbench201:{arch}")
-        out.append(trace(entry.build(), entry.example_input(), coupling=False))
+        out.append(prepare(f"nasbench201:{arch}", coupling=False).layers)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps([[layer.to_dict() for layer in layers] for layers in out]))
     return out
@@ -109,22 +96,22 @@ def fit_predict(
 ) -> np.ndarray:
     if name in KINDS:
         return create_predictor(name).fit(x_tr, y_tr).predict(x_te)[0]
-    if name == "macs_proxy":
-        col = FEATURE_NAMES.index("total_macs")
-        a, b = np.polyfit(x_tr[:, col], y_tr, 1)
-        return a * x_te[:, col] + b
+    if name in PROXIES:
+        return proxy_baselines(x_tr, y_tr, x_te, FEATURE_NAMES.index("total_macs"))[PROXIES[name]]
     if name == "ridge_onehot":
         return Ridge(alpha=1.0).fit(oh_tr, y_tr).predict(oh_te)
-    if name == "linear_features":
-        return Ridge(alpha=1.0).fit(np.log1p(x_tr), y_tr).predict(np.log1p(x_te))
     raise ValueError(name)
+
+
+#: This bench's names of ``latency_models.proxy_baselines``' baselines.
+PROXIES = {"macs_proxy": "macs_proxy", "linear_features": "linear"}
 
 
 METHODS = (*KINDS, "macs_proxy", "ridge_onehot", "linear_features")
 
 
-def nb201(n_networks: int, seeds: int) -> dict[str, Any]:
-    archs, lat = load(n_networks)
+def nb201(n_networks: int, seeds: int, data: Path | None = None) -> dict[str, Any]:
+    archs, lat = load(n_networks, data)
     layers = inventories(
         archs, Path(__file__).parent / "results" / ".cache" / f"nb201_inventories_{n_networks}.json"
     )
@@ -180,8 +167,7 @@ def nb201(n_networks: int, seeds: int) -> dict[str, Any]:
 
 
 def throughput(n_plans: int) -> dict[str, Any]:
-    entry = create_model("mobilenet-v2")
-    layers = trace(entry.build(), entry.example_input())
+    layers = prepare("mobilenet-v2").layers
     space = Space.build(layers, rank_fractions=(0.25, 0.5), keep=(0.5, 0.75), wbits=(4, 8), abits=(8,))
     rng = np.random.default_rng(0)
     plans = [space.sample(rng) for _ in range(200)]
@@ -301,6 +287,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--networks", type=int, default=3000)
+    parser.add_argument(
+        "--data", type=Path, default=None, help="the NB201 latency table (default: see bench/nb201_data.py)"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency.json"))
     parser.add_argument("--markdown", help="print the tables of a results JSON and exit")
     parser.add_argument(
@@ -326,7 +315,7 @@ def main() -> None:
     res = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_avg_start": load_start,
-        "nb201": nb201(networks, 2 if args.quick else 5),
+        "nb201": nb201(networks, 2 if args.quick else 5, args.data),
         "throughput": throughput(20_000 if args.quick else 100_000),
         "host": host(6 if args.quick else args.host_plans, 5),
     }

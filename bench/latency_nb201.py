@@ -3,8 +3,9 @@
 Which predictor, fitted on few measured networks of one device, best predicts the measured
 whole-network latency of other networks on that device? The networks are the 15,625
 NAS-Bench-201 cells (``workers.zoo`` entry ``nasbench201``); the measurements are
-``/work/shared/data/nb201_latency_dev.csv.gz`` (raspi4 and fpga from HW-NAS-Bench, 1080ti at
-batch 32 and Xeon Gold 6240 from HELP).
+``nb201_latency_dev.csv.gz`` (raspi4 and fpga from HW-NAS-Bench, 1080ti at batch 32 and Xeon
+Gold 6240 from HELP), found in ``shared/data`` beside the checkout, in ``$HWSEARCH_SHARED_DATA``
+or at ``--data FILE`` (bench/nb201_data.py).
 
 Layer inventories. Tracing 15,625 networks is ~25 minutes, so each inventory is composed: the
 networks for five uniform cells (every edge ``none`` / ``skip_connect`` / ``nor_conv_1x1`` /
@@ -13,11 +14,14 @@ every layer named ``cells.<c>.edges.edge_<j>_<i>...`` belongs to one edge of one
 (stem, reductions, pooling, classifier) is shared. An arch's inventory is the shared layers plus,
 in traced order, the layers of the op on each edge. The composition is checked against a real
 ``kernels.trace`` of random archs (all LayerSpec fields: names, kinds, shapes, MACs, params).
+Zoo models are built and traced through ``workers.zoo.prepare``.
 Features are sums of per-layer rows, so they compose the same way; they are checked against
 features computed from the traced inventories too.
 
-Features (all from LayerSpecs, search-space independent): per layer class (k×k conv, 1×1 conv,
-depthwise, grouped, linear, attention, pooling) the layer count, MACs, bytes moved (fp32
+The study's features (all from LayerSpecs, search-space independent; :func:`study_features`,
+not ``latency_models.network_features``, which has no pooling prior and fewer columns): per
+layer class (``latency_models``' GEMM groups k×k conv, 1×1 conv, depthwise, grouped, linear,
+attention; plus pooling) the layer count, MACs, bytes moved (fp32
 activations in + out, weights) and the analytic prior latency of ``latency_models`` (per-GEMM
 roofline / FPGA model of the device's documented target; pooling has no GEMM, so this bench
 gives it a memory-roofline prior: bytes / bandwidth + dispatch). The 1080ti data is batch 32:
@@ -37,7 +41,18 @@ relative error (3d); 3c one scale of the total prior + constant; 4 LightGBM on t
 features predicting log latency, alone (4a) or on the residual of 3b (4b); 5 the same with the
 graph features: 5a = 3b + graph, 5b = LightGBM on the residual of 5a; L1/L2 the project's own
 ``latency_models`` predictors (calibrated-prior, boosted-residual) on
-``latency_models.network_features``, composed the same way, when this checkout has them.
+``latency_models.network_features``, composed the same way.
+
+0-5 are the study's own methods (``StudyPredictor`` subclasses), the experimental variants
+docs/latency_nb201.md reports, not copies of ``latency_models``' predictors: they read the
+study's feature table (pooling with a prior, bytes, the graph columns), and the study's
+calibrated prior (:class:`StudyCalibratedPrior`) offers three losses and, for the robust log
+one, drops the columns constant over the training rows and fits with an analytic Jacobian
+from a shifted NNLS start; ``latency_models.CalibratedPrior`` fits fixed columns, falls back
+to one scale of the prior when leave-one-out prefers it and adds a held-out interval. (Issue
+18 is to promote what the study recommends into the library.) What is the same thing as the
+library's is imported: ``plan_gemms``, the families' estimates and their batching, the GEMM
+groups, ``network_features``, ``metrics`` and the L1/L2 predictors.
 
 Protocols: (a) HELP's: pool = indices 0-899, test = 900-1899, each trimmed to its own 10-90 %
 latency band (as HELP's loader does: sort, keep [int(0.1 n), int(0.9 n))) = 720 / 800 networks;
@@ -48,54 +63,48 @@ Spearman. The 341 cells with no input→output path are flagged and reported sep
 
 Run::
 
-    .venv/bin/python bench/latency_nb201.py [--no-cache] [--out bench/results/latency_nb201.json]
+    .venv/bin/python bench/latency_nb201.py [--data FILE] [--no-cache] [--out FILE]
 """
 
 from __future__ import annotations
 
+import abc
 import argparse
-import csv
 import datetime as dt
-import gzip
 import hashlib
 import json
 import platform
 import re
-import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
+import torch
+from nb201_data import nb201_csv, read_nb201
+from scipy.optimize import least_squares, nnls
+from scipy.stats import spearmanr
+from sklearn.linear_model import RidgeCV
+from torch.overrides import TorchFunctionMode
 
-ROOT = Path(__file__).resolve().parents[1]
-# bench/ holds a kernels.py: drop this folder from the path so ``import kernels`` finds the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(ROOT))
-
-import lightgbm as lgb  # noqa: E402
-import torch  # noqa: E402
-from scipy.optimize import least_squares, nnls  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
-from sklearn.linear_model import RidgeCV  # noqa: E402
-from torch.overrides import TorchFunctionMode  # noqa: E402
-
-import kernels  # noqa: E402
-import latency_models  # noqa: E402
-from search_spaces import LayerKind, LayerSpec, Plan  # noqa: E402
-from workers.zoo import create_model  # noqa: E402
-from workers.zoo.nasbench201 import OPS, Genotype, format_arch, parse_arch  # noqa: E402
+import kernels
+import latency_models
+import workers.zoo.nasbench201
+from latency_models._features import GROUPS, _batched, _group_of
+from search_spaces import GEMM_KINDS, LayerKind, LayerSpec, Plan
+from workers.zoo import prepare
+from workers.zoo.nasbench201 import OPS, Genotype, format_arch, parse_arch
 
 Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-DATA = Path("/work/shared/data/nb201_latency_dev.csv.gz")
-DEFAULT_OUT = ROOT / "bench" / "results" / "latency_nb201.json"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latency_nb201.json"
 CACHE_DIR = Path(tempfile.gettempdir()) / "hwsearch_latency_nb201"
 CACHE_VERSION = "1"
 
@@ -121,16 +130,8 @@ EDGES: tuple[tuple[int, int], ...] = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3
 N_EDGES = len(EDGES)
 EDGE_NAME = re.compile(r"^cells\.(\d+)\.edges\.edge_(\d)_(\d)(?:\..*)?$")
 
-LAYER_CLASSES: tuple[str, ...] = (
-    "conv_kxk",
-    "conv_1x1",
-    "conv_dw",
-    "conv_grouped",
-    "linear",
-    "attention",
-    "pooling",
-    "other",
-)
+#: The study's layer classes: ``latency_models``' GEMM groups, then pooling and the rest.
+LAYER_CLASSES: tuple[str, ...] = (*GROUPS, "pooling", "other")
 QUANTITIES: tuple[str, ...] = ("count", "macs", "bytes", "prior_ms")
 LAYER_COLUMNS: tuple[str, ...] = tuple(f"{c}:{q}" for c in LAYER_CLASSES for q in QUANTITIES)
 GRAPH_COLUMNS: tuple[str, ...] = ("eltwise:count", "eltwise:bytes", "dead:count", "dead:prior_ms")
@@ -146,23 +147,13 @@ PHONE_FLOOR_MS = 0.5
 
 
 def load_measurements(path: Path) -> tuple[list[str], dict[str, Array]]:
-    """Arch strings in NB201 index order and each device's latencies (ms) in the same order."""
-    archs: dict[str, list[str]] = {}
-    lat: dict[str, list[float]] = {}
-    with gzip.open(path, "rt", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["space"] != "nasbench201":
-                raise ValueError(f"{path}: unexpected space {row['space']!r}")
-            archs.setdefault(row["device"], []).append(row["arch"])
-            lat.setdefault(row["device"], []).append(float(row["latency_ms"]))
+    """Arch strings in NB201 index order and each device's latencies (ms) in the same order;
+    the table must hold exactly the study's devices."""
+    order, lat = read_nb201(path)
     names = [d.name for d in DEVICES]
-    if sorted(archs) != sorted(names):
-        raise ValueError(f"{path}: devices {sorted(archs)}, expected {sorted(names)}")
-    order = archs[names[0]]
-    for device in names[1:]:
-        if archs[device] != order:
-            raise ValueError(f"{path}: device {device} lists the archs in another order")
-    return order, {d: np.asarray(v, dtype=np.float64) for d, v in lat.items()}
+    if sorted(lat) != sorted(names):
+        raise ValueError(f"{path}: devices {sorted(lat)}, expected {sorted(names)}")
+    return order, lat
 
 
 def file_sha256(path: Path) -> str:
@@ -232,13 +223,11 @@ def trace_and_count_adds(arch: str) -> tuple[list[LayerSpec], int]:
     The add count is what a tracer extension would record next to the LayerSpecs; here it
     checks the genotype-derived ``eltwise:count`` feature.
     """
-    entry = create_model(f"nasbench201:{arch}")
-    model, x = entry.build(), entry.example_input()
-    layers = kernels.trace(model, x, coupling=False)
+    prepared = prepare(f"nasbench201:{arch}", coupling=False)
     counter = _AddCounter()
     with torch.no_grad(), counter:
-        model(x)
-    return layers, counter.adds
+        prepared.model(prepared.example_input)
+    return prepared.layers, counter.adds
 
 
 @dataclass(frozen=True)
@@ -315,16 +304,11 @@ def build_templates() -> Templates:
 
 
 def layer_class(layer: LayerSpec) -> str:
-    """The feature class of a layer: conv by kernel and grouping, linear, attention, pooling."""
-    if layer.kind is LayerKind.CONV2D:
-        return "conv_1x1" if layer.kernel_size == (1, 1) else "conv_kxk"
-    if layer.kind is LayerKind.DEPTHWISE_CONV2D:
-        return "conv_dw"
-    if layer.kind is LayerKind.GROUPED_CONV2D:
-        return "conv_grouped"
-    if layer.kind in (LayerKind.LINEAR, LayerKind.ATTENTION, LayerKind.POOLING):
-        return layer.kind.value
-    return "other"
+    """The feature class of a layer: its ``latency_models`` GEMM group (conv by kernel and
+    grouping, linear, attention), else pooling or other."""
+    if layer.kind in GEMM_KINDS or layer.kind is LayerKind.ATTENTION:
+        return GROUPS[_group_of(layer)]
+    return "pooling" if layer.kind is LayerKind.POOLING else "other"
 
 
 def activation_elems(layer: LayerSpec) -> tuple[int, int]:
@@ -339,15 +323,12 @@ def activation_elems(layer: LayerSpec) -> tuple[int, int]:
 def prior_per_layer(layers: Sequence[LayerSpec], device: Device) -> Array:
     """Analytic prior latency (ms) of every layer on the device's target, at the device's batch.
 
-    GEMM layers use ``latency_models`` (plan_gemms + the family's estimate) with M, activation
-    bytes scaled by the batch. Layers without a GEMM (pooling) get a memory roofline here:
+    GEMM layers use ``latency_models`` (plan_gemms + the family's estimate, batched as
+    ``network_features`` batches). Layers without a GEMM (pooling) get a memory roofline here:
     fp32 bytes read and written over the target's bandwidth, plus its dispatch overhead.
     """
     target = latency_models.get_target(device.target)
-    gemms = latency_models.plan_gemms(layers, Plan())
-    if device.batch != 1:
-        b = float(device.batch)
-        gemms = replace(gemms, m=gemms.m * b, in_bytes=gemms.in_bytes * b, out_bytes=gemms.out_bytes * b)
+    gemms = _batched(latency_models.plan_gemms(layers, Plan()), device.batch)
     estimate = latency_models.create_family(target.family).estimate(target, gemms)
     prior = np.zeros(len(layers))
     np.add.at(prior, gemms.layer, estimate.latency_ms)
@@ -375,8 +356,8 @@ def layer_rows(layers: Sequence[LayerSpec], device: Device) -> Array:
     return rows
 
 
-def network_features(layers: Sequence[LayerSpec], device: Device) -> Array:
-    """The :data:`LAYER_COLUMNS` features of one whole inventory (the generic path)."""
+def study_features(layers: Sequence[LayerSpec], device: Device) -> Array:
+    """The study's :data:`LAYER_COLUMNS` features of one whole inventory (the generic path)."""
     return layer_rows(layers, device).sum(axis=0)
 
 
@@ -395,7 +376,7 @@ def edge_sums(templates: Templates, device: Device) -> tuple[Array, Array]:
     ``skip_connect`` rows are zero (they create no layer).
     """
     shared = [s.layer for s in templates.slots if s.layer is not None]
-    shared_sum = network_features(shared, device)
+    shared_sum = study_features(shared, device)
     per = np.zeros((len(OPS), N_EDGES, len(LAYER_COLUMNS)))
     for (op, _cell, edge), layers in templates.edge_layers.items():
         per[OPS.index(op), edge, :] += layer_rows(layers, device).sum(axis=0)
@@ -448,10 +429,6 @@ def build_feature_tables(
 
 
 LM_PREFIX = "lm:"
-#: Whether this checkout's latency_models has the learned predictors to compare against.
-REPO_PREDICTORS = all(
-    hasattr(latency_models, name) for name in ("network_features", "FEATURE_NAMES", "create_predictor")
-)
 
 
 def repo_features(layers: Sequence[LayerSpec], device: Device) -> Array:
@@ -467,8 +444,6 @@ def add_repo_features(tables: FeatureTables, archs: Sequence[str], templates: Te
     totals), except ``batch``, which is set afterwards. Checked against the traced inventories
     in :func:`verify_composition`.
     """
-    if not REPO_PREDICTORS:
-        return tables
     names = list(latency_models.FEATURE_NAMES)
     op_index = np.array([[OPS.index(op) for op in flat_ops(parse_arch(a))] for a in archs], dtype=np.int64)
     shared = [s.layer for s in templates.slots if s.layer is not None]
@@ -537,7 +512,7 @@ def verify_composition(
             )
         checked_layers += len(traced)
         for device in DEVICES:
-            direct = network_features(traced, device)
+            direct = study_features(traced, device)
             fast = tables.features[device.name][k, : len(LAYER_COLUMNS)]
             if not np.allclose(direct, fast, rtol=1e-9, atol=1e-12):
                 raise AssertionError(f"arch {k} on {device.name}: composed features differ from traced")
@@ -573,36 +548,39 @@ def verify_composition(
 # --------------------------------------------------------------------------------------------
 
 
-class Predictor:
-    """fit(X, y) on training networks, predict(X) in ms."""
+class StudyPredictor(abc.ABC):
+    """A method of this study: ``fit`` on the training networks' rows of the study's feature
+    table (and their op one-hot), ``predict`` their latency in ms.
 
-    name: str = ""
+    Not ``latency_models.Predictor``, which takes rows of ``latency_models.FEATURE_NAMES`` and
+    returns an 80 % interval too; :class:`LibraryPredictor` adapts one for the comparison.
+    """
 
-    def fit(self, x: Array, onehot: Array, y: Array) -> Predictor:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def fit(self, x: Array, onehot: Array, y: Array) -> StudyPredictor: ...
 
-    def predict(self, x: Array, onehot: Array) -> Array:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def predict(self, x: Array, onehot: Array) -> Array: ...
 
 
 def column_indices(columns: Sequence[str], wanted: Sequence[str]) -> list[int]:
     return [columns.index(c) for c in wanted]
 
 
-class PriorZeroShot(Predictor):
+class PriorZeroShot(StudyPredictor):
     """The analytic prior as it is: sum of per-layer prior latencies, nothing fitted."""
 
     def __init__(self, columns: Sequence[str]) -> None:
         self.cols = column_indices(columns, [f"{c}:prior_ms" for c in LAYER_CLASSES])
 
-    def fit(self, x: Array, onehot: Array, y: Array) -> Predictor:
+    def fit(self, x: Array, onehot: Array, y: Array) -> StudyPredictor:
         return self
 
     def predict(self, x: Array, onehot: Array) -> Array:
         return np.asarray(x[:, self.cols].sum(axis=1))
 
 
-class FlopsLinear(Predictor):
+class FlopsLinear(StudyPredictor):
     """latency = a·MACs + b (least squares); its ranking is the plain FLOPs proxy."""
 
     def __init__(self, columns: Sequence[str]) -> None:
@@ -612,7 +590,7 @@ class FlopsLinear(Predictor):
     def macs(self, x: Array) -> Array:
         return np.asarray(x[:, self.cols].sum(axis=1))
 
-    def fit(self, x: Array, onehot: Array, y: Array) -> Predictor:
+    def fit(self, x: Array, onehot: Array, y: Array) -> StudyPredictor:
         design = np.stack([self.macs(x), np.ones(len(y))], axis=1)
         self.coef = np.asarray(np.linalg.lstsq(design, y, rcond=None)[0], dtype=np.float64)
         return self
@@ -621,13 +599,13 @@ class FlopsLinear(Predictor):
         return np.asarray(self.coef[0] * self.macs(x) + self.coef[1])
 
 
-class OneHotRidge(Predictor):
+class OneHotRidge(StudyPredictor):
     """Ridge on the one-hot of the six edge ops (the anchor; NAS-Bench-201 specific)."""
 
     def __init__(self) -> None:
         self.model = RidgeCV(alphas=np.logspace(-3, 3, 13))
 
-    def fit(self, x: Array, onehot: Array, y: Array) -> Predictor:
+    def fit(self, x: Array, onehot: Array, y: Array) -> StudyPredictor:
         self.model.fit(onehot, y)
         return self
 
@@ -640,8 +618,11 @@ def informative(x: Array) -> list[int]:
     return [j for j in range(x.shape[1]) if np.ptp(x[:, j]) > 1e-12 * max(1.0, float(np.abs(x[:, j]).max()))]
 
 
-class CalibratedPrior(Predictor):
-    """nn-Meter-style decomposition: latency = Σ_class (a·prior + b·MACs + c·count) + overhead.
+class StudyCalibratedPrior(StudyPredictor):
+    """The study's calibrated prior (3a, 3b, 3d, 5a), the variant docs/latency_nb201.md compares
+    with ``latency_models.CalibratedPrior`` (L1; see the module docstring for the differences).
+
+    nn-Meter-style decomposition: latency = Σ_class (a·prior + b·MACs + c·count) + overhead.
 
     All coefficients non-negative; columns scaled to unit maximum; classes with no layer in any
     training network drop out. ``loss="squared"``: scipy's NNLS on absolute errors;
@@ -667,7 +648,7 @@ class CalibratedPrior(Predictor):
         sub = x[:, self.cols][:, self.use] / self.scale
         return np.concatenate([sub, np.ones((len(x), 1))], axis=1)
 
-    def fit(self, x: Array, onehot: Array, y: Array) -> Predictor:
+    def fit(self, x: Array, onehot: Array, y: Array) -> StudyPredictor:
         sub = x[:, self.cols]
         self.use = informative(sub)
         self.scale = np.maximum(np.abs(sub[:, self.use]).max(axis=0), 1e-30)
@@ -695,17 +676,17 @@ class CalibratedPrior(Predictor):
         return np.asarray(self._design(x) @ self.coef)
 
 
-class PriorScale(Predictor):
+class PriorScale(StudyPredictor):
     """latency = a·(total prior) + c, a, c ≥ 0, robust log loss: one scale of the prior, its ranking kept."""
 
     def __init__(self, columns: Sequence[str]) -> None:
         self.cols = column_indices(columns, [f"{c}:prior_ms" for c in LAYER_CLASSES])
-        self.inner = CalibratedPrior(columns)
+        self.inner = StudyCalibratedPrior(columns)
 
     def _x(self, x: Array) -> Array:
         return np.stack([x[:, self.cols].sum(axis=1)], axis=1)
 
-    def fit(self, x: Array, onehot: Array, y: Array) -> Predictor:
+    def fit(self, x: Array, onehot: Array, y: Array) -> StudyPredictor:
         self.inner.cols = [0]
         self.inner.fit(self._x(x), onehot, y)
         return self
@@ -714,14 +695,14 @@ class PriorScale(Predictor):
         return self.inner.predict(self._x(x), onehot)
 
 
-class RepoPredictor(Predictor):
+class LibraryPredictor(StudyPredictor):
     """A ``latency_models`` learned predictor (``create_predictor(kind)``) on its own features."""
 
     def __init__(self, columns: Sequence[str], kind: str) -> None:
         self.cols = [i for i, c in enumerate(columns) if c.startswith(LM_PREFIX)]
         self.model = latency_models.create_predictor(kind)
 
-    def fit(self, x: Array, onehot: Array, y: Array) -> Predictor:
+    def fit(self, x: Array, onehot: Array, y: Array) -> StudyPredictor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.model.fit(x[:, self.cols], y)
@@ -752,14 +733,16 @@ def lgbm_params(n: int, residual: bool) -> dict[str, Any]:
     }
 
 
-class Boosted(Predictor):
+class StudyBoosted(StudyPredictor):
     """LightGBM on the aggregated LayerSpec features (and graph features if ``extra``), log latency.
 
     With ``base`` it fits log(y / base prediction) instead: boosting on the calibrated prior's
     residual.
     """
 
-    def __init__(self, columns: Sequence[str], base: Predictor | None = None, extra: bool = False) -> None:
+    def __init__(
+        self, columns: Sequence[str], base: StudyPredictor | None = None, extra: bool = False
+    ) -> None:
         names = list(LAYER_COLUMNS) + (list(GRAPH_COLUMNS) if extra else [])
         self.cols = column_indices(columns, names)
         self.base = base
@@ -772,7 +755,7 @@ class Boosted(Predictor):
             sub = np.concatenate([sub, self.base.predict(x, onehot)[:, None]], axis=1)
         return np.asarray(sub)
 
-    def fit(self, x: Array, onehot: Array, y: Array) -> Predictor:
+    def fit(self, x: Array, onehot: Array, y: Array) -> StudyPredictor:
         target = np.log(y)
         if self.base is not None:
             self.base.fit(x, onehot, y)
@@ -800,7 +783,7 @@ class Method:
 
     key: str
     label: str
-    make: Callable[[Sequence[str]], Predictor]
+    make: Callable[[Sequence[str]], StudyPredictor]
     generic: bool = True
 
 
@@ -809,34 +792,37 @@ METHODS: tuple[Method, ...] = (
     Method("flops", "1  FLOPs proxy (MACs; a·MACs+b for errors)", FlopsLinear),
     Method("onehot_ridge", "2  ridge on 6-edge op one-hot (anchor)", lambda c: OneHotRidge(), generic=False),
     Method(
-        "prior_nnls", "3a calibrated prior, NNLS squared error", lambda c: CalibratedPrior(c, loss="squared")
+        "prior_nnls",
+        "3a calibrated prior, NNLS squared error",
+        lambda c: StudyCalibratedPrior(c, loss="squared"),
     ),
-    Method("prior_log", "3b calibrated prior, robust log loss", CalibratedPrior),
+    Method("prior_log", "3b calibrated prior, robust log loss", StudyCalibratedPrior),
     Method(
-        "prior_rel", "3d calibrated prior, NNLS rows / latency", lambda c: CalibratedPrior(c, loss="relative")
+        "prior_rel",
+        "3d calibrated prior, NNLS rows / latency",
+        lambda c: StudyCalibratedPrior(c, loss="relative"),
     ),
     Method("prior_scale", "3c one scale of the prior + const (robust log)", PriorScale),
-    Method("lgbm", "4a LightGBM on layer features (log)", Boosted),
-    Method("prior_log_lgbm", "4b LightGBM on residual of 3b", lambda c: Boosted(c, base=CalibratedPrior(c))),
-    Method("graph_log", "5a 3b + graph features", lambda c: CalibratedPrior(c, extra=True)),
+    Method("lgbm", "4a LightGBM on layer features (log)", StudyBoosted),
+    Method(
+        "prior_log_lgbm",
+        "4b LightGBM on residual of 3b",
+        lambda c: StudyBoosted(c, base=StudyCalibratedPrior(c)),
+    ),
+    Method("graph_log", "5a 3b + graph features", lambda c: StudyCalibratedPrior(c, extra=True)),
     Method(
         "graph_log_lgbm",
         "5b LightGBM on residual of 5a (+graph)",
-        lambda c: Boosted(c, base=CalibratedPrior(c, extra=True), extra=True),
+        lambda c: StudyBoosted(c, base=StudyCalibratedPrior(c, extra=True), extra=True),
     ),
-) + (
-    (
-        Method(
-            "lm_calibrated",
-            "L1 latency_models calibrated-prior",
-            lambda c: RepoPredictor(c, "calibrated-prior"),
-        ),
-        Method(
-            "lm_boosted", "L2 latency_models boosted-residual", lambda c: RepoPredictor(c, "boosted-residual")
-        ),
-    )
-    if REPO_PREDICTORS
-    else ()
+    Method(
+        "lm_calibrated",
+        "L1 latency_models calibrated-prior",
+        lambda c: LibraryPredictor(c, "calibrated-prior"),
+    ),
+    Method(
+        "lm_boosted", "L2 latency_models boosted-residual", lambda c: LibraryPredictor(c, "boosted-residual")
+    ),
 )
 
 
@@ -850,12 +836,13 @@ def spearman(a: Array, b: Array) -> float:
 
 
 def error_metrics(pred: Array, y: Array) -> dict[str, float]:
-    ape = np.abs(pred - y) / y
+    """``latency_models.metrics`` in percent, and the median APE."""
+    m = latency_models.metrics(pred, y)
     return {
-        "mape": float(100 * ape.mean()),
-        "median_ape": float(100 * np.median(ape)),
-        "within_10": float(100 * np.mean(ape <= 0.10)),
-        "spearman": spearman(pred, y),
+        "mape": 100 * m.mape,
+        "median_ape": float(100 * np.median(np.abs(pred - y) / y)),
+        "within_10": 100 * m.within_10pct,
+        "spearman": m.spearman,
     }
 
 
@@ -956,12 +943,13 @@ def cached_tables(
     archs: Sequence[str], templates: Templates, data_sha: str, use_cache: bool
 ) -> tuple[FeatureTables, str]:
     """The feature tables, from the temp-dir cache when data and this file are unchanged."""
+    library = Path(latency_models.__file__).parent  # as installed (editable: this checkout)
     sources = [
         Path(__file__),
-        *sorted((ROOT / "latency_models").rglob("*.py")),
-        *sorted((ROOT / "latency_models" / "targets").glob("*.json")),
-        ROOT / "kernels" / "_trace.py",
-        ROOT / "workers" / "zoo" / "nasbench201.py",
+        *sorted(library.rglob("*.py")),
+        *sorted((library / "targets").glob("*.json")),
+        Path(kernels.__file__).parent / "_trace.py",
+        Path(workers.zoo.nasbench201.__file__),
     ]
     code_sha = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
     path = CACHE_DIR / f"features-{CACHE_VERSION}-{data_sha[:16]}-{code_sha}.npz"
@@ -1091,7 +1079,9 @@ def print_tables(results: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument(
+        "--data", type=Path, default=None, help="the NB201 latency table (default: see bench/nb201_data.py)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-cache", action="store_true", help="rebuild the composed features")
     parser.add_argument("--verify", type=int, default=20, help="random archs checked against kernels.trace")
@@ -1099,6 +1089,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     start = time.perf_counter()
+    args.data = nb201_csv(args.data)
     archs, lat = load_measurements(args.data)
     data_sha = file_sha256(args.data)
     templates = build_templates()

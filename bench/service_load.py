@@ -1,7 +1,9 @@
 """The service under load, SQLite and PostgreSQL side by side in one run (issue 5's bench).
 
-Run: ``.venv/bin/python bench/service.py [--clients 50] [--requests 20] [--out bench/results/service.json]``
-and ``.venv/bin/python bench/service.py --markdown bench/results/service.json`` for the table.
+Run: ``.venv/bin/python bench/service_load.py [--clients 50] [--requests 20] [--out FILE]``
+(default ``bench/results/service.json``) and ``.venv/bin/python bench/service_load.py --markdown
+bench/results/service.json`` for the table. (Not ``bench/service.py``: a script of that name,
+run from bench/, would shadow the ``service`` package.)
 
 For each database a real ``hwsearch serve`` process (one uvicorn worker, dispatcher off so no
 search competes for the CPU) is started on a fresh database, and:
@@ -33,17 +35,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+import sqlalchemy as sa
 
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import httpx  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
-
-from service.db import make_engine, migrate  # noqa: E402
-from service.store import Store  # noqa: E402
-from workers.search import JobSpec  # noqa: E402
+from service.db import make_engine, migrate
+from service.store import Store
+from workers.search import JobSpec
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SPEC = {
