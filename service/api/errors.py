@@ -26,8 +26,9 @@ from ..store import Conflict, NotFound
 _KEEP: Any = object()
 
 
-class Located(InputError):
-    """An input error at a known place of the request: ``loc`` as pydantic writes it."""
+class Invalid(InputError):
+    """An input error at a known place of the request, a 422 like pydantic's: ``loc`` (the
+    field's path as pydantic writes it), what is wrong, and the value given."""
 
     def __init__(self, loc: tuple[Any, ...], message: str, value: Any) -> None:
         self.loc = loc
@@ -38,19 +39,16 @@ class Located(InputError):
         return hint  # the message as given: it already names what is wrong
 
 
-def invalid(loc: tuple[Any, ...], msg: str, value: Any) -> Located:
-    """A 422 like pydantic's, to raise: the field's path, what is wrong, and the value given."""
-    return Located(loc, msg, value)
-
-
 @contextmanager
 def reported_at(*loc: Any, value: Any = _KEEP) -> Iterator[None]:
     """Input errors raised inside are reported at ``loc`` of the request (with ``value`` as the
-    input, when given, instead of the error's own value)."""
+    input, when given, instead of the error's own value); one already placed keeps its place."""
     try:
         yield
+    except Invalid:
+        raise
     except InputError as exc:
-        raise Located(loc, str(exc), exc.value if value is _KEEP else value) from None
+        raise Invalid(loc, str(exc), exc.value if value is _KEEP else value) from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -77,7 +75,7 @@ async def on_request_invalid(_: Request, exc: RequestValidationError) -> JSONRes
 
 
 async def on_input_error(_: Request, exc: InputError) -> JSONResponse:
-    loc = exc.loc if isinstance(exc, Located) else ("body", exc.field)
+    loc = exc.loc if isinstance(exc, Invalid) else ("body", exc.field)
     return _unprocessable([{"loc": loc, "msg": str(exc), "input": exc.value}])
 
 

@@ -21,7 +21,7 @@ from search_spaces import InputError
 
 from ..store import Conflict
 from .deps import CatalogueDep, Read, SettingsDep, StoreDep, Write, target_of
-from .errors import invalid, reported_at
+from .errors import Invalid, reported_at
 from .schemas import API, ActivateIn
 
 router = APIRouter(prefix=API)
@@ -105,11 +105,11 @@ async def upload_measurements(
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"uploads are limited to {limit} bytes")
     # ``cat`` (a dependency) registered the stored user targets, so they are among the names.
     if name not in target_names() and family is None:
-        raise invalid(
+        raise Invalid(
             ("query", "family"), f"target {name!r} does not exist: give its family to create it", None
         )
     if not _SAFE_NAME.match(name):
-        raise invalid(("path", "name"), "letters, digits, '.', '_' and '-' only", name)
+        raise Invalid(("path", "name"), "letters, digits, '.', '_' and '-' only", name)
     folder = settings.data_dir / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     fit_id = uuid.uuid4().hex[:16]
