@@ -13,6 +13,7 @@ from latency_models import (
     FEATURE_NAMES,
     LatencyModelError,
     LayerMeasurement,
+    Predictor,
     create_predictor,
     get_target,
     layer_features,
@@ -72,32 +73,88 @@ def test_contract_the_80_percent_interval_covers_held_out_rows(kind: str, n_trai
     assert 0.65 <= float(np.mean(coverage)) <= 0.95, coverage
 
 
-@pytest.mark.parametrize("kind", list_predictors())
-def test_contract_fit_layers_is_additive(kind: str) -> None:
-    """Fitted on measured layers, a predictor costs a network as the sum of its layers (no
-    per-network constant), interval included; a kind that cannot be additive refuses."""
+#: The kinds whose ``fit_layers`` must give a model additive over layers (the catalogue fits them
+#: from per-layer tables). Every other registered kind must refuse a per-layer table.
+ADDITIVE = ("calibrated-prior", "boosted-residual")
+
+
+def _layer_table(seed: int = 0) -> tuple[Space, np.random.Generator, np.ndarray, np.ndarray]:
+    """Measured layers of 8 random plans: 1.5× the raspi4 prior plus a fixed 0.05 ms per layer
+    (a constant a per-network fit would take as its overhead), 5% noise."""
     target = get_target("raspi4")
     space = Space.build(LAYERS, rank_fractions=(0.5,), wbits=(8,), abits=(8,), rank_multiple=1)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     rows = [
         LayerMeasurement(layer, plan[layer.name], 1.0)
         for plan in (space.sample(rng) for _ in range(8))
         for layer in LAYERS
     ]
     x = layer_features(target, rows)
-    # A fixed 0.05 ms per measured layer: a constant a per-network fit would take as its overhead.
     y = (1.5 * x[:, FEATURE_NAMES.index("prior_ms")] + 0.05) * np.exp(rng.normal(0, 0.05, len(x)))
-    try:
-        predictor = create_predictor(kind).fit_layers(x, y)
-    except LatencyModelError as exc:
-        assert "per-layer" in str(exc)
+    return space, rng, x, y
+
+
+def test_the_additive_kinds_are_registered() -> None:
+    assert set(ADDITIVE) <= set(list_predictors())
+
+
+@pytest.mark.parametrize("kind", list_predictors())
+def test_contract_fit_layers_is_additive(kind: str) -> None:
+    """Fitted on measured layers, an additive kind costs a network as the sum of its layers (no
+    per-network constant), interval included; any other kind refuses the per-layer table."""
+    space, rng, x, y = _layer_table()
+    if kind not in ADDITIVE:
+        with pytest.raises(LatencyModelError, match="per-layer"):
+            create_predictor(kind).fit_layers(x, y)
         return
+    predictor = create_predictor(kind).fit_layers(x, y)
+    target = get_target("raspi4")
     plan = space.sample(rng)
     one = [LayerMeasurement(layer, plan[layer.name], 1.0) for layer in LAYERS]
     per_layer = predictor.predict(layer_features(target, one))
-    whole = predictor.predict(network_features(target, list(LAYERS), plan)[None])
+    whole_features = network_features(target, list(LAYERS), plan)
+    whole = predictor.predict(whole_features[None])
     for part, total in zip(per_layer, whole, strict=True):
         np.testing.assert_allclose(part.sum(), total[0], rtol=1e-9)
+    # And fitted: the network's true cost is the sum over its layers of 1.5× prior + 0.05 ms.
+    truth = 1.5 * whole_features[FEATURE_NAMES.index("prior_ms")] + 0.05 * len(LAYERS)
+    assert 0.8 < whole[0][0] / truth < 1.25, (whole[0][0], truth)
+
+
+class _Flat(Predictor):
+    """Test-only kind that keeps the base class's ``fit_layers``: the mean latency, always."""
+
+    kind = "test-flat"
+
+    def __init__(self) -> None:
+        self.mean_ms = 1.0
+
+    def fit(self, features: np.ndarray, latency_ms: np.ndarray) -> _Flat:
+        self.mean_ms = float(np.mean(latency_ms))
+        return self
+
+    def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mid = np.full(len(features), self.mean_ms)
+        return mid, mid, mid
+
+    def state(self) -> dict[str, float]:
+        return {"mean_ms": self.mean_ms}
+
+    @classmethod
+    def from_state(cls, state: dict[str, float]) -> _Flat:
+        out = cls()
+        out.mean_ms = float(state["mean_ms"])
+        return out
+
+
+def test_a_kind_that_is_not_additive_refuses_a_per_layer_table() -> None:
+    """The base class's ``fit_layers`` (what a kind not listed in ADDITIVE keeps) refuses, naming
+    the kind and the way out."""
+    _, _, x, y = _layer_table()
+    with pytest.raises(LatencyModelError, match="per-layer") as info:
+        _Flat().fit_layers(x, y)
+    assert info.value.field == "predictor" and info.value.value == "test-flat"
+    assert "calibrated-prior" in info.value.hint
 
 
 @pytest.mark.parametrize("per_layer", [False, True])

@@ -33,6 +33,7 @@ from workers.search import (
     run_search,
 )
 from workers.search._runner import Evaluator
+from workers.search._strategy import STRATEGIES
 
 SPACE = {"rank_fractions": [0.25, 0.5], "keep": [0.5, 0.75], "wbits": [4, 8]}
 
@@ -231,7 +232,6 @@ def test_search_on_two_workers(ray_cluster: None) -> None:
     assert sink.statuses[-1][1] == "succeeded"
 
 
-@register_strategy
 class _Broken(Strategy):
     """Test-only: every third plan is invalid for the space (a pruning ratio it does not offer)."""
 
@@ -252,13 +252,31 @@ class _Broken(Strategy):
         pass
 
 
-def test_a_failing_trial_is_stored_and_the_job_goes_on(ray_cluster: None) -> None:
-    result = run_search(spec(strategy="test-broken", budget={"evaluations": 10}), MemorySink(), job_id="f")
+@pytest.fixture
+def broken_strategy() -> Iterator[str]:
+    """``test-broken`` registered for one test only: registered at import, it leaked into every
+    later test module's list of strategies."""
+    register_strategy(_Broken)
+    try:
+        yield _Broken.name
+    finally:
+        STRATEGIES.unregister(_Broken.name)
+
+
+def test_a_failing_trial_is_stored_and_the_job_goes_on(ray_cluster: None, broken_strategy: str) -> None:
+    result = run_search(spec(strategy=broken_strategy, budget={"evaluations": 10}), MemorySink(), job_id="f")
     failed = [t for t in result.trials if t.status == "failed"]
     assert result.status == "succeeded" and len(result.trials) == 10
     assert failed and all("keep" in (t.error or "") and t.quality is None for t in failed)
     assert all(not t.feasible for t in failed)
     assert sum(t.status == "ok" for t in result.trials) >= 6
+
+
+def test_the_throwaway_strategy_does_not_outlive_its_test() -> None:
+    """Runs after the test above (file order): its fixture took ``test-broken`` out again."""
+    assert _Broken.name not in list_strategies()
+    with pytest.raises(ValidationError, match="valid names"):
+        spec(strategy=_Broken.name)
 
 
 def test_resume_continues_to_the_budget_without_reusing_numbers(ray_cluster: None) -> None:
