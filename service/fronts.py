@@ -20,8 +20,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from workers.search import JobSpec
-from workers.search._objectives import Objectives
+from workers.search import JobSpec, Objectives
 
 from .store import Store
 

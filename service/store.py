@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
-import math
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -25,6 +23,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .db import FINISHED, ApiToken, Fit, Job, Schedule, TrialRow, utcnow
+from .records import (
+    aware,
+    fit_dict,
+    job_dict,
+    json_safe,
+    merged_trial,
+    new_job,
+    next_firing,
+    schedule_dict,
+    trial_dict,
+)
 
 R = TypeVar("R", Job, Fit)
 
@@ -35,42 +44,6 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     """The row is in a state that forbids the change; the message says why (the API's 409)."""
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything stored is UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=utcnow().tzinfo)
-
-
-def job_dict(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "status": job.status,
-        "model": job.model,
-        "targets": job.targets.split(","),
-        "strategy": job.strategy,
-        "budget": job.budget,
-        "evaluations": job.evaluations,
-        "hypervolume": job.hypervolume,
-        "progress": job.progress or {},
-        "error": job.error,
-        "cancel_requested": job.cancel_requested,
-        "created_at": _aware(job.created_at),
-        "started_at": _aware(job.started_at),
-        "finished_at": _aware(job.finished_at),
-        "spec": job.spec,
-    }
-
-
-def trial_dict(row: TrialRow) -> dict[str, Any]:
-    return _trial(row.data, row.measured)
-
-
-def _trial(data: dict[str, Any], measured: dict[str, Any] | None) -> dict[str, Any]:
-    # A measurement stored after the trial (the host-cpu front) wins over the trial's own.
-    return {**data, "measured": measured if measured is not None else data.get("measured")}
 
 
 class Store:
@@ -84,7 +57,7 @@ class Store:
 
     # ---- jobs -----------------------------------------------------------------------------
     def create_job(self, spec: dict[str, Any]) -> dict[str, Any]:
-        job = _new_job(spec)
+        job = new_job(spec)
         with self.session() as s:
             s.add(job)
         return job_dict(job)
@@ -268,7 +241,7 @@ class Store:
             )
             if limit is not None:
                 query = query.limit(limit)
-            return [_trial(data, measured) for data, measured in s.execute(query)], total
+            return [merged_trial(data, measured) for data, measured in s.execute(query)], total
 
     def trials_added(
         self, job_id: str, old: tuple[int, int, int], new: tuple[int, int, int]
@@ -288,7 +261,7 @@ class Store:
             .order_by(TrialRow.number)
         )
         with self.session() as s:
-            added = [_trial(data, measured) for data, measured in s.execute(query)]
+            added = [merged_trial(data, measured) for data, measured in s.execute(query)]
         return added if len(added) == new[0] - old[0] else None
 
     def trials_version(self, job_id: str) -> tuple[int, int, int]:
@@ -381,7 +354,7 @@ class Store:
                 schedule = s.get(Schedule, schedule_id)
                 if schedule is None or not schedule.enabled or schedule.next_run_at is None:
                     continue
-                firing = _aware(schedule.next_run_at)
+                firing = aware(schedule.next_run_at)
                 assert firing is not None
                 if firing > now:
                     continue  # another replica fired it and moved it on
@@ -396,7 +369,7 @@ class Store:
                     continue
                 try:
                     with s.begin_nested():
-                        job = _new_job(schedule.spec, schedule.id, firing)
+                        job = new_job(schedule.spec, schedule.id, firing)
                         s.add(job)
                 except IntegrityError:
                     continue
@@ -470,96 +443,6 @@ class Store:
     def has_tokens(self) -> bool:
         with self.session() as s:
             return s.scalar(select(func.count()).select_from(ApiToken)) != 0
-
-
-def _new_job(
-    spec: dict[str, Any], schedule_id: str | None = None, scheduled_for: datetime | None = None
-) -> Job:
-    return Job(
-        id=uuid.uuid4().hex[:16],
-        status="queued",
-        spec=spec,
-        model=spec["model"],
-        targets=",".join(spec["targets"]),
-        strategy=spec["strategy"],
-        budget=(spec.get("budget") or {}).get("evaluations"),
-        evaluations=0,
-        progress={},
-        cancel_requested=False,
-        created_at=utcnow(),
-        schedule_id=schedule_id,
-        scheduled_for=scheduled_for,
-    )
-
-
-def next_firing(cron: str, timezone: str, after: datetime) -> datetime:
-    """The first time after ``after`` that ``cron`` fires in ``timezone``, in UTC."""
-    from zoneinfo import ZoneInfo
-
-    from croniter import croniter
-
-    local = after.astimezone(ZoneInfo(timezone))
-    nxt: datetime = croniter(cron, local).get_next(datetime)
-    return nxt.astimezone(utcnow().tzinfo)
-
-
-def schedule_dict(schedule: Schedule, runs: list[Job]) -> dict[str, Any]:
-    """A schedule with its last runs (newest first); a succeeded run whose hypervolume is below
-    the previous succeeded run's is flagged as a regression (same spec, same reference point)."""
-    done = [j for j in runs if j.status == "succeeded" and j.hypervolume is not None]
-    worse = {
-        newer.id
-        for newer, older in itertools.pairwise(done)
-        if (newer.hypervolume or 0.0) < (older.hypervolume or 0.0)
-    }
-    return {
-        "id": schedule.id,
-        "name": schedule.name,
-        "cron": schedule.cron,
-        "timezone": schedule.timezone,
-        "spec": schedule.spec,
-        "enabled": schedule.enabled,
-        "next_run_at": _aware(schedule.next_run_at) if schedule.enabled else None,
-        "created_at": _aware(schedule.created_at),
-        "last_runs": [
-            {
-                "job_id": j.id,
-                "status": j.status,
-                "scheduled_for": _aware(j.scheduled_for),
-                "hypervolume": j.hypervolume,
-                "regression": j.id in worse,
-            }
-            for j in runs
-        ],
-        "regression": bool(done) and done[0].id in worse,
-    }
-
-
-def fit_dict(fit: Fit) -> dict[str, Any]:
-    return {
-        "id": fit.id,
-        "target": fit.target,
-        "family": fit.family,
-        "kind": fit.kind,
-        "status": fit.status,
-        "csv_path": fit.csv_path,
-        "report": fit.report,
-        "error": fit.error,
-        "created_at": _aware(fit.created_at),
-        "finished_at": _aware(fit.finished_at),
-    }
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN and ±inf as None: PostgreSQL's json type refuses them (a Spearman of
-    two rows is NaN), and JSON itself has no spelling for them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def _sha256(token: str) -> str:

@@ -9,6 +9,7 @@ from moocore on normalised objectives with a reference point fixed by the proble
 from __future__ import annotations
 
 from ._errors import SearchError
+from ._objectives import Objectives
 from ._pareto import front_mask, hypervolume
 from ._problem import Problem
 from ._runner import SearchResult, ensure_ray, measure_on_host, run_search
@@ -22,6 +23,7 @@ __all__ = [
     "JobSpec",
     "JsonlSink",
     "MemorySink",
+    "Objectives",
     "Observation",
     "Problem",
     "SearchError",

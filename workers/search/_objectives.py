@@ -15,6 +15,7 @@ has not run) counts as 1: dominance, and so the front, is the same either way.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class Objectives:
         return cls(spec, None if quality is None else float(quality), zero.get("costs") or {})
 
     # ---- which objectives -------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def costs(self) -> list[tuple[str, str]]:
         """(metric, target name) of every cost objective, in objective order. Weight bytes are
         the same on every target, so they are one objective (read on the first target)."""
@@ -79,13 +80,18 @@ class Objectives:
         floor = self.spec.quality_floor
         return [0.0 if floor is None else -floor / self._q_ref()] + [1.0] * len(self.costs)
 
+    @functools.cached_property
+    def _scales(self) -> list[tuple[str, str, float]]:
+        # (metric, target, the uncompressed model's value) per cost objective, computed once:
+        # ``vector`` runs for every trial of every front read.
+        return [(m, t, float((self.reference_costs.get(t) or {}).get(m) or 1.0)) for m, t in self.costs]
+
     def vector(self, quality: float, costs: Costs) -> list[float]:
         """The normalised, minimised objectives of one trial (a missing cost is +inf)."""
         out = [-float(quality) / self._q_ref()]
-        for metric, target in self.costs:
-            ref = (self.reference_costs.get(target) or {}).get(metric) or 1.0
+        for metric, target, ref in self._scales:
             value = (costs.get(target) or {}).get(metric)
-            out.append(math.inf if value is None else float(value) / float(ref))
+            out.append(math.inf if value is None else float(value) / ref)
         return out
 
     # ---- feasibility ------------------------------------------------------------------------

@@ -1,0 +1,140 @@
+"""Rows as the API and the dashboard see them: ORM rows to plain dicts (UTC-aware times, a
+schedule's regressions, JSON-safe reports), a new job row from a spec, and the next firing of a
+cron schedule. No SQL here: ``store.py`` runs every query and uses these to shape its answers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import uuid
+from datetime import datetime
+from typing import Any
+
+from .db import Fit, Job, Schedule, TrialRow, utcnow
+
+
+def aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=utcnow().tzinfo)
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "status": job.status,
+        "model": job.model,
+        "targets": job.targets.split(","),
+        "strategy": job.strategy,
+        "budget": job.budget,
+        "evaluations": job.evaluations,
+        "hypervolume": job.hypervolume,
+        "progress": job.progress or {},
+        "error": job.error,
+        "cancel_requested": job.cancel_requested,
+        "created_at": aware(job.created_at),
+        "started_at": aware(job.started_at),
+        "finished_at": aware(job.finished_at),
+        "spec": job.spec,
+    }
+
+
+def trial_dict(row: TrialRow) -> dict[str, Any]:
+    return merged_trial(row.data, row.measured)
+
+
+def merged_trial(data: dict[str, Any], measured: dict[str, Any] | None) -> dict[str, Any]:
+    # A measurement stored after the trial (the host-cpu front) wins over the trial's own.
+    return {**data, "measured": measured if measured is not None else data.get("measured")}
+
+
+def new_job(
+    spec: dict[str, Any], schedule_id: str | None = None, scheduled_for: datetime | None = None
+) -> Job:
+    return Job(
+        id=uuid.uuid4().hex[:16],
+        status="queued",
+        spec=spec,
+        model=spec["model"],
+        targets=",".join(spec["targets"]),
+        strategy=spec["strategy"],
+        budget=(spec.get("budget") or {}).get("evaluations"),
+        evaluations=0,
+        progress={},
+        cancel_requested=False,
+        created_at=utcnow(),
+        schedule_id=schedule_id,
+        scheduled_for=scheduled_for,
+    )
+
+
+def next_firing(cron: str, timezone: str, after: datetime) -> datetime:
+    """The first time after ``after`` that ``cron`` fires in ``timezone``, in UTC."""
+    from zoneinfo import ZoneInfo
+
+    from croniter import croniter
+
+    local = after.astimezone(ZoneInfo(timezone))
+    nxt: datetime = croniter(cron, local).get_next(datetime)
+    return nxt.astimezone(utcnow().tzinfo)
+
+
+def schedule_dict(schedule: Schedule, runs: list[Job]) -> dict[str, Any]:
+    """A schedule with its last runs (newest first); a succeeded run whose hypervolume is below
+    the previous succeeded run's is flagged as a regression (same spec, same reference point)."""
+    done = [j for j in runs if j.status == "succeeded" and j.hypervolume is not None]
+    worse = {
+        newer.id
+        for newer, older in itertools.pairwise(done)
+        if (newer.hypervolume or 0.0) < (older.hypervolume or 0.0)
+    }
+    return {
+        "id": schedule.id,
+        "name": schedule.name,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "spec": schedule.spec,
+        "enabled": schedule.enabled,
+        "next_run_at": aware(schedule.next_run_at) if schedule.enabled else None,
+        "created_at": aware(schedule.created_at),
+        "last_runs": [
+            {
+                "job_id": j.id,
+                "status": j.status,
+                "scheduled_for": aware(j.scheduled_for),
+                "hypervolume": j.hypervolume,
+                "regression": j.id in worse,
+            }
+            for j in runs
+        ],
+        "regression": bool(done) and done[0].id in worse,
+    }
+
+
+def fit_dict(fit: Fit) -> dict[str, Any]:
+    return {
+        "id": fit.id,
+        "target": fit.target,
+        "family": fit.family,
+        "kind": fit.kind,
+        "status": fit.status,
+        "csv_path": fit.csv_path,
+        "report": fit.report,
+        "error": fit.error,
+        "created_at": aware(fit.created_at),
+        "finished_at": aware(fit.finished_at),
+    }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and ±inf as None: PostgreSQL's json type refuses them (a Spearman of
+    two rows is NaN), and JSON itself has no spelling for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
