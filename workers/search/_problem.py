@@ -38,8 +38,8 @@ class Problem:
     space: Space
     costers: list[Coster]
     quality_metric: str
-    reference_costs: list[dict[str, Any]]
-    #: The job's objectives; its reference quality is set once trial 0 has been evaluated.
+    #: The job's objectives, the uncompressed model's costs per target their reference; its
+    #: reference quality is set once trial 0 has been evaluated.
     goals: Objectives
     #: The torch model and its example input (for strategies that probe weights, e.g. guided).
     model: Any = None
@@ -92,7 +92,6 @@ class Problem:
             space=space,
             costers=costers,
             quality_metric=entry.metric,
-            reference_costs=reference_costs,
             goals=Objectives(
                 spec, None, {c.target.name: r for c, r in zip(costers, reference_costs, strict=True)}
             ),
@@ -103,6 +102,11 @@ class Problem:
         return problem
 
     # ---- objectives (owned by Objectives; the uncompressed model is the reference) ----------
+    @property
+    def reference_costs(self) -> list[dict[str, Any]]:
+        """The uncompressed model's costs, one dict per target in ``costers`` order."""
+        return [dict(self.goals.reference_costs[c.target.name]) for c in self.costers]
+
     @property
     def reference_quality(self) -> float | None:
         """The uncompressed model's quality (trial 0), once it is known."""
