@@ -337,8 +337,7 @@ NETWORK_TOLERANCE = 0.06
 def test_per_layer_fit_predicts_whole_networks(data_dir: Path, tmp_path: Path) -> None:
     from inventories import LAYERS, SPACE
 
-    from latency_models import FEATURE_NAMES, network_features
-    from workers.calibration import catalogue
+    from latency_models import FEATURE_NAMES, catalogue, network_features
 
     report = _fit_layer_table(data_dir, tmp_path)
     assert report["format"] == "layer" and report["n_fit"] == 400 and report["n_test"] == 80

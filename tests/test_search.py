@@ -404,7 +404,7 @@ def test_cli_search_resumes_from_its_trials_file(ray_cluster: None, tmp_path: Pa
 def test_host_cpu_front_is_measured_for_real(
     ray_cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers.calibration import catalogue
+    from latency_models import catalogue
     from workers.profiling import measure_host_target
 
     monkeypatch.setenv("HWSEARCH_DATA_DIR", str(tmp_path / "data"))

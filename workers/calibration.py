@@ -37,9 +37,6 @@ from latency_models import (
     read_layer_measurements,
     read_network_measurements,
 )
-from latency_models import Coster as Coster  # transitional: service/ still imports these from here
-from latency_models import data_dir as data_dir
-from latency_models import learned_provenance as learned_provenance
 from search_spaces import LayerSpec, SpaceError
 
 #: The built-in target a new target of each family starts from (its specs, renamed).
