@@ -292,12 +292,9 @@ def _layer_csv(path: Path, n: int, seed: int) -> None:
 
 @functools.cache
 def _zoo_layers(model_id: str) -> list[Any]:
-    from kernels import trace
-    from workers.zoo import create_model
+    from workers.zoo import prepare
 
-    entry = create_model(model_id)
-    net = entry.build()
-    return trace(net, entry.example_input(), ignore=entry.ignore_layers(net), coupling=False)
+    return prepare(model_id, coupling=False).layers
 
 
 def _fit_layer_table(data_dir: Path, tmp_path: Path, *extra: str) -> dict[str, Any]:

@@ -450,9 +450,8 @@ def test_the_compressed_model_of_a_trial_downloads_and_loads(tmp_path: Path, syn
     import torch
     from safetensors.torch import load
 
-    from kernels import apply
     from search_spaces import Plan
-    from workers.zoo import create_model
+    from workers.zoo import prepare
 
     url = f"sqlite:///{tmp_path / 'hwsearch.db'}"
     settings = Settings.from_env({"HWSEARCH_DATA_DIR": str(tmp_path), "DATABASE_URL": url})
@@ -475,12 +474,12 @@ def test_the_compressed_model_of_a_trial_downloads_and_loads(tmp_path: Path, syn
         state = load(z.read("model.safetensors"))
         assert Plan.from_dict(json.loads(z.read("plan.json"))) == Plan.from_dict(plan)
         assert "load_state_dict" in z.read("README.md").decode()
-    entry = create_model("digits-cnn")
-    rebuilt = apply(entry.build(), Plan.from_dict(plan), entry.example_input())
+    prepared = prepare("digits-cnn")
+    rebuilt = prepared.apply(Plan.from_dict(plan))
     rebuilt.load_state_dict(state)  # the README's recipe: every key and shape matches
-    assert rebuilt.conv3.out_channels < entry.build().conv3.out_channels
+    assert rebuilt.conv3.out_channels < prepared.model.conv3.out_channels
     with torch.no_grad():
-        assert torch.isfinite(rebuilt(entry.example_input())).all()
+        assert torch.isfinite(rebuilt(prepared.example_input)).all()
 
 
 def test_the_demo_job_is_queued_once_on_an_empty_database(tmp_path: Path) -> None:

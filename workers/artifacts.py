@@ -22,13 +22,11 @@ Load it with hwsearch installed:
 
 ```python
 from safetensors.torch import load_file
-from kernels import apply
 from search_spaces import Plan
-from workers.zoo import create_model
+from workers.zoo import prepare
 
-entry = create_model("{model_id}")
 plan = Plan.from_json(open("plan.json").read())
-model = apply(entry.build(), plan, entry.example_input())
+model = prepare("{model_id}").apply(plan)
 model.load_state_dict(load_file("model.safetensors"))
 model.eval()
 ```
