@@ -265,9 +265,10 @@ def compress(
 
 def targets(json_output: JsonFlag = False) -> None:
     """List the hardware targets: family, peak MAC/s per bit width, memory bandwidth, sources."""
-    from latency_models import get_target, list_targets
+    from latency_models import catalogue, list_targets
 
-    rows = [get_target(name).to_dict() for name in list_targets()]
+    cat = catalogue()  # the data dir's user targets (host-cpu, fitted ones), as the API and dashboard list
+    rows = [cat.target(name).to_dict() for name in list_targets()]
     if json_output:
         print_json(rows)
         return

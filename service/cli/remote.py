@@ -194,6 +194,15 @@ def status(
     if json_output:
         print_json(page)
         return
+    if not page["items"]:
+        # An empty list printed nothing at all; /healthz says what the service is busy with
+        # (a "demo" field while ``serve --demo`` profiles this CPU, when the service reports it).
+        try:
+            doing = api.client.get("/healthz").json().get("demo")
+        except Exception:  # an older service or no /healthz: the plain message is still true
+            doing = None
+        typer.echo("no jobs yet" + (f"; {doing}" if doing else ""))
+        return
     for job in page["items"]:
         _show_job(job, False)
 
