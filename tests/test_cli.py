@@ -225,3 +225,98 @@ def test_ignored_layers_are_never_compressed(model_keeping_fc1: str, tmp_path: P
     plan.write_text(json.dumps({"layers": {"fc1": {"keep": 0.5}}}))
     code, _, err = _run("compress", model_keeping_fc1, "--plan", str(plan))
     assert code == 2 and "plan.layers['fc1'].keep" in err and "cannot be pruned" in err
+
+
+# ------------------------------------------------------- the REST client against a fake service
+@pytest.fixture
+def fake_service(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Routes ``(method, path) -> (status, json)`` answered by an in-process httpx transport; the
+    requests the CLI sent are kept under ``"sent"``."""
+    import httpx
+
+    routes: dict[str, Any] = {"sent": []}
+    real_client = httpx.Client
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        routes["sent"].append(request)
+        code, body = routes.get((request.method, request.url.path), (404, {"detail": "not found"}))
+        return httpx.Response(code, json=body)
+
+    def client(**kw: Any) -> httpx.Client:
+        return real_client(transport=httpx.MockTransport(handler), **kw)
+
+    monkeypatch.setattr(httpx, "Client", client)
+    monkeypatch.delenv("HWSEARCH_TOKEN", raising=False)
+    return routes
+
+
+def test_a_rejected_token_is_not_reported_as_missing(
+    fake_service: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_service[("POST", "/api/v1/jobs/j1/cancel")] = (401, {"detail": "a valid API token is required"})
+    code, _, err = _run("cancel", "j1")
+    assert code == 2 and "needs a token: set HWSEARCH_TOKEN" in err and "rejected" not in err
+    monkeypatch.setenv("HWSEARCH_TOKEN", "wrong")
+    code, _, err = _run("cancel", "j1")
+    assert code == 2 and "the service rejected this token (401)" in err and "set HWSEARCH_TOKEN" not in err
+    assert fake_service["sent"][-1].headers["authorization"] == "Bearer wrong"
+
+
+# --------------------------------------------------------------- defaults and terminal noise
+def test_search_flags_left_out_take_the_jobspecs_defaults() -> None:
+    from service.cli import job_spec
+    from workers.search import JobSpec
+    from workers.search._spec import DEFAULT_CONCURRENCY, DEFAULT_EVALUATIONS, DEFAULT_SEED, DEFAULT_STRATEGY
+
+    flags = {"rank": None, "keep": None, "wbits": None, "abits": None, "tokens": None}
+    spec = job_spec(None, "digits-cnn", ["zcu102"], None, None, None, None, flags, None)
+    assert spec == JobSpec.model_validate({"model": "digits-cnn", "targets": ["zcu102"]})
+    assert spec.budget.evaluations == DEFAULT_EVALUATIONS and spec.space.wbits == [4, 8]
+    code, out, _ = _run("search", "--help")
+    assert code == 0
+    for text in (
+        f"[default: {DEFAULT_STRATEGY}]",
+        f"[default: {DEFAULT_EVALUATIONS}]",
+        f"[default: {DEFAULT_SEED}]",
+        f"[default: {DEFAULT_CONCURRENCY}]",
+    ):
+        assert text in " ".join(out.split()), text
+
+
+def test_every_error_of_a_spec_at_once_without_pydantics_prefix() -> None:
+    code, out, err = _run(
+        "search", "--model", "digits-cnn", "--target", "tpu", "--strategy", "bayes", "--budget", "0"
+    )
+    assert code == 2 and out == ""
+    assert "targets.0: unknown target 'tpu'; valid names: a100" in err
+    assert "strategy: unknown strategy 'bayes'" in err and "budget.evaluations" in err
+    assert "Value error" not in err
+
+
+def test_flags_show_no_type_and_take_no_value() -> None:
+    code, out, _ = _run("models", "--help")
+    assert code == 0 and "<bool>" not in out and "--json" in out
+    code, _, err = _run("models", "--json", "true")
+    assert code == 2 and "unexpected extra argument" in err
+
+
+def test_plural_and_rounded() -> None:
+    from service.cli._common import plural, rounded
+
+    assert plural(1, "layer") == "1 layer" and plural(2, "layer") == "2 layers"
+    assert rounded(1.0000000000000002) == 1.0 and rounded(0.98765) == 0.98765 and rounded("x") == "x"
+
+
+def test_no_progress_label_when_stderr_is_not_a_terminal(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from service.cli._common import progress_bar
+
+    with progress_bar(3) as bar:  # pytest's captured stderr is no terminal
+        bar.update(3)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"layers": {"fc1": {"wbits": 8}}}))
+    code, out, _ = _run("compress", "digits-cnn", "--plan", str(plan))
+    assert code == 0 and "digits-cnn: 1 layer compressed" in out

@@ -428,3 +428,82 @@ def test_spec_knows_exactly_the_zoo() -> None:
     assert list(ZOO_MODELS) == list_models()
     with pytest.raises(ValidationError, match="valid names: digits-cnn"):
         spec(model="resnet-9000")
+
+
+# ------------------------------------------------- JobSpec defaults and all errors at once (issue 13)
+def test_a_spec_without_space_takes_the_default_space_and_budget() -> None:
+    from workers.search._spec import DEFAULT_EVALUATIONS, DEFAULT_SPACE
+
+    spec = JobSpec.model_validate({"model": "digits-cnn", "targets": ["zcu102"]})
+    assert spec.space.rank_fractions == DEFAULT_SPACE["rank_fractions"]
+    assert spec.space.keep == DEFAULT_SPACE["keep"] and spec.space.wbits == DEFAULT_SPACE["wbits"]
+    assert spec.budget.evaluations == DEFAULT_EVALUATIONS == 50
+
+
+def test_every_error_of_a_spec_is_reported_at_once() -> None:
+    bad = {
+        "model": "digits-cnn",
+        "targets": ["zcu102", "tpu"],
+        "strategy": "bayes",
+        "budget": {"evaluations": 0},
+        "constraints": ["latency_ms@a100<=1"],
+    }
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate(bad, context={"targets": {"zcu102", "a100"}})
+    locs = {tuple(e["loc"]) for e in info.value.errors()}
+    assert {("targets", 1), ("strategy",), ("budget", "evaluations")} <= locs
+    # Without a catalogue in the context any target name passes (the spec alone cannot know).
+    ok = JobSpec.model_validate({"model": "digits-cnn", "targets": ["tpu"]})
+    assert ok.targets == ["tpu"]
+
+
+def test_the_api_reports_an_unknown_target_with_the_other_errors(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    env = {"HWSEARCH_DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    app = create_app(Settings.from_env(env), dispatcher=False)
+    with TestClient(app) as c:
+        auth = {"Authorization": f"Bearer {app.state.store.create_token('t')}"}
+        r = c.post("/api/v1/jobs", json={"model": "digits-cnn", "targets": ["zcu102"]}, headers=auth)
+        assert r.status_code == 201, r.text
+        assert r.json()["budget"] == 50 and r.json()["spec"]["space"]["wbits"] == [4, 8]
+        r = c.post(
+            "/api/v1/jobs",
+            json={"model": "digits-cnn", "targets": ["tpu"], "space": {"wbits": [7]}, "strategy": "bayes"},
+            headers=auth,
+        )
+        assert r.status_code == 422
+        locs = [e["loc"] for e in r.json()["detail"]]
+        assert ["body", "targets", 0] in locs and ["body", "strategy"] in locs
+        assert ["body", "space", "wbits", 0] in locs
+        schema = c.get("/openapi.json").json()["paths"]["/api/v1/jobs"]["post"]["requestBody"]
+        assert schema["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/JobSpec"
+
+
+def test_rays_startup_banners_are_dropped_and_nothing_else() -> None:
+    import logging
+
+    from workers.search._runner import RAY_NOISE, quiet_ray_startup
+
+    quiet_ray_startup()
+    quiet_ray_startup()  # idempotent
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    for name, start in RAY_NOISE:
+        logger = logging.getLogger(name)
+        assert sum(1 for f in logger.filters if type(f).__name__ == "_DropRayNoise") == 1
+        handler = Keep()
+        logger.addHandler(handler)
+        try:
+            logger.warning(start + " ... the banner")
+            logger.warning("something Ray needs to say")
+        finally:
+            logger.removeHandler(handler)
+    assert seen == ["something Ray needs to say"] * len(RAY_NOISE)

@@ -34,6 +34,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     cls=ExitOnInputError,
+    # Plain help: the rich layout prints a "<bool>" type after every flag (and --help).
+    rich_markup_mode=None,
 )
 
 # In the order `hwsearch --help` lists them (the groups come after the commands).

@@ -9,7 +9,9 @@ Nothing here imports ``workers`` at module level, so ``import service.cli`` stay
 from __future__ import annotations
 
 import json
+import sys
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -31,10 +33,14 @@ __all__ = [
     "TargetOpt",
     "TokensOpt",
     "WbitsOpt",
+    "error_text",
     "fail",
     "job_spec",
+    "plural",
     "print_json",
+    "progress_bar",
     "quiet_torch",
+    "rounded",
 ]
 
 #: Exit code of every error the user can fix by changing the command line or the environment.
@@ -74,6 +80,23 @@ def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 layer``, ``2 layers`` (nouns that take an s)."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+def rounded(value: Any, digits: int = 12) -> Any:
+    """A float as printed: rounded off the last bits of float noise (a cosine of
+    1.0000000000000002 is 1.0); anything else unchanged."""
+    return round(value, digits) if isinstance(value, float) else value
+
+
+def progress_bar(length: int, label: str = "evaluations") -> Any:
+    """A progress bar on stderr, hidden when stderr is not a terminal (a bar in a log or a pipe
+    is only its label, a stray line among the output)."""
+    return typer.progressbar(length=length, label=label, file=sys.stderr, hidden=not sys.stderr.isatty())
+
+
 def quiet_torch() -> None:
     """Silence torch.ao / torch-pruning deprecation chatter, which is not for end users."""
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -85,21 +108,32 @@ ModelOpt = Annotated[str | None, typer.Option(help="Zoo model (see `hwsearch mod
 TargetOpt = Annotated[
     list[str] | None, typer.Option(help="Target (see `hwsearch targets`); repeat for several.")
 ]
-StrategyOpt = Annotated[str, typer.Option(help="random, uniform, nsga2, tpe or guided.")]
-BudgetEvalOpt = Annotated[
-    int, typer.Option(help="Quality evaluations (trial 0, the uncompressed model, counts).")
+# Search flags left out are left out of the JobSpec too, so its defaults (workers/search/_spec.py,
+# the same for the API) apply; the help repeats them (a test keeps the two equal).
+StrategyOpt = Annotated[
+    str | None, typer.Option(help="random, uniform, nsga2, tpe or guided.  [default: guided]")
 ]
-SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+BudgetEvalOpt = Annotated[
+    int | None,
+    typer.Option(help="Quality evaluations (trial 0, the uncompressed model, counts).  [default: 50]"),
+]
+SeedOpt = Annotated[int | None, typer.Option(help="Random seed.  [default: 0]")]
 ConstraintOpt = Annotated[
     list[str] | None,
     typer.Option(help="Hard constraint, e.g. latency_ms<=5, dsp@zcu102<=2000, quality>=0.9; repeatable."),
 ]
-RankOpt = Annotated[str | None, typer.Option(help="Rank fractions offered, e.g. 0.25,0.5.")]
+RankOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Rank fractions offered, e.g. 0.25,0.5. Without any space flag: rank 0.25,0.5,0.75, "
+        "keep 0.5,0.75, wbits 4,8."
+    ),
+]
 KeepOpt = Annotated[str | None, typer.Option(help="Channel keep ratios offered, e.g. 0.5,0.75.")]
 WbitsOpt = Annotated[str | None, typer.Option(help="Weight bit widths offered, e.g. 4,8.")]
 AbitsOpt = Annotated[str | None, typer.Option(help="Activation bit widths offered, e.g. 8.")]
 TokensOpt = Annotated[str | None, typer.Option(help="Token keep rates offered, e.g. 0.5,0.7.")]
-ConcurrencyOpt = Annotated[int, typer.Option(help="Ray evaluator actors.", min=1)]
+ConcurrencyOpt = Annotated[int | None, typer.Option(help="Ray evaluator actors.  [default: 2]", min=1)]
 
 
 def _floats(text: str | None, flag: str) -> list[float]:
@@ -111,11 +145,20 @@ def _floats(text: str | None, flag: str) -> list[float]:
         fail(f"{flag}: {text!r} is not a comma-separated list of numbers, e.g. {flag} 0.25,0.5")
 
 
+def error_text(message: str) -> str:
+    """A pydantic error message without the "Value error, " / "Assertion failed, " prefix it
+    puts before the messages our validators raise."""
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
 def _validation_message(exc: Any) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "spec"
-        parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+        parts.append(f"{where}: {error_text(err['msg'])} (got {err.get('input')!r})")
     return "; ".join(parts)
 
 
@@ -123,25 +166,29 @@ def job_spec(
     spec_file: Path | None,
     model: str | None,
     target: list[str] | None,
-    strategy: str,
-    budget: int,
-    seed: int,
+    strategy: str | None,
+    budget: int | None,
+    seed: int | None,
     constraint: list[str] | None,
     space_flags: dict[str, str | None],
-    concurrency: int,
+    concurrency: int | None,
+    known_targets: Collection[str] | None = None,
 ) -> Any:
-    """The JobSpec of a spec file or of the search flags; bad input exits 2 naming the field."""
+    """The JobSpec of a spec file or of the search flags; bad input exits 2 naming every field
+    wrong at once. Flags not given are left out, so the JobSpec's defaults apply (the API's).
+    ``known_targets``, when given, are the only valid target names (a local catalogue)."""
     from pydantic import ValidationError
 
     from workers.search import JobSpec
 
+    context = None if known_targets is None else {"targets": frozenset(known_targets)}
     try:
         if spec_file is not None:
             try:
                 data = json.loads(spec_file.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 fail(f"--spec: {spec_file}: a readable JobSpec JSON file is required ({exc})")
-            return JobSpec.model_validate(data)
+            return JobSpec.model_validate(data, context=context)
         if not model or not target:
             fail("--model and --target are required (or a JobSpec file)")
         space: dict[str, Any] = {
@@ -151,19 +198,15 @@ def job_spec(
             "abits": [int(b) for b in _floats(space_flags["abits"], "--abits")],
             "token_keep": _floats(space_flags["tokens"], "--tokens"),
         }
-        if not any(space.values()):
-            space = {"rank_fractions": [0.25, 0.5, 0.75], "keep": [0.5, 0.75], "wbits": [4, 8]}
-        return JobSpec.model_validate(
-            {
-                "model": model,
-                "targets": target,
-                "space": space,
-                "strategy": strategy,
-                "budget": {"evaluations": budget},
-                "seed": seed,
-                "constraints": constraint or [],
-                "concurrency": concurrency,
-            }
-        )
+        data = {"model": model, "targets": target, "constraints": constraint or []}
+        given = {
+            "space": space if any(space.values()) else None,
+            "strategy": strategy,
+            "budget": None if budget is None else {"evaluations": budget},
+            "seed": seed,
+            "concurrency": concurrency,
+        }
+        data.update({key: value for key, value in given.items() if value is not None})
+        return JobSpec.model_validate(data, context=context)
     except ValidationError as exc:
         fail(_validation_message(exc))

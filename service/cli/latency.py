@@ -16,7 +16,9 @@ from ._common import JsonFlag, print_json, quiet_torch
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Fit and validate latency predictors from measurements.", no_args_is_help=True)
+app = typer.Typer(
+    help="Fit and validate latency predictors from measurements.", no_args_is_help=True, rich_markup_mode=None
+)
 
 BudgetOption = Annotated[float | None, typer.Option(help="Latency budget for the false-feasible rate.")]
 MeasurementsOption = Annotated[

@@ -30,8 +30,11 @@ from ._common import (
     WbitsOpt,
     fail,
     job_spec,
+    plural,
     print_json,
+    progress_bar,
     quiet_torch,
+    rounded,
 )
 
 __all__ = [
@@ -124,7 +127,7 @@ def inspect(
             f"{layer.macs:>12,}  {_knobs(layer):<22} {layer.group or '-'}"
         )
     typer.echo(
-        f"{len(layers)} layers, {sum(x.params for x in layers):,} params and "
+        f"{plural(len(layers), 'layer')}, {sum(x.params for x in layers):,} params and "
         f"{sum(x.macs for x in layers):,} MACs in them"
     )
 
@@ -225,8 +228,8 @@ def compress(
         "model": entry.model_id,
         "quality": {
             "metric": before.metric,
-            "before": before.value,
-            "after": after.value,
+            "before": rounded(before.value),
+            "after": rounded(after.value),
             "description": before.description,
         },
         "params": {"before": cost_before.params, "after": cost_after.params},
@@ -250,7 +253,10 @@ def compress(
         print_json(result)
         return
     q = result["quality"]
-    typer.echo(f"{entry.model_id}: {len(plan.choices)} layers compressed")
+    from search_spaces import Choice
+
+    changed = sum(1 for choice in plan.choices.values() if choice != Choice())
+    typer.echo(f"{entry.model_id}: {plural(changed, 'layer')} compressed")
     typer.echo(f"  quality ({q['metric']}): {q['before']:.4f} → {q['after']:.4f}")
     for key in ("params", "macs", "weight_bytes"):
         b, a = result[key]["before"], result[key]["after"]
@@ -344,16 +350,16 @@ def predict(
 def search(
     model: ModelOpt = None,
     target: TargetOpt = None,
-    strategy: StrategyOpt = "guided",
-    budget: BudgetEvalOpt = 50,
-    seed: SeedOpt = 0,
+    strategy: StrategyOpt = None,
+    budget: BudgetEvalOpt = None,
+    seed: SeedOpt = None,
     constraint: ConstraintOpt = None,
     rank: RankOpt = None,
     keep: KeepOpt = None,
     wbits: WbitsOpt = None,
     abits: AbitsOpt = None,
     tokens: TokensOpt = None,
-    concurrency: ConcurrencyOpt = 2,
+    concurrency: ConcurrencyOpt = None,
     spec_file: Annotated[
         Path | None, typer.Option("--spec", help="A JobSpec JSON file instead of the flags above.")
     ] = None,
@@ -369,8 +375,10 @@ def search(
 ) -> None:
     """Search per-layer compression plans on an embedded Ray (or RAY_ADDRESS) and print the front."""
     quiet_torch()
+    from latency_models import catalogue, list_targets
     from workers.search import JsonlSink, MemorySink, Trial, run_search
 
+    catalogue().load_targets()  # this machine's targets: an unknown one is one more field error
     spec = job_spec(
         spec_file,
         model,
@@ -381,6 +389,7 @@ def search(
         constraint,
         {"rank": rank, "keep": keep, "wbits": wbits, "abits": abits, "tokens": tokens},
         concurrency,
+        known_targets=list_targets(),
     )
     job_id = spec.fingerprint()
     sink: MemorySink = MemorySink()
@@ -404,7 +413,7 @@ def search(
         if json_output:
             return
         if progress["bar"] is None:
-            bar: Any = typer.progressbar(length=spec.budget.evaluations or 0, label="evaluations")
+            bar: Any = progress_bar(spec.budget.evaluations or 0)
             bar.__enter__()
             progress["bar"] = bar
         step = int(p.get("evaluations", 0)) - progress["done"]

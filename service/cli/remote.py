@@ -11,7 +11,6 @@ environment variable raises SettingsError (an InputError), which the app turns i
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,9 +31,11 @@ from ._common import (
     TargetOpt,
     TokensOpt,
     WbitsOpt,
+    error_text,
     fail,
     job_spec,
     print_json,
+    progress_bar,
 )
 
 __all__ = ["Api", "cancel", "front", "schedule_app", "serve", "status", "submit", "token_app"]
@@ -51,6 +52,7 @@ class Api:
 
         self.base = (os.environ.get("HWSEARCH_URL") or DEFAULT_URL).rstrip("/")
         token = os.environ.get("HWSEARCH_TOKEN")
+        self.has_token = bool(token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(base_url=self.base, headers=headers, timeout=30)
 
@@ -65,6 +67,11 @@ class Api:
                 "start it with `hwsearch serve`"
             )
         if r.status_code == 401:
+            if self.has_token:
+                fail(
+                    f"the service rejected this token (401): HWSEARCH_TOKEN is not a valid token of "
+                    f"{self.base}; create one with `hwsearch token create` where the service runs"
+                )
             fail("the service needs a token: set HWSEARCH_TOKEN (create one with `hwsearch token create`)")
         if r.status_code >= 400:
             try:
@@ -72,7 +79,7 @@ class Api:
             except ValueError:
                 detail = r.text
             if isinstance(detail, list):
-                detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in detail)
+                detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {error_text(e['msg'])}" for e in detail)
             fail(f"{r.status_code}: {detail}")
         if r.status_code == 204:
             return None
@@ -107,7 +114,9 @@ def serve(
     uvicorn.run(create_app(settings, demo=demo), host=host, port=port, log_level="info")
 
 
-token_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)
+token_app = typer.Typer(
+    help="API tokens (stored hashed; shown once).", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 @token_app.command("create")
@@ -126,16 +135,16 @@ def submit(
     spec_file: Annotated[Path | None, typer.Argument(help="A JobSpec JSON file (or use the flags).")] = None,
     model: ModelOpt = None,
     target: TargetOpt = None,
-    strategy: StrategyOpt = "guided",
-    budget: BudgetEvalOpt = 50,
-    seed: SeedOpt = 0,
+    strategy: StrategyOpt = None,
+    budget: BudgetEvalOpt = None,
+    seed: SeedOpt = None,
     constraint: ConstraintOpt = None,
     rank: RankOpt = None,
     keep: KeepOpt = None,
     wbits: WbitsOpt = None,
     abits: AbitsOpt = None,
     tokens: TokensOpt = None,
-    concurrency: ConcurrencyOpt = 2,
+    concurrency: ConcurrencyOpt = None,
     detach: Annotated[bool, typer.Option(help="Print the job id and return at once.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -157,7 +166,7 @@ def submit(
     if detach:
         return
     done = 0
-    with typer.progressbar(length=job["budget"] or 0, label="evaluations", file=sys.stderr) as bar:
+    with progress_bar(job["budget"] or 0) as bar:
         while job["status"] not in FINISHED:
             time.sleep(1.0)
             job = api.call("GET", f"/jobs/{job['id']}")
@@ -234,7 +243,9 @@ def cancel(job_id: Annotated[str, typer.Argument(help="A job id.")]) -> None:
 
 
 schedule_app = typer.Typer(
-    help="Cron schedules that re-run a search (each firing is a job).", no_args_is_help=True
+    help="Cron schedules that re-run a search (each firing is a job).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 
@@ -246,16 +257,16 @@ def schedule_add(
     spec_file: Annotated[Path | None, typer.Argument(help="A JobSpec JSON file (or use the flags).")] = None,
     model: ModelOpt = None,
     target: TargetOpt = None,
-    strategy: StrategyOpt = "guided",
-    budget: BudgetEvalOpt = 50,
-    seed: SeedOpt = 0,
+    strategy: StrategyOpt = None,
+    budget: BudgetEvalOpt = None,
+    seed: SeedOpt = None,
     constraint: ConstraintOpt = None,
     rank: RankOpt = None,
     keep: KeepOpt = None,
     wbits: WbitsOpt = None,
     abits: AbitsOpt = None,
     tokens: TokensOpt = None,
-    concurrency: ConcurrencyOpt = 2,
+    concurrency: ConcurrencyOpt = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Add a schedule; prints its id and next firing."""

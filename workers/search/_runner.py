@@ -10,6 +10,7 @@ highest stored number, so no number is used twice.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -69,12 +70,45 @@ def _front_row(t: Trial) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- Ray side
+#: Lines ray.init logs on every start that tell an hwsearch user nothing they can act on:
+#: (logger, message start). Token authentication stays on (Ray's default, and its token file);
+#: only the announcement goes. The SIGTERM line comes from the service, which starts Ray from a
+#: thread of its own on purpose and has uvicorn handle SIGTERM.
+RAY_NOISE: tuple[tuple[str, str], ...] = (
+    ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled for"),
+    ("ray._private.worker", "SIGTERM handler is not set"),
+)
+
+
+class _DropRayNoise(logging.Filter):
+    """Drops the ``RAY_NOISE`` lines of one Ray logger, and nothing else."""
+
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+def quiet_ray_startup() -> None:
+    """Install the ``RAY_NOISE`` filters on Ray's loggers (once; a filter object is not added twice)."""
+    by_logger: dict[str, list[str]] = {}
+    for name, start in RAY_NOISE:
+        by_logger.setdefault(name, []).append(start)
+    for name, starts in by_logger.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropRayNoise) for f in logger.filters):
+            logger.addFilter(_DropRayNoise(tuple(starts)))
+
+
 def ensure_ray(address: str | None = None) -> None:
     """Connect to RAY_ADDRESS (or ``address``), or start an embedded local Ray once."""
     import ray
 
     if ray.is_initialized():
         return
+    quiet_ray_startup()
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, log_to_driver=False)

@@ -2,17 +2,32 @@
 
 A spec names a zoo model, a search space, one or more targets, the objectives, hard
 constraints, a strategy and a budget. Validation errors name the field (pydantic's ``loc``),
-the value and what is allowed; nothing here imports torch, so the service can validate a
-spec without loading a model.
+the value and what is allowed, all of a spec's errors at once; nothing here imports torch, so
+the service can validate a spec without loading a model.
+
+What a spec leaves out takes the defaults below, the same for the API, a spec file and the
+CLI's flags (the CLI leaves out what the user did not type). Targets are checked against the
+names in the validation context, ``JobSpec.model_validate(data, context={"targets": names})``,
+when the caller has a catalogue (the service's, the CLI's); a spec alone cannot know a user's
+targets.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 #: The zoo's model names, so a spec can be checked without importing the zoo (torch); a test
 #: keeps this equal to ``workers.zoo.list_models()``.
@@ -27,6 +42,16 @@ ZOO_MODELS = (
 )
 COST_METRICS = ("latency_ms", "weight_bytes", "energy_mj", "dsp", "lut", "bram36")
 OBJECTIVES = ("quality", "latency_ms", "weight_bytes", "energy_mj")
+#: The defaults of what a spec leaves out (one place: the API, spec files and the CLI's flags).
+DEFAULT_SPACE: dict[str, list[float]] = {
+    "rank_fractions": [0.25, 0.5, 0.75],
+    "keep": [0.5, 0.75],
+    "wbits": [4, 8],
+}
+DEFAULT_EVALUATIONS = 50
+DEFAULT_STRATEGY = "guided"
+DEFAULT_SEED = 0
+DEFAULT_CONCURRENCY = 2
 _CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(?:@\s*([A-Za-z0-9_.\-]+)\s*)?(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
@@ -101,7 +126,7 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    evaluations: int | None = Field(100, ge=1, le=100_000)
+    evaluations: int | None = Field(DEFAULT_EVALUATIONS, ge=1, le=100_000)
     wall_time_s: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
@@ -111,6 +136,16 @@ class Budget(BaseModel):
         return self
 
 
+def _known_target(name: str, info: ValidationInfo) -> str:
+    known: Collection[str] | None = (info.context or {}).get("targets")
+    if known is not None and name not in known:
+        raise ValueError(f"unknown target {name!r}; valid names: {', '.join(sorted(known))}")
+    return name
+
+
+TargetName = Annotated[str, AfterValidator(_known_target)]
+
+
 class JobSpec(BaseModel):
     """One search. ``model`` is a zoo id (``hwsearch models``), ``targets`` are target names
     (``hwsearch targets``), ``strategy`` a registered strategy (``hwsearch search --help``)."""
@@ -118,17 +153,17 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = Field(min_length=1, max_length=400)
-    targets: list[str] = Field(min_length=1, max_length=8)
-    space: SpaceSpec
+    targets: list[TargetName] = Field(min_length=1, max_length=8)
+    space: SpaceSpec = SpaceSpec.model_validate(DEFAULT_SPACE)
     objectives: list[Literal["quality", "latency_ms", "weight_bytes", "energy_mj"]] = [
         "quality",
         "latency_ms",
     ]
     constraints: list[Constraint] = []
-    strategy: str = "guided"
-    budget: Budget = Budget(evaluations=100, wall_time_s=None)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    concurrency: int = Field(2, ge=1, le=64)
+    strategy: str = DEFAULT_STRATEGY
+    budget: Budget = Budget(evaluations=DEFAULT_EVALUATIONS, wall_time_s=None)
+    seed: int = Field(DEFAULT_SEED, ge=0, le=2**31 - 1)
+    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=64)
     plans_per_task: int = Field(4, ge=1, le=64)
     quality_examples: int | None = Field(None, ge=8, le=100_000)
 
@@ -165,20 +200,27 @@ class JobSpec(BaseModel):
             raise ValueError(f"objectives must be distinct, but got {value}")
         return value
 
-    @model_validator(mode="after")
-    def _known_names(self) -> JobSpec:
+    # Field validators rather than one model validator: a model validator runs only once every
+    # field is valid, so its errors would come one round after the others.
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
         from ._strategy import list_strategies
 
-        if self.strategy not in list_strategies():
-            raise ValueError(
-                f"unknown strategy {self.strategy!r}; valid names: {', '.join(list_strategies())}"
-            )
-        for c in self.constraints:
-            if c.target is not None and c.target not in self.targets:
+        if value not in list_strategies():
+            raise ValueError(f"unknown strategy {value!r}; valid names: {', '.join(list_strategies())}")
+        return value
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraint_targets(cls, value: list[Constraint], info: ValidationInfo) -> list[Constraint]:
+        targets = info.data.get("targets")  # absent when the targets are invalid themselves
+        for c in value:
+            if targets is not None and c.target is not None and c.target not in targets:
                 raise ValueError(
-                    f"constraint {c} names target {c.target!r}, which is not in targets {self.targets}"
+                    f"constraint {c} names target {c.target!r}, which is not in targets {targets}"
                 )
-        return self
+        return value
 
     def fingerprint(self) -> str:
         """12 hex digits naming the search this spec defines: everything but the budget and
