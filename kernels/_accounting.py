@@ -2,10 +2,16 @@
 
 MACs count multiply-accumulates of convolutions, linear layers (float, fake-quant or int8) and
 the two attention matmuls; they equal half of torch.utils.flop_counter's FLOPs for float
-models (the tests check this). Weight bytes store every parameter at 32 bits except the
-weights of quantized layers, stored at their bit width plus one float32 scale per output
-channel (per-channel quantization; 16-bit weights need no scale). Buffers (BN running
-statistics) are not weights and are not counted.
+models (the tests check this).
+
+Params and weight bytes follow the one accounting of hwsearch (docs/latency.md, "What weight
+bytes count"), the same as ``search_spaces.plan_cost`` computes from the inventory: the conv
+and linear layers, the layers a plan compresses. A weight below 16 bits is stored at its bit
+width plus one float32 scale per output channel (per-channel quantization), a 16-bit weight at
+16 bits, everything else (biases, float weights) at 32 bits. Parameters outside conv and linear
+layers (BatchNorm and LayerNorm affine parameters, embedding tables, position and CLS
+parameters) are not part of it; ``model_params`` and ``other_bytes`` report them apart. Buffers
+(BN running statistics) are not parameters and are counted nowhere.
 """
 
 from __future__ import annotations
@@ -22,14 +28,19 @@ from ._quant import QuantizedLayer, is_dynamic_int8
 
 @dataclass(frozen=True)
 class Cost:
-    """Whole-model counts, plus the part in conv/linear layers (what ``search_spaces.plan_cost``
-    computes from the inventory without building the model)."""
+    """The cost of a model in hwsearch's one accounting (what ``search_spaces.plan_cost``
+    computes from the inventory without building the model), plus the rest of its parameters.
+
+    ``params`` / ``weight_bytes``: parameters and bytes of the conv and linear layers.
+    ``model_params``: every parameter of the model (torch's count). ``other_bytes``: the float32
+    bytes of the parameters outside conv and linear layers (norms, embeddings, position/CLS).
+    """
 
     params: int
     macs: int
     weight_bytes: int
-    layer_params: int
-    layer_weight_bytes: int
+    model_params: int
+    other_bytes: int
 
 
 def _dynamic_weight(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -91,9 +102,9 @@ def count_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
             layer_params += p.numel()
             layer_bits += bits
     return Cost(
-        params=params,
+        params=layer_params,
         macs=macs,
-        weight_bytes=(weight_bits + 7) // 8,
-        layer_params=layer_params,
-        layer_weight_bytes=(layer_bits + 7) // 8,
+        weight_bytes=(layer_bits + 7) // 8,
+        model_params=params,
+        other_bytes=(weight_bits - layer_bits + 7) // 8,
     )

@@ -4,8 +4,14 @@ No model is built: this is what samplers and latency predictors use to cost thou
 per second. It mirrors what ``kernels.apply`` builds (pruned channel counts, low-rank factor
 shapes, token counts after pruning, per-channel scales of quantized weights) and the tests
 check it against ``kernels.count_cost`` on the compressed model, itself checked against
-torch's FLOP counter. It covers the compressible layers (conv, linear, attention matmuls);
-norms, embeddings and pooling are not part of it.
+torch's FLOP counter.
+
+Params and weight bytes are hwsearch's one accounting (docs/latency.md, "What weight bytes
+count"), the same as ``kernels.count_cost``: the conv and linear layers, weights below 16 bits
+at their bit width plus a float32 scale per output channel, 16-bit weights at 16 bits, biases
+and float weights at 32 bits; the bits of the whole plan are rounded up to bytes once. Norms,
+embedding tables and position/CLS parameters are not part of it (no knob compresses them).
+MACs cover convs, linears and the two attention matmuls; pooling and elementwise work is free.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from ._plan import Choice, Plan
 
 @dataclass(frozen=True)
 class PlanCost:
+    """Params, MACs and weight bytes of a plan (see the module's docstring for what counts)."""
+
     params: int
     macs: int
     weight_bytes: int
@@ -26,7 +34,8 @@ class PlanCost:
 
 @dataclass(frozen=True)
 class LayerCost:
-    """The cost of one layer under a plan, with the shapes it ends up with."""
+    """The cost of one layer under a plan, with the shapes it ends up with. ``weight_bytes``
+    is the layer's own ``weight_bits`` rounded up; a plan's total rounds the sum of the bits."""
 
     name: str
     in_channels: int
@@ -36,6 +45,7 @@ class LayerCost:
     params: int
     macs: int
     weight_bytes: int
+    weight_bits: int = 0
 
 
 def _weight_bytes(numel: int, out_channels: int, bits: int) -> int:
@@ -129,7 +139,9 @@ def layer_costs(layers: Iterable[LayerSpec], plan: Plan) -> list[LayerCost]:
             macs = first * layer.output_hw[0] * layer.input_hw[1] + second * spatial_out
             wbits = _weight_bytes(first, rank, choice.wbits) + _weight_bytes(second, c_out, choice.wbits)
         wbits += bias * 32
-        out.append(LayerCost(layer.name, c_in, c_out, rows, rank, weight + bias, macs, (wbits + 7) // 8))
+        out.append(
+            LayerCost(layer.name, c_in, c_out, rows, rank, weight + bias, macs, (wbits + 7) // 8, wbits)
+        )
     return out
 
 
@@ -139,5 +151,5 @@ def plan_cost(layers: Iterable[LayerSpec], plan: Plan) -> PlanCost:
     return PlanCost(
         params=sum(c.params for c in costs),
         macs=sum(c.macs for c in costs),
-        weight_bytes=sum(c.weight_bytes for c in costs),
+        weight_bytes=(sum(c.weight_bits for c in costs) + 7) // 8,
     )

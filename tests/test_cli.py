@@ -320,3 +320,15 @@ def test_no_progress_label_when_stderr_is_not_a_terminal(
     plan.write_text(json.dumps({"layers": {"fc1": {"wbits": 8}}}))
     code, out, _ = _run("compress", "digits-cnn", "--plan", str(plan))
     assert code == 0 and "digits-cnn: 1 layer compressed" in out
+
+
+def test_compress_and_predict_print_one_weight_size() -> None:
+    code, out, _ = _run("compress", "digits-cnn", "--uniform", "wbits=4", "--json")
+    assert code == 0
+    compressed = json.loads(out)
+    code, out, _ = _run("predict", "digits-cnn", "--target", "zcu102", "--uniform", "wbits=4", "--json")
+    assert code == 0
+    predicted = json.loads(out)
+    assert compressed["weight_bytes"] == predicted["weight_bytes"]
+    assert compressed["weight_bytes"]["before"] == 408_232  # conv + linear layers, float32
+    assert compressed["other_param_bytes"] == {"before": 1_792, "after": 1_792}  # BatchNorm, apart

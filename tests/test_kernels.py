@@ -303,12 +303,12 @@ def test_macs_match_torch_flop_counter_for_random_plans(model_id: str) -> None:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             compressed(x)
         assert cost.macs * 2 == counter.get_total_flops()
-        assert cost.params == sum(p.numel() for p in compressed.parameters())
+        assert cost.model_params == sum(p.numel() for p in compressed.parameters())
         # The analytic cost from the inventory alone agrees exactly with the built model.
         predicted = plan_cost(layers, plan)
         assert predicted.macs == cost.macs
-        assert predicted.params == cost.layer_params
-        assert predicted.weight_bytes == cost.layer_weight_bytes
+        assert predicted.params == cost.params
+        assert predicted.weight_bytes == cost.weight_bytes
 
 
 def test_weight_bytes_at_chosen_bits() -> None:
@@ -375,3 +375,41 @@ def test_timing_and_apply_on_cuda(cnn) -> None:
         assert timing.device == "cuda" and timing.speedup is not None
     finally:
         model.cpu()
+
+
+# ------------------------------------------------------------- one weight-size accounting
+ACCOUNTING_PLANS = {
+    "uncompressed": {},
+    "w8": {"wbits": 8},
+    "w4": {"wbits": 4},
+    "w3-odd-bits": {"wbits": 3},
+    "rank0.5": {"rank": 0.5},
+    "keep0.5": {"keep": 0.5},
+    "rank0.5-keep0.75-w4": {"rank": 0.5, "keep": 0.75, "wbits": 4},
+}
+
+
+@pytest.mark.parametrize(
+    "model_id", ["digits-cnn", "digits-vit", "nasbench201", "fbnet", "mobilenet-v2", "minilm-l6"]
+)
+def test_compress_and_predict_count_the_same_weight_bytes(model_id: str) -> None:
+    """``kernels.count_cost`` on the built model (what `hwsearch compress` prints) and
+    ``search_spaces.plan_cost`` on the inventory (what `hwsearch predict` and the search use)
+    agree exactly on params and weight bytes, for the zoo's models and a few plans."""
+    from latency_models import get_target, predict
+    from service.cli import uniform_plan
+    from workers.zoo import prepare
+
+    prepared = prepare(model_id)
+    layers = prepared.layers
+    for name, knobs in ACCOUNTING_PLANS.items():
+        plan = uniform_plan(layers, knobs).validate(layers) if knobs else Plan()
+        built = count_cost(prepared.apply(plan), prepared.example_input)
+        inventory = plan_cost(layers, plan)
+        assert (inventory.params, inventory.weight_bytes) == (built.params, built.weight_bytes), name
+        assert predict(get_target("zcu102"), layers, plan).weight_bytes == built.weight_bytes, name
+        # What the accounting leaves out is reported apart, and is only non-layer parameters.
+        whole = sum(p.numel() for p in prepared.model.parameters())
+        if name == "uncompressed":
+            assert built.model_params == whole
+            assert built.other_bytes == (whole - built.params) * 4

@@ -235,6 +235,8 @@ def compress(
         "params": {"before": cost_before.params, "after": cost_after.params},
         "macs": {"before": cost_before.macs, "after": cost_after.macs},
         "weight_bytes": {"before": cost_before.weight_bytes, "after": cost_after.weight_bytes},
+        # Outside the accounting (docs/latency.md): float32 norms, embeddings, position/CLS.
+        "other_param_bytes": {"before": cost_before.other_bytes, "after": cost_after.other_bytes},
     }
     if measure:
         deployed = prepared.apply(plan, execution="int8")
@@ -261,6 +263,12 @@ def compress(
     for key in ("params", "macs", "weight_bytes"):
         b, a = result[key]["before"], result[key]["after"]
         typer.echo(f"  {key:<13} {b:>12,} → {a:>12,}  ({a / b:.2f}×)")
+    other = result["other_param_bytes"]
+    if other["before"]:
+        typer.echo(
+            f"  (conv and linear layers; norms, embeddings, position/CLS add "
+            f"{other['before']:,} → {other['after']:,} float32 bytes: docs/latency.md)"
+        )
     if measure:
         lat = result["latency_ms"]
         typer.echo(
