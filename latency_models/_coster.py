@@ -21,16 +21,20 @@ __all__ = ["Coster", "learned_provenance"]
 
 
 def learned_provenance(report: dict[str, Any]) -> str:
-    """How a fitted predictor's numbers are labelled, from its validation report."""
-    mape = report.get("mape")
-    if report.get("format") == "layer":
-        text = f"learned (fitted on {report.get('n_fit')} layer measurements" + (
-            f", validation MAPE {100 * mape:.1f}% per layer" if mape is not None else ""
-        )
-        return text + "; a network is the sum of its layers, no per-network overhead)"
-    return f"learned (fitted on {report.get('n_fit')} measurements" + (
-        f", validation MAPE {100 * mape:.1f}%)" if mape is not None else ")"
+    """How a fitted predictor's numbers are labelled, from its validation report: how many rows it
+    was fitted on, its held-out MAPE and its held-out Spearman rank correlation (a search only
+    compares plans, so how well it ranks them matters as much as how close it is)."""
+    mape, rho = report.get("mape"), report.get("spearman")
+    scores = (f", validation MAPE {100 * mape:.1f}%" if mape is not None else "") + (
+        f", Spearman {rho:.2f}" if rho is not None and rho == rho else ""  # rho != rho: NaN
     )
+    if report.get("format") == "layer":
+        return (
+            f"learned (fitted on {report.get('n_fit')} layer measurements"
+            + (scores + " per layer" if scores else "")
+            + "; a network is the sum of its layers, no per-network overhead)"
+        )
+    return f"learned (fitted on {report.get('n_fit')} measurements{scores})"
 
 
 class Coster:

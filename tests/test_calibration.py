@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from latency_models import list_targets
+from latency_models import FEATURE_NAMES, Predictor, list_targets, register_predictor
+from latency_models._predictor import PREDICTORS
 from search_spaces import Plan
 from service.cli import app, uniform_plan
 
@@ -478,6 +481,109 @@ def test_unknown_predictor_kind_writes_nothing(data_dir: Path, tmp_path: Path) -
     )
     assert result.exit_code == 2 and "valid names: boosted-residual" in result.stderr
     assert not data_dir.exists() or not any(data_dir.rglob("*.json"))
+
+
+# ------------------------------------------------------------------ a fit is activated only if it ranks
+
+
+class _ReversedPrior(Predictor):
+    """A throw-away kind that ranks plans in the reverse order of the analytic prior."""
+
+    kind = "test-reversed-prior"
+
+    def fit(self, features: np.ndarray, latency_ms: np.ndarray) -> _ReversedPrior:
+        return self
+
+    def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mid = 1.0 / np.asarray(features)[:, FEATURE_NAMES.index("prior_ms")]
+        return mid, 0.9 * mid, 1.1 * mid
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _ReversedPrior:
+        return cls()
+
+
+@pytest.fixture()
+def reversed_kind() -> Iterator[str]:
+    register_predictor(_ReversedPrior)
+    yield _ReversedPrior.kind
+    PREDICTORS.unregister(_ReversedPrior.kind)
+
+
+def _anti_prior_csv(path: Path, n: int, seed: int) -> None:
+    """A 'device' on which latency falls as the raspi4 prior rises (1 / prior): the prior ranks
+    its plans exactly backwards, and the reversed-prior kind ranks them exactly right."""
+    _synthetic_csv(path, n, seed)
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    from latency_models import get_target, predict
+    from workers.zoo import prepare
+
+    layers = prepare("digits-cnn", coupling=False).layers
+    target = get_target("raspi4")
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "plan", "latency_ms"])
+        for row in rows:
+            prior = predict(target, layers, Plan.from_dict(json.loads(row["plan"]))).latency_ms
+            writer.writerow([row["model"], row["plan"], f"{1.0 / prior:.6f}"])
+
+
+def test_a_fit_that_ranks_worse_than_the_prior_is_kept_but_not_activated(
+    data_dir: Path, tmp_path: Path, reversed_kind: str
+) -> None:
+    from latency_models import Coster, catalogue
+    from workers.calibration import fit
+
+    path = tmp_path / "m.csv"
+    _synthetic_csv(path, 40, seed=0)  # 2.5 × prior + 0.4 ms: the prior ranks it (almost) right
+    cat = catalogue(data_dir)
+    good = fit("raspi4", path, kind="calibrated-prior", cat=cat)  # monotone in the prior: ranks as it does
+    assert good["activated"] is True and cat.active_version("raspi4") == good["version"]
+
+    result = runner.invoke(
+        app, ["latency", "fit", "--target", "raspi4", "--measurements", str(path), "--kind", reversed_kind]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert re.search(
+        r"not activated: held-out Spearman -0\.9\d is below the analytic prior's 0\.9\d", result.stdout
+    )
+    bad_version = catalogue(data_dir).versions("raspi4")[-1]
+    report = cat.report("raspi4", bad_version)
+    assert (
+        report["activated"] is False
+        and report["spearman"] < report["baselines"]["analytic_prior"]["spearman"]
+    )
+    assert cat.active_version("raspi4") == good["version"]  # the catalogue's active version is unchanged
+    active = Coster.active(cat, "raspi4").learned
+    assert active is not None and active[1]["kind"] == "calibrated-prior"
+    # It is stored, and a user can still choose it explicitly.
+    cat.activate("raspi4", bad_version)
+    coster = Coster.active(cat, "raspi4")
+    assert coster.learned is not None and coster.learned[1]["kind"] == reversed_kind
+    assert re.search(r"Spearman -0\.9\d\)$", coster.provenance)
+
+
+def test_a_fit_that_ranks_better_than_the_prior_is_activated(
+    data_dir: Path, tmp_path: Path, reversed_kind: str
+) -> None:
+    from latency_models import Coster, catalogue
+    from workers.calibration import fit
+
+    path = tmp_path / "m.csv"
+    _anti_prior_csv(path, 30, seed=0)
+    cat = catalogue(data_dir)
+    report = fit("raspi4", path, kind=reversed_kind, cat=cat)
+    assert report["baselines"]["analytic_prior"]["spearman"] == pytest.approx(-1.0)
+    assert report["spearman"] == pytest.approx(1.0)
+    assert report["activated"] is True and "activation_note" not in report
+    assert cat.active_version("raspi4") == report["version"]
+    assert Coster.active(cat, "raspi4").provenance == (
+        f"learned (fitted on 30 measurements, validation MAPE {100 * report['mape']:.1f}%, Spearman 1.00)"
+    )
 
 
 # ------------------------------------------------------------------ NAS-Bench-201 and FBNet networks

@@ -178,11 +178,55 @@ def fit(
     )
     predictor = _fitted(kind, table)
     report["n_fit"] = len(table.latency_ms)
+    activate, why = ranks_at_least_as_well_as_prior(report)
+    report["activated"] = activate
+    if why:
+        report["activation_note"] = why
+        report["note"] = f"{report['note']}; {why}" if report.get("note") else why
     if not existing:
         cat.add_target(target)
-    version = cat.save_predictor(target.name, predictor, report)
+    version = cat.save_predictor(target.name, predictor, report, activate=activate)
     report["version"] = version
     return report
+
+
+#: Spearman differences below this are ties (floating-point noise of equal rankings).
+RANK_TIE = 1e-9
+#: Fewer held-out rows than this cannot be ranked meaningfully: the gate is not applied.
+MIN_RANKED_ROWS = 3
+
+
+def ranks_at_least_as_well_as_prior(report: dict[str, Any]) -> tuple[bool, str | None]:
+    """Whether a fit may become the target's active predictor, and why not when it may not.
+
+    A search compares plans, so a fit is activated only when its held-out Spearman correlation
+    is at least the analytic prior's on the same held-out rows: a fit whose MAPE looks fine but
+    ranks worse (the demo's host-cpu fit on digits-cnn plans within timing noise had Spearman
+    -0.20) would otherwise replace a prior that ranks better. A tie activates: a monotone
+    calibration of the prior ranks exactly as the prior does while fixing its scale, which
+    constraints in milliseconds need. With fewer than ``MIN_RANKED_ROWS`` held-out rows (as
+    with ``test_fraction`` 0) there is nothing to rank, and the fit is activated (its report
+    says the ranking was not checked).
+    """
+    if "spearman" not in report:
+        return True, None
+    if int(report.get("n_test") or 0) < MIN_RANKED_ROWS:
+        return True, (
+            f"ranking not checked: {report.get('n_test')} held-out rows are too few for a rank "
+            f"correlation (at least {MIN_RANKED_ROWS} are needed)"
+        )
+    learned = float(report["spearman"])
+    prior_raw = report.get("baselines", {}).get("analytic_prior", {}).get("spearman")
+    # a prior that predicts one value for every held-out row cannot rank: it counts as 0
+    prior = 0.0 if prior_raw is None or np.isnan(float(prior_raw)) else float(prior_raw)
+    if not np.isnan(learned) and learned >= prior - RANK_TIE:
+        return True, None
+    return False, (
+        f"not activated: held-out Spearman {learned:.2f} is below the analytic prior's "
+        f"{prior:.2f} on the same {report.get('n_test')} rows, so the target keeps its previous "
+        f"costs; the version is stored: activate it anyway with "
+        f"PUT /api/v1/targets/{report['target']}/predictors/active"
+    )
 
 
 def validate_split(
