@@ -89,21 +89,27 @@ COLOURS = {
     "infeasible": "#E69F00",
     "measured": "#009E73",
     "limit": "#D55E00",
+    "reference": "#000000",
+    "front_2d": "#CC79A7",
 }
+#: The legend's name of trial 0, on every plot and first in the front's table.
+REFERENCE_LABEL = "reference (uncompressed)"
 
 
 def previews(view: dict[str, Any]) -> dict[str, Markup]:
     """The job page's two plots as static SVG, as plotly.js first draws them (x: latency on the
-    first target, coloured front / feasible / infeasible), shown until plotly.js has run."""
+    first target, coloured front / feasible / infeasible, the reference as a black star), shown
+    until plotly.js has run."""
     target = view["targets"][0]
     points = [p for p in view["points"] if p["latency_ms"].get(target) is not None]
 
     def series(name: str, chosen: list[dict[str, Any]], symbol: str, size_px: float) -> Series:
+        colour = {"feasible": "other", REFERENCE_LABEL: "reference"}.get(name, name)
         return Series(
             name,
             [p["latency_ms"][target] for p in chosen],
             [p["quality"] for p in chosen],
-            COLOURS[name if name != "feasible" else "other"],
+            COLOURS[colour],
             symbol,
             size_px,
         )
@@ -112,6 +118,7 @@ def previews(view: dict[str, Any]) -> dict[str, Markup]:
         series("feasible", [p for p in points if not p["front"] and p["feasible"]], "circle-open", 3.5),
         series("infeasible", [p for p in points if not p["feasible"]], "x", 3.5),
         series("front", [p for p in points if p["front"]], "circle", 5),
+        series(REFERENCE_LABEL, [p for p in points if p["reference"]], "star", 4),
     ]
     limits = [c for c in view["constraints"] if c["metric"] == "latency_ms" and c["target"] in (None, target)]
     empty = "no trial has been evaluated successfully" if view["n_trials"] else "no trial yet"
@@ -150,11 +157,16 @@ def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
 
 def _table_context(job_id: str, view: dict[str, Any]) -> dict[str, Any]:
     front = view["front"]
+    reference = view["reference"]
+    # The reference first (once, also when it is on the front), then the front, best quality first.
+    rows = ([reference] if reference else []) + [p for p in front if not p["reference"]]
     return {
         "view": view,
+        "rows": rows,
+        "reference_label": REFERENCE_LABEL,
         "job_id": job_id,
         "energy": [t for t in view["targets"] if any(p["energy_mj"].get(t) is not None for p in front)],
-        "has_measured": any(p["measured_ms"] is not None for p in front),
+        "has_measured": any(p["measured_ms"] is not None for p in rows),
     }
 
 
@@ -173,6 +185,7 @@ def job_page(request: Request, job_id: str, all: bool = False) -> Response:
             "plot_all": all,
             "preview": previews(view),
             "colours": COLOURS,
+            "reference_label": REFERENCE_LABEL,
         },
     )
 
@@ -206,7 +219,20 @@ def compare_page(request: Request, jobs: str = "", job: Annotated[list[str], Que
             continue
         front = request.app.state.fronts.get(store, row)
         summary = {k: row[k] for k in ("id", "model", "targets", "strategy", "status")}
-        series.append({"job": summary, "front": [point(t, row["targets"], set()) for t in front]})
+        try:  # the uncompressed model, each job's reference (none until it is evaluated)
+            zero: dict[str, Any] | None = store.trial(job_id, 0)
+        except NotFound:
+            zero = None
+        if zero is not None and zero.get("quality") is None:
+            zero = None
+        targets = row["targets"]
+        series.append(
+            {
+                "job": summary,
+                "front": [point(t, targets, set(), zero) for t in front],
+                "reference": None if zero is None else point(zero, targets, set(), zero),
+            }
+        )
     recent, _ = store.list_jobs(limit=50)
     return TEMPLATES.TemplateResponse(
         request,
@@ -218,6 +244,7 @@ def compare_page(request: Request, jobs: str = "", job: Annotated[list[str], Que
             "dropped": wanted[MAX_COMPARED:],
             "chosen": {s["job"]["id"] for s in series},
             "max_compared": MAX_COMPARED,
+            "reference_label": REFERENCE_LABEL,
         },
     )
 

@@ -13,6 +13,7 @@ since the last read are read. The API (service/api/jobs.py) and the dashboard
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -20,11 +21,11 @@ from typing import Any, cast
 
 import numpy as np
 
-from workers.search import JobSpec, Objectives
+from workers.search import JobSpec, Objectives, front_mask
 
 from .store import Store
 
-__all__ = ["MAX_PLOTTED", "FrontCache", "ViewCache", "front_of", "job_view", "point"]
+__all__ = ["MAX_PLOTTED", "FrontCache", "ViewCache", "axis_keys", "front_2d", "front_of", "job_view", "point"]
 
 #: Trials off the front that a job page plots at most (thinned evenly by number); the front is whole.
 MAX_PLOTTED = 2000
@@ -92,11 +93,28 @@ class FrontCache:
         return rows
 
 
-def point(t: Mapping[str, Any], targets: list[str], on_front: set[int]) -> dict[str, Any]:
+def _ratio(numerator: Any, denominator: Any) -> float | None:
+    if numerator is None or denominator is None or not float(denominator) > 0:
+        return None
+    return float(numerator) / float(denominator)
+
+
+def point(
+    t: Mapping[str, Any],
+    targets: list[str],
+    on_front: set[int],
+    reference: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """One trial as the job and compare pages plot it: costs per target (latency with its
-    interval, energy where the target has a power figure), weight bytes, the host measurement."""
+    interval, energy where the target has a power figure), weight bytes, the host measurement.
+
+    With ``reference`` (trial 0, the uncompressed model, stored), ``speedup`` per target is the
+    reference's latency over this trial's and ``size_ratio`` this trial's weight bytes over the
+    reference's (None where either is unknown)."""
     costs = {name: t["costs"].get(name, {}) for name in targets}
     measured = t.get("measured") or {}
+    ref = {name: (reference or {}).get("costs", {}).get(name, {}) for name in targets}
+    weight_bytes = costs[targets[0]].get("weight_bytes")
     return {
         "number": t["number"],
         "quality": t["quality"],
@@ -104,11 +122,57 @@ def point(t: Mapping[str, Any], targets: list[str], on_front: set[int]) -> dict[
         "low_ms": {n: c.get("latency_low_ms") for n, c in costs.items()},
         "high_ms": {n: c.get("latency_high_ms") for n, c in costs.items()},
         "energy_mj": {n: c.get("energy_mj") for n, c in costs.items()},
-        "weight_bytes": costs[targets[0]].get("weight_bytes"),
+        "weight_bytes": weight_bytes,
         "measured_ms": measured.get("latency_ms"),
         "feasible": bool(t.get("feasible")),
         "front": t["number"] in on_front,
+        "reference": int(t["number"]) == 0,
+        "speedup": {n: _ratio(ref[n].get("latency_ms"), c.get("latency_ms")) for n, c in costs.items()},
+        "size_ratio": _ratio(weight_bytes, ref[targets[0]].get("weight_bytes")),
     }
+
+
+def axis_keys(targets: list[str], trials: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """The job page's x-axis choices, key -> (metric, target) as trials store costs: latency per
+    target, weight size, and energy per target where some trial has an energy figure."""
+    keys = {f"latency:{t}": ("latency_ms", t) for t in targets}
+    keys["size"] = ("weight_bytes", targets[0])
+    for t in targets:
+        if any((tr["costs"].get(t) or {}).get("energy_mj") is not None for tr in trials):
+            keys[f"energy:{t}"] = ("energy_mj", t)
+    return keys
+
+
+def front_2d(trials: list[dict[str, Any]], metric: str, target: str) -> list[int]:
+    """Numbers of the feasible trials non-dominated in (quality, ``metric`` on ``target``) alone,
+    best quality first: the front a plot of quality against that one cost shows. A job with more
+    cost objectives has a front that, projected on one axis, holds points that look dominated."""
+    ok = [
+        t
+        for t in trials
+        if t.get("feasible")
+        and t.get("quality") is not None
+        and (t["costs"].get(target) or {}).get(metric) is not None
+    ]
+    if not ok:
+        return []
+    mask = front_mask([[-float(t["quality"]), float(t["costs"][target][metric])] for t in ok])
+    chosen = [t for t, m in zip(ok, mask, strict=True) if m]
+    return [int(t["number"]) for t in sorted(chosen, key=lambda t: -float(t["quality"]))]
+
+
+def _initial(front: list[dict[str, Any]], reference: Mapping[str, Any] | None, target: str) -> int | None:
+    """The trial a job page opens on: the best-quality front point cheaper than the reference on
+    the first target (a real win), else the best-quality compressed front point, else any."""
+    compressed = [p for p in front if not p["reference"]] or front
+    if not compressed:
+        return None
+    ref_ms = ((reference or {}).get("costs", {}).get(target) or {}).get("latency_ms")
+    if ref_ms is not None:
+        cheaper = [p for p in compressed if (p["latency_ms"].get(target) or math.inf) < float(ref_ms)]
+        if cheaper:
+            return int(cheaper[0]["number"])  # the front is best quality first
+    return int(compressed[0]["number"])
 
 
 def _curve(spec: JobSpec, ok: list[dict[str, Any]]) -> list[list[float]]:
@@ -140,7 +204,9 @@ def job_view(
     max_plotted: int | None = MAX_PLOTTED,
 ) -> dict[str, Any]:
     """What the job page plots: points (the front complete, the other trials thinned to
-    ``max_plotted`` evenly by number; None keeps them all), the hypervolume curve, the front.
+    ``max_plotted`` evenly by number, plus the reference and the 2-D fronts' points; None keeps
+    them all), the hypervolume curve, the front, the reference (trial 0) and, per x-axis choice,
+    the 2-D front on it (``front_2d``), and the trial the page opens on (``initial``).
 
     The curve is the search's hypervolume after each number of evaluations (``Objectives``,
     trial 0 as the reference), so its last value is the job's hypervolume.
@@ -149,25 +215,39 @@ def job_view(
     targets = list(spec.targets)
     on_front = {int(t["number"]) for t in front}
     ok = [t for t in trials if t.get("quality") is not None]
+    zero = next((t for t in ok if int(t["number"]) == 0), None)
+    # The 2-D front on each x-axis choice, from every trial (not the thinned ones), so a point
+    # the page highlights is always plotted.
+    axes = axis_keys(targets, ok)
+    fronts_2d = {key: front_2d(ok, metric, target) for key, (metric, target) in axes.items()}
+    keep = {n for numbers in fronts_2d.values() for n in numbers} | {0}
     rest = [t for t in ok if t["number"] not in on_front]
     if max_plotted is not None and len(rest) > max_plotted:
         step = len(rest) / max_plotted
-        rest = [rest[int(i * step)] for i in range(max_plotted)]
-    front_points = [point(t, targets, on_front) for t in front]
+        thinned = {int(rest[int(i * step)]["number"]) for i in range(max_plotted)}
+        rest = [t for t in rest if int(t["number"]) in thinned or int(t["number"]) in keep]
+    front_points = [point(t, targets, on_front, zero) for t in front]
     # Why trials failed, most frequent first (a failed trial keeps its exception as text).
     errors = Counter(str(t.get("error") or "no error recorded") for t in trials if t.get("quality") is None)
     provenance = {
         name: (front[0]["costs"].get(name, {}).get("provenance") if front else None) for name in targets
     }
+    reference = None if zero is None else point(zero, targets, on_front, zero)
     return {
         "targets": targets,
-        "points": front_points + [point(t, targets, on_front) for t in rest],
+        "points": front_points + [point(t, targets, on_front, zero) for t in rest],
         "n_trials": len(trials),
         "n_failed": len(trials) - len(ok),
         "n_plotted_rest": len(rest),
         "n_rest": len(ok) - len(front),
         "curve": _curve(spec, ok),
         "front": front_points,
+        # The uncompressed model: every plot marks it, the front's table lists it first.
+        "reference": reference,
+        # The objectives the front is non-dominated in (quality, then metric@target).
+        "objectives": Objectives(spec).names,
+        "front_2d": fronts_2d,
+        "initial": _initial(front_points, zero, targets[0]),
         "provenance": provenance,
         "constraints": [c.model_dump() for c in spec.constraints],
         "failures": [{"error": e, "count": n} for e, n in errors.most_common(5)],

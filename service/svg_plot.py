@@ -25,7 +25,7 @@ LEFT, RIGHT, TOP, BOTTOM = 64, 16, 36, 84
 
 @dataclass(frozen=True)
 class Series:
-    """Points of one legend entry. ``symbol``: "circle", "circle-open", "x" or "line"."""
+    """Points of one legend entry. ``symbol``: "circle", "circle-open", "x", "star" or "line"."""
 
     name: str
     xs: Sequence[float]
@@ -71,6 +71,13 @@ def _marker(symbol: str, x: float, y: float, r: float, colour: str) -> str:
             f'<path d="M{x - r:.1f} {y - r:.1f}L{x + r:.1f} {y + r:.1f}M{x - r:.1f} {y + r:.1f}'
             f'L{x + r:.1f} {y - r:.1f}" stroke="{colour}" stroke-width="1.5"/>'
         )
+    if symbol == "star":  # five points, outer radius 2r: the reference, drawn over the rest
+        corners = []
+        for k in range(10):
+            radius = 2 * r if k % 2 == 0 else 0.8 * r
+            angle = math.pi / 5 * k - math.pi / 2
+            corners.append(f"{x + radius * math.cos(angle):.1f},{y + radius * math.sin(angle):.1f}")
+        return f'<polygon points="{" ".join(corners)}" fill="{colour}" stroke="#fff" stroke-width=".8"/>'
     if symbol == "circle-open":
         return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="none" stroke="{colour}"/>'
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="{colour}" stroke="#000" stroke-width=".5"/>'

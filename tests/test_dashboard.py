@@ -3,7 +3,10 @@ with --no-sandbox; Playwright's own browser download does not work offline).
 
 Every page loads with no console errors and is screenshotted into test-artifacts/screenshots/;
 the front plot has as many points as the API's front; clicking a point shows its plan; an
-invalid job shows its error next to the field.
+invalid job shows its error next to the field. The uncompressed model (trial 0) is the
+reference: marked on every plot, first in the front's table, and every front row has its
+speed-up and size ratio against it; a front of more objectives than the plotted axis says so and
+highlights the 2-D front on that axis; host measurements are tied to their predicted points.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ SPEC: dict[str, Any] = {
     "constraints": ["latency_ms<=0.16"],
 }
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2")  # digits-cnn's, as bench/synthetic.py plans them
+REFERENCE = "reference (uncompressed)"
+#: A job costed on two targets, host-cpu first: its front is 3-objective, its host plans measured.
+TWO_TARGETS = ("host-cpu", "zcu102")
 
 
 def _calibrate_host(data_dir: Path) -> None:
@@ -69,6 +75,15 @@ def site(
         store.create_schedule(
             name="nightly", cron="0 2 * * *", timezone="Europe/Berlin", spec=SPEC, enabled=True
         )
+        two = store.create_job({**SPEC, "targets": list(TWO_TARGETS), "constraints": []})
+        two_trials = synthetic.trials(two["id"], 200, 3, targets=TWO_TARGETS)
+        for t in two_trials:
+            store.add_trial(t)
+        store.set_status(two["id"], "succeeded", progress={"evaluations": 200, "hypervolume": 0.1})
+        # Measured on this CPU: the first three front plans (as a search's measure_front stores them).
+        for number in [t["number"] for t in app.state.fronts.get(store, store.get_job(two["id"]))][:3]:
+            host_ms = next(t for t in two_trials if t["number"] == number)["costs"]["host-cpu"]["latency_ms"]
+            store.add_measurement(two["id"], number, {"latency_ms": host_ms * 1.3, "repeats": 5})
         empty = store.create_job(SPEC)  # queued, no trial yet
         failed = store.create_job(SPEC)  # every trial failed, then the job
         for t in synthetic.trials(failed["id"], 5, 2, targets=TARGETS):
@@ -82,6 +97,7 @@ def site(
             "job": job["id"],
             "big": big["id"],
             "empty": empty["id"],
+            "two": two["id"],
             "failed": failed["id"],
             "token": store.create_token("ui"),
             "data_dir": tmp,
@@ -145,12 +161,13 @@ def test_the_front_plot_has_the_apis_front_and_a_click_shows_the_plan(
         "() => document.getElementById('front-plot').data.find(t => t.name === 'front').customdata"
     )
     assert sorted(plotted) == sorted(t["number"] for t in api_front) and len(plotted) > 1
-    # The page opens on the front's middle plan; click the first front marker in the SVG and
-    # the plan heatmap of that trial appears instead.
+    # The page opens on its initial plan; click another front marker in the SVG and the plan
+    # heatmap of that trial appears instead.
     page.wait_for_function("() => document.getElementById('plan-title').dataset.trial !== undefined")
-    first = plotted[0]
-    assert int(page.evaluate("() => document.getElementById('plan-title').dataset.trial")) != first
-    point = page.locator("#front-plot .scatterlayer .trace").nth(2).locator(".point").first
+    initial = int(page.evaluate("() => document.getElementById('plan-title').dataset.trial"))
+    index = next(i for i, n in enumerate(plotted) if n != initial)
+    first = plotted[index]
+    point = page.locator("#front-plot .scatterlayer .trace").nth(2).locator(".point").nth(index)
     point.click(force=True)
     page.wait_for_function(f"() => document.getElementById('plan-title').dataset.trial === '{first}'")
     trial = first
@@ -174,8 +191,13 @@ def test_ten_thousand_trials_plot_the_whole_front_and_thin_the_rest(
     page, errors = _open(browser, f"{site['url']}/jobs/{site['big']}")
     counts = page.evaluate("() => document.getElementById('front-plot').data.map(t => [t.name, t.x.length])")
     by_name = dict(counts)
-    assert by_name["front"] == len(api_front)
-    assert sum(by_name.values()) <= 2000 + len(api_front)
+    assert by_name["front"] == len(api_front) and by_name[REFERENCE] == 1
+    # Thinned: 2,000 dominated points at most, besides the front, the reference and the points
+    # of a 2-D front on some axis (kept so a highlighted point is always drawn).
+    view = httpx.get(f"{site['url']}/jobs/{site['big']}/view.json").json()["view"]
+    kept = {n for numbers in view["front_2d"].values() for n in numbers} | {0}
+    assert sum(n for name, n in counts if name != REFERENCE) == len(view["points"])
+    assert len(view["points"]) <= 2000 + len(api_front) + len(kept)
     assert errors == []
 
 
@@ -193,10 +215,14 @@ def test_the_page_paints_its_plots_and_table_before_plotly_runs(site: dict[str, 
     assert front_marks.count() == len(api_front)
     thinned = page.locator("#front-plot svg.preview g[data-series='feasible'] circle").count()
     infeasible = page.locator("#front-plot svg.preview g[data-series='infeasible'] path").count()
-    assert 0 < thinned + infeasible <= 2000
+    view = httpx.get(f"{site['url']}/jobs/{site['big']}/view.json").json()["view"]
+    assert 0 < thinned + infeasible == len(view["points"]) - len(api_front)
     assert page.locator("#hv-plot svg.preview polyline").count() == 1
+    # The reference, a star of its own legend entry, drawn over the rest.
+    assert page.locator(f"#front-plot svg.preview g[data-series='{REFERENCE}'] polygon").count() == 1
+    assert REFERENCE in (page.text_content("#front-plot svg.preview") or "")
     rows = page.eval_on_selector_all(".front-row", "rs => rs.map(r => Number(r.dataset.trial))")
-    assert sorted(rows) == sorted(t["number"] for t in api_front)
+    assert rows[0] == 0 and sorted(rows) == sorted({0} | {t["number"] for t in api_front})
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "job-before-plotly.png"), full_page=True)
     context.close()
@@ -349,18 +375,21 @@ def test_a_running_job_updates_in_place(site: dict[str, Any], browser: Any, synt
     )
     assert page.evaluate("() => window.notReloaded") is True
     assert page.inner_text("#job-progress").startswith("40/40 evaluations")
-    plotted = page.evaluate("() => document.getElementById('front-plot').data.map(t => t.x.length)")
+    plotted = page.evaluate(
+        "() => document.getElementById('front-plot').data"
+        f".filter(t => t.name !== '{REFERENCE}').map(t => t.x.length)"
+    )
     assert sum(plotted) == 40  # every trial is plotted (none failed, fewer than the thinning limit)
     assert page.evaluate("() => document.getElementById('plan-title').dataset.trial") == selected
     # The table came again with the poll: the final front, the selected row still marked.
     api_front = httpx.get(f"{site['url']}/api/v1/jobs/{job['id']}/front").json()["front"]
-    assert page.eval_on_selector_all(".front-row", "rs => rs.map(r => Number(r.dataset.trial))") == [
-        t["number"] for t in api_front
+    assert page.eval_on_selector_all(".front-row", "rs => rs.map(r => Number(r.dataset.trial))") == [0] + [
+        t["number"] for t in api_front if t["number"] != 0
     ]
     marked = page.eval_on_selector_all(
         ".front-row[aria-selected='true']", "rs => rs.map(r => r.dataset.trial)"
     )
-    assert marked == ([selected] if int(selected) in {t["number"] for t in api_front} else [])
+    assert marked == ([selected] if int(selected) in {0} | {t["number"] for t in api_front} else [])
     jobs_page.wait_for_function(
         f"() => document.querySelector(\"{status_cell}\").textContent === 'succeeded'", timeout=15000
     )
@@ -397,7 +426,10 @@ def test_compare_overlays_the_chosen_jobs_fronts(site: dict[str, Any], browser: 
     page.check(f"#pick-{site['big']}")
     page.click("button[type=submit]")
     page.wait_for_load_state("networkidle")
-    counts = page.evaluate("() => document.getElementById('compare-plot').data.map(t => t.x.length)")
+    counts = page.evaluate(
+        "() => document.getElementById('compare-plot').data.filter(t => !t.name.endsWith('(uncompressed)'))"
+        ".map(t => t.x.length)"
+    )
     api = f"{site['url']}/api/v1/jobs"
     fronts = [len(httpx.get(f"{api}/{j}/front").json()["front"]) for j in (site["job"], site["big"])]
     assert sorted(counts) == sorted(fronts)
@@ -408,7 +440,7 @@ def test_compare_overlays_the_chosen_jobs_fronts(site: dict[str, Any], browser: 
     assert title.endswith("on zcu102")
     page, errors2 = _open(browser, f"{site['url']}/compare?jobs={site['job']},nosuchjob")
     assert "No job nosuchjob" in page.inner_text("main")
-    assert page.evaluate("() => document.getElementById('compare-plot').data.length") == 1
+    assert page.evaluate("() => document.getElementById('compare-plot').data.length") == 2  # front, reference
     assert errors == [] and errors2 == []
 
 
@@ -423,3 +455,282 @@ def test_a_job_without_evaluated_trials_says_why(site: dict[str, Any], browser: 
     note = page.evaluate("() => document.getElementById('front-plot').layout.annotations[0].text")
     assert note == "no trial yet"
     assert errors == [] and errors2 == []
+
+
+# ------------------------------------------------------------ the reference, fronts, polish
+def _job_trials(site: dict[str, Any], job_id: str) -> list[dict[str, Any]]:
+    trials: list[dict[str, Any]] = site["store"].trials(job_id)[0]
+    return trials
+
+
+def _front_2d(trials: list[dict[str, Any]], metric: str, target: str) -> set[int]:
+    """Brute force: feasible trials no other feasible trial beats in quality and the one cost."""
+    ok = [
+        (t["number"], t["quality"], t["costs"][target][metric])
+        for t in trials
+        if t["feasible"] and t["quality"]
+    ]
+    return {n for n, q, c in ok if not any(q2 >= q and c2 <= c and (q2 > q or c2 < c) for _, q2, c2 in ok)}
+
+
+def test_the_reference_is_marked_and_first_in_the_table_with_speedups(
+    site: dict[str, Any], browser: Any
+) -> None:
+    """Trial 0 is a star of its own legend entry in plotly's plot, the table's first row
+    (labelled), and every row's speed-up and size ratio are against it; view.json carries it."""
+    import httpx
+
+    trials = {t["number"]: t for t in _job_trials(site, site["job"])}
+    ref = trials[0]["costs"]["zcu102"]
+    view = httpx.get(f"{site['url']}/jobs/{site['job']}/view.json").json()["view"]
+    assert view["reference"]["number"] == 0 and view["reference"]["quality"] == trials[0]["quality"]
+    page, errors = _open(browser, f"{site['url']}/jobs/{site['job']}")
+    star = page.evaluate(
+        f"() => document.getElementById('front-plot').data.filter(t => t.name === '{REFERENCE}')"
+        ".map(t => [t.customdata, t.x, t.marker.symbol])"
+    )
+    assert star == [[[0], [ref["latency_ms"]], "star"]]
+    first = page.locator(".front-row").first
+    assert first.get_attribute("data-trial") == "0" and REFERENCE in first.inner_text()
+    assert first.locator("td.speedup").inner_text() == "1.00×"
+    assert first.locator("td.size-ratio").inner_text() == "1.00×"
+    rows = page.locator(".front-row")
+    assert rows.count() > 3
+    for i in range(1, rows.count()):
+        row = rows.nth(i)
+        cost = trials[int(row.get_attribute("data-trial") or "-1")]["costs"]["zcu102"]
+        assert row.locator("td.speedup").inner_text() == f"{ref['latency_ms'] / cost['latency_ms']:.2f}×"
+        assert (
+            row.locator("td.size-ratio").inner_text() == f"{cost['weight_bytes'] / ref['weight_bytes']:.2f}×"
+        )
+    # Clicking the reference's row shows its plan: nothing changed.
+    first.click()
+    page.wait_for_function("() => document.getElementById('plan-title').dataset.trial === '0'")
+    assert "uncompressed" in page.evaluate("() => document.getElementById('plan-plot').layout.title.text")
+    assert errors == []
+
+
+def test_the_page_opens_on_the_best_front_point_cheaper_than_the_reference(
+    site: dict[str, Any], browser: Any
+) -> None:
+    import httpx
+
+    for job in ("job", "two"):
+        api_front = httpx.get(f"{site['url']}/api/v1/jobs/{site[job]}/front").json()["front"]
+        trials = {t["number"]: t for t in _job_trials(site, site[job])}
+        first_target = next(iter(trials[0]["costs"]))
+        ref_ms = trials[0]["costs"][first_target]["latency_ms"]
+        cheaper = [
+            t for t in api_front if t["number"] != 0 and t["costs"][first_target]["latency_ms"] < ref_ms
+        ]
+        expected = max(cheaper, key=lambda t: t["quality"])["number"]
+        page, errors = _open(browser, f"{site['url']}/jobs/{site[job]}")
+        page.wait_for_function("() => document.getElementById('plan-title').dataset.trial !== undefined")
+        assert page.evaluate("() => document.getElementById('plan-title').dataset.trial") == str(expected)
+        assert page.locator(f".front-row[data-trial='{expected}']").get_attribute("aria-selected") == "true"
+        assert errors == []
+
+
+def test_two_targets_say_the_front_is_projected_and_offer_the_2d_front(
+    site: dict[str, Any], browser: Any
+) -> None:
+    """Costed on two targets, the front is non-dominated in three objectives: the page says so,
+    highlights the front in quality and the x axis alone, and a toggle shows the full front."""
+    import httpx
+
+    trials = _job_trials(site, site["two"])
+    api_front = {
+        t["number"] for t in httpx.get(f"{site['url']}/api/v1/jobs/{site['two']}/front").json()["front"]
+    }
+    page, errors = _open(browser, f"{site['url']}/jobs/{site['two']}")
+    note = page.locator("#projection-note")
+    assert note.is_visible() and "non-dominated in 3 objectives" in note.inner_text()
+    assert "latency_ms@host-cpu, latency_ms@zcu102" in note.inner_text()
+    assert page.is_checked("#front-2d")
+
+    def traces() -> dict[str, list[int]]:
+        got: dict[str, list[int]] = dict(
+            page.evaluate("() => document.getElementById('front-plot').data.map(t => [t.name, t.customdata])")
+        )
+        return got
+
+    for axis, target in (("latency:host-cpu", "host-cpu"), ("latency:zcu102", "zcu102")):
+        page.select_option("#x-axis", axis)
+        shown = traces()
+        expected = _front_2d(trials, "latency_ms", target)
+        assert set(shown["2-D front on this axis"]) == expected
+        assert set(shown["front"]) == api_front  # the full front stays drawn
+        # The point of the note: projected, some of the full front's points are dominated.
+        assert api_front - expected
+    page.uncheck("#front-2d")
+    shown = traces()
+    assert "2-D front on this axis" not in shown and set(shown["front"]) == api_front
+    assert (
+        page.evaluate(
+            "() => document.getElementById('front-plot').data.find(t => t.name === 'front').marker.symbol"
+        )
+        == "circle"
+    )
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.check("#front-2d")
+    page.screenshot(path=str(SHOTS / "job-two-targets-2d-front.png"), full_page=True)
+    # One target and a latency-only objective: the front is the 2-D front; no note, no toggle.
+    one, errors2 = _open(browser, f"{site['url']}/jobs/{site['job']}")
+    assert one.locator("#projection-note").is_hidden() and one.locator("#front-2d-toggle").is_hidden()
+    assert errors == [] and errors2 == []
+
+
+def test_measured_diamonds_are_tied_to_their_predicted_points(site: dict[str, Any], browser: Any) -> None:
+    trials = {t["number"]: t for t in _job_trials(site, site["two"])}
+    measured = sorted(n for n, t in trials.items() if t.get("measured"))
+    assert len(measured) == 3
+    page, errors = _open(browser, f"{site['url']}/jobs/{site['two']}")
+    page.select_option("#x-axis", "latency:host-cpu")
+    got = page.evaluate(
+        "() => Object.fromEntries(document.getElementById('front-plot').data"
+        ".filter(t => t.name.startsWith('measured')).map(t => [t.name, t]))"
+    )
+    diamonds = got["measured on this CPU"]
+    assert sorted(diamonds["customdata"]) == measured and diamonds["marker"]["symbol"] == "diamond"
+    assert "predicted" in diamonds["hovertemplate"] and "measured" in diamonds["hovertemplate"]
+    links = got["measured ↔ predicted"]
+    for i, number in enumerate(diamonds["customdata"]):
+        t = trials[number]
+        m, p = t["measured"]["latency_ms"], t["costs"]["host-cpu"]["latency_ms"]
+        assert links["x"][3 * i : 3 * i + 3] == [m, p, None]
+        assert links["y"][3 * i : 3 * i + 3] == [t["quality"], t["quality"], None]
+        assert diamonds["text"][i] == f"{p:.4f}"
+    assert errors == []
+
+
+def _overlap(a: dict[str, float], b: dict[str, float]) -> bool:
+    return not (
+        a["x"] + a["width"] <= b["x"]
+        or b["x"] + b["width"] <= a["x"]
+        or a["y"] + a["height"] <= b["y"]
+        or b["y"] + b["height"] <= a["y"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "plot"), [("/jobs/{two}", "front-plot"), ("/compare?jobs={job},{two}", "compare-plot")]
+)
+def test_the_mode_bar_leaves_the_title_alone(
+    site: dict[str, Any], browser: Any, path: str, plot: str
+) -> None:
+    page, errors = _open(browser, site["url"] + path.format(**site))
+    page.hover(f"#{plot} .nsewdrag")  # the mode bar shows while the pointer is on the plot
+    page.wait_for_function(
+        f"() => getComputedStyle(document.querySelector('#{plot} .modebar')).opacity === '1'"
+    )
+    bar = page.locator(f"#{plot} .modebar").bounding_box()
+    title = page.locator(f"#{plot} .gtitle").bounding_box()
+    assert bar and title and bar["width"] > 0 and title["width"] > 0
+    assert not _overlap(bar, title), (bar, title)
+    assert errors == []
+
+
+def test_compare_starts_empty_then_labels_a_common_target(site: dict[str, Any], browser: Any) -> None:
+    page, errors = _open(browser, f"{site['url']}/compare")
+    assert page.locator("#compare-empty").is_visible()
+    assert "tick two or more jobs" in page.inner_text("#compare-empty")
+    assert page.locator("#compare-plot").count() == 0  # no empty axes
+    # zcu102 is the one target both were costed on (the first of one, the second of the other).
+    page, errors2 = _open(browser, f"{site['url']}/compare?jobs={site['job']},{site['two']}")
+    assert page.locator("#compare-empty").count() == 0
+    assert page.input_value("#on-target") == "zcu102"
+    layout = page.evaluate("() => document.getElementById('compare-plot').layout")
+    assert layout["xaxis"]["title"]["text"] == "latency (ms) on zcu102"
+    stars = page.evaluate(
+        "() => document.getElementById('compare-plot').data.filter(t => t.marker.symbol === 'star')"
+        ".map(t => [t.name, t.customdata])"
+    )
+    assert stars == [[f"{site['job']}: {REFERENCE}", [0]], [f"{site['two']}: {REFERENCE}", [0]]]
+    page.select_option("#on-target", "")  # each job's first target: the axis says which
+    label = page.evaluate("() => document.getElementById('compare-plot').layout.xaxis.title.text")
+    assert label == "latency (ms), each job on its first target (zcu102, host-cpu)"
+    assert errors == [] and errors2 == []
+
+
+def test_the_submit_form_offers_activation_bits_and_token_keep(site: dict[str, Any], browser: Any) -> None:
+    import httpx
+
+    page, errors = _open(browser, f"{site['url']}/submit")
+    page.fill("#token", site["token"])
+    page.fill("#budget", "10")
+    page.fill("#abits", "5")  # not a bit width the space offers
+    page.fill("#token_keep", "1.5")  # a ratio above 1
+    page.click("#submit")
+    page.wait_for_function(
+        "() => ['abits-error', 'token_keep-error']"
+        ".every(id => document.getElementById(id).textContent.length > 0)"
+    )
+    assert "Input should be" in page.inner_text("#abits-error")
+    assert "less than or equal to 1" in page.inner_text("#token_keep-error")
+    assert page.get_attribute("#abits", "aria-invalid") == "true"
+    assert page.get_attribute("#token_keep", "aria-invalid") == "true"
+    assert page.inner_text("#wbits-error") == "" and page.inner_text("#space-error") == ""
+    page.fill("#abits", "8")
+    page.fill("#token_keep", "")
+    page.click("#submit")
+    page.wait_for_selector("#result a")
+    job_id = page.inner_text("#result a")
+    spec = httpx.get(f"{site['url']}/api/v1/jobs/{job_id}").json()["spec"]
+    assert spec["space"]["abits"] == [8] and spec["space"]["token_keep"] == []
+    assert page.inner_text("#abits-error") == ""
+    assert [e for e in errors if "status of 422" not in e] == [] and len(errors) == 1
+
+
+def test_a_newcomer_walks_the_demo(site: dict[str, Any], browser: Any) -> None:
+    """What ``make run`` shows, walked as a new user: the jobs list, the demo job's page with the
+    reference marked, the compare page with two jobs on a labelled axis. The demo's own spec
+    (service.demo.DEMO_SPEC) searched for real with a small budget; host-cpu as the site's
+    fixture fitted it (the demo's longer host profiling is not repeated here) and the front not
+    timed on this CPU. The second job is the same spec by another strategy."""
+    from latency_models import catalogue
+    from service.demo import DEMO_SPEC
+    from workers.search import JobSpec, MemorySink, run_search
+
+    store = site["store"]
+    base = JobSpec.model_validate(DEMO_SPEC)
+    ids = []
+    for strategy in (base.strategy, "random"):
+        spec = base.model_copy(
+            update={"budget": base.budget.model_copy(update={"evaluations": 8}), "strategy": strategy}
+        )
+        job = store.create_job(spec.model_dump(mode="json"))
+        sink = MemorySink()
+        result = run_search(
+            spec, sink, job_id=job["id"], catalogue=catalogue(site["data_dir"]), measure_front=False
+        )
+        for trial in sink.job_trials(job["id"]):
+            store.add_trial(trial.to_dict())
+        store.set_status(
+            job["id"], result.status, progress={"evaluations": 8, "hypervolume": result.hypervolume}
+        )
+        assert result.status == "succeeded"
+        ids.append(job["id"])
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page, errors = _open(browser, f"{site['url']}/jobs")
+    assert page.locator(f"a[href='/jobs/{ids[0]}']").count() == 1
+    page.screenshot(path=str(SHOTS / "demo-1-jobs.png"), full_page=True)
+    page.click(f"a[href='/jobs/{ids[0]}']")
+    page.wait_for_function(
+        "() => window.hwsearchPainted && document.getElementById('plan-title').dataset.trial"
+    )
+    star = page.evaluate(
+        "() => document.getElementById('front-plot').data"
+        f".filter(t => t.name === '{REFERENCE}').map(t => t.customdata)"
+    )
+    assert star == [[0]]
+    assert page.locator(".front-row").first.get_attribute("data-trial") == "0"
+    page.screenshot(path=str(SHOTS / "demo-2-job.png"), full_page=True)
+    page.goto(f"{site['url']}/compare?jobs={','.join(ids)}", wait_until="networkidle")
+    page.wait_for_function("() => document.getElementById('compare-plot').layout")
+    assert page.input_value("#on-target") == base.targets[0]  # both jobs have every target
+    label = page.evaluate("() => document.getElementById('compare-plot').layout.xaxis.title.text")
+    assert label == f"latency (ms) on {base.targets[0]}"
+    names = page.evaluate("() => document.getElementById('compare-plot').data.map(t => t.name)")
+    assert [n for n in names if n.endswith(REFERENCE)] == [f"{i}: {REFERENCE}" for i in ids]
+    page.screenshot(path=str(SHOTS / "demo-3-compare.png"), full_page=True)
+    assert errors == []

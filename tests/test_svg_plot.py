@@ -56,3 +56,25 @@ def test_nothing_to_draw_shows_the_note() -> None:
     svg = str(plot_svg(empty, **labels, empty_note="no trial yet"))
     ET.fromstring(svg)
     assert "no trial yet" in svg and "<circle" not in svg
+
+
+def test_the_reference_is_a_star_with_a_legend_entry() -> None:
+    svg = plot_svg(
+        [
+            Series("front", [0.1, 0.12], [0.8, 0.9], "#0072B2"),
+            Series("reference (uncompressed)", [0.15], [0.99], "#000000", "star", 4),
+        ],
+        title="t",
+        x_label="x",
+        y_label="y",
+        line_colour="#D55E00",
+    )
+    root = ET.fromstring(str(svg))
+    stars = root.findall(f"{NS}g[@data-series='reference (uncompressed)']/{NS}polygon")
+    assert len(stars) == 1
+    corners = [tuple(map(float, c.split(","))) for c in (stars[0].get("points") or "").split()]
+    assert len(corners) == 10  # five points, five inner corners
+    xs = [x for x, _ in corners]
+    front_cx = [float(c.get("cx", "nan")) for c in root.findall(f"{NS}g[@data-series='front']/{NS}circle")]
+    assert min(xs) > max(front_cx)  # at 0.15 ms, right of the front's points
+    assert "reference (uncompressed)" in re.findall(r">([^<>]+)</text>", str(svg))  # in the legend
