@@ -332,3 +332,59 @@ def test_compress_and_predict_print_one_weight_size() -> None:
     assert compressed["weight_bytes"] == predicted["weight_bytes"]
     assert compressed["weight_bytes"]["before"] == 408_232  # conv + linear layers, float32
     assert compressed["other_param_bytes"] == {"before": 1_792, "after": 1_792}  # BatchNorm, apart
+
+
+def test_front_lists_the_reference_first_with_ratios(fake_service: dict[str, Any]) -> None:
+    def costs(ms: float, size: int) -> dict[str, Any]:
+        return {"zcu102": {"latency_ms": ms, "weight_bytes": size}}
+
+    reference = {"number": 0, "quality": 0.99, "costs": costs(0.2, 400), "status": "ok"}
+    fake_service[("GET", "/api/v1/jobs/j1/front")] = (
+        200,
+        {
+            "job_id": "j1",
+            "targets": ["zcu102"],
+            "hypervolume": 0.5,
+            "reference": reference,
+            "front": [
+                {**reference, "speedup@zcu102": 1.0, "size_ratio": 1.0},
+                {
+                    "number": 7,
+                    "quality": 0.9,
+                    "costs": costs(0.1, 100),
+                    "speedup@zcu102": 2.0,
+                    "size_ratio": 0.25,
+                },
+            ],
+        },
+    )
+    code, out, _ = _run("front", "j1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "2 plans on the front; hypervolume 0.5000"
+    assert lines[1].startswith("ref") and "uncompressed reference" in lines[1] and "400 B" in lines[1]
+    assert len(lines) == 3 and "(2.00×)" in lines[2] and "size 0.25×" in lines[2]
+    code, out, _ = _run("front", "j1", "--json")
+    assert json.loads(out)["reference"]["number"] == 0
+
+
+def test_search_lists_the_reference_first_and_ratios_against_it(tmp_path: Path) -> None:
+    args = ("search", "--model", "digits-cnn", "--target", "zcu102", "--budget", "3", "--concurrency", "1")
+    args = (*args, "--trials", str(tmp_path / "trials.jsonl"))  # the second run only reads them back
+    code, out, _ = _run(*args, "--strategy", "random", "--wbits", "4", "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["reference"]["number"] == 0 and doc["reference"]["weight_bytes"] == 408_232
+    for row in doc["front"]:
+        assert row["speedup@zcu102"] == pytest.approx(
+            doc["reference"]["latency_ms@zcu102"] / row["latency_ms@zcu102"]
+        )
+        assert row["is_reference"] == (row["number"] == 0) and 0 < row["size_ratio"] <= 1.0
+    code, out, _ = _run(*args, "--strategy", "random", "--wbits", "4")
+    assert code == 0
+    table = out.splitlines()
+    assert (
+        "speed-up" in table[1]
+        and table[2].split()[:2] == ["ref", "0"]
+        and "uncompressed reference" in table[2]
+    )

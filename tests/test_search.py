@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -507,3 +508,39 @@ def test_rays_startup_banners_are_dropped_and_nothing_else() -> None:
         finally:
             logger.removeHandler(handler)
     assert seen == ["something Ray needs to say"] * len(RAY_NOISE)
+
+
+def test_the_api_front_carries_the_reference_and_ratios_against_it(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    env = {"HWSEARCH_DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    app = create_app(Settings.from_env(env), dispatcher=False)
+    with TestClient(app) as c:
+        doc = _front_with_two_trials(app.state.store, c)
+    assert doc["reference"]["number"] == 0
+    rows = {row["number"]: row for row in doc["front"]}
+    assert rows[0]["speedup@zcu102"] == 1.0 and rows[0]["size_ratio"] == 1.0
+    assert rows[1]["speedup@zcu102"] == pytest.approx(2.0) and rows[1]["speedup@a100"] == pytest.approx(4.0)
+    assert rows[1]["size_ratio"] == pytest.approx(0.25) and rows[1]["costs"]  # existing keys kept
+
+
+def _front_with_two_trials(store: Any, c: Any) -> Any:
+    job = store.create_job(
+        JobSpec.model_validate({"model": "digits-cnn", "targets": ["zcu102", "a100"]}).model_dump(mode="json")
+    )
+
+    def costs(zcu_ms: float, a100_ms: float, size: int) -> dict[str, dict[str, float]]:
+        return {
+            "zcu102": {"latency_ms": zcu_ms, "weight_bytes": size},
+            "a100": {"latency_ms": a100_ms, "weight_bytes": size},
+        }
+
+    for number, quality, cost in ((0, 0.99, costs(0.2, 0.04, 400)), (1, 0.9, costs(0.1, 0.01, 100))):
+        store.add_trial(
+            {"job_id": job["id"], "number": number, "status": "ok", "quality": quality, "feasible": True,
+             "costs": cost, "plan": {"layers": {}}, "violations": [], "measured": None}
+        )  # fmt: skip
+    return c.get(f"/api/v1/jobs/{job['id']}/front").json()

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from workers.search import JobSpec
 
 from ..settings import Settings
-from ..store import Conflict
+from ..store import Conflict, NotFound, Store
 from .deps import CatalogueDep, FrontsDep, Read, SettingsDep, StoreDep, Write, job_spec_of
 from .schemas import API, MAX_INT, STATUS_PATTERN, JobOut, JobPage, TrialNumber, TrialPage
 
@@ -126,13 +126,47 @@ def front(
     rows = fronts.get(store, job)
     if format == "csv":
         return PlainTextResponse(front_csv(job, rows), media_type="text/csv")
+    reference = _reference(store, job_id)
+    ref_costs = reference["costs"] if reference is not None else None
     return {
         "job_id": job_id,
         "objectives": JobSpec.model_validate(job["spec"]).objectives,
         "targets": job["targets"],
         "hypervolume": job["hypervolume"],
-        "front": rows,
+        "reference": reference,
+        # Copies: the rows are the front cache's own dicts.
+        "front": [{**row, **against_reference(row["costs"], ref_costs, job["targets"])} for row in rows],
     }
+
+
+def _reference(store: Store, job_id: str) -> dict[str, Any] | None:
+    """Trial 0, the uncompressed model, when it has finished and succeeded."""
+    try:
+        trial = store.trial(job_id, 0)
+    except NotFound:
+        return None
+    return trial if trial.get("status") == "ok" else None
+
+
+def against_reference(
+    costs: dict[str, dict[str, Any]], reference: dict[str, dict[str, Any]] | None, targets: list[str]
+) -> dict[str, float | None]:
+    """``speedup@<target>`` (trial 0's latency / this latency) and ``size_ratio`` (weight bytes /
+    trial 0's); None where a number is missing. The CLI computes the same for a local search."""
+
+    def ratio(top: Any, bottom: Any) -> float | None:
+        return float(top) / float(bottom) if top is not None and bottom else None
+
+    ref = reference or {}
+    out = {
+        f"speedup@{t}": ratio(ref.get(t, {}).get("latency_ms"), costs.get(t, {}).get("latency_ms"))
+        for t in targets
+    }
+    first = targets[0] if targets else ""  # weight bytes do not depend on the target
+    out["size_ratio"] = ratio(
+        costs.get(first, {}).get("weight_bytes"), ref.get(first, {}).get("weight_bytes")
+    )
+    return out
 
 
 def _build_artifact(settings: Settings, job: dict[str, Any], trial: dict[str, Any], path: Path) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "print_json",
     "progress_bar",
     "quiet_torch",
+    "ratio_cell",
     "rounded",
 ]
 
@@ -78,6 +79,11 @@ class ExitOnInputError(TyperGroup):
 def print_json(data: Any) -> None:
     """Print ``data`` as indented JSON, keys in their given order."""
     typer.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def ratio_cell(value: float | None, suffix: str = "×") -> str:
+    """A speed-up or size ratio as printed (``2.68×``), ``-`` when unknown."""
+    return "-" if value is None else f"{value:.2f}{suffix}"
 
 
 def plural(count: int, noun: str) -> str:

@@ -34,6 +34,7 @@ from ._common import (
     print_json,
     progress_bar,
     quiet_torch,
+    ratio_cell,
     rounded,
 )
 
@@ -435,21 +436,58 @@ def search(
     finally:
         if progress["bar"] is not None:
             progress["bar"].__exit__(None, None, None)
+    from ..api.jobs import against_reference  # the API's front rows carry the same ratios
+
+    by_number = {t.number: t for t in result.trials}
+    reference = by_number.get(0)
+    ref_costs = reference.costs if reference is not None and reference.status == "ok" else None
+    names = spec.targets
+    summary = result.summary()
+    front_rows = []
+    for t, row in zip(result.front, summary["front"], strict=True):
+        vs = against_reference(t.costs, ref_costs, names)
+        front_rows.append({**row, **vs, "is_reference": t.number == 0})
+    reference_row = None
+    if reference is not None and ref_costs is not None:
+        reference_row = {
+            "number": 0,
+            "quality": rounded(reference.quality),
+            **{f"latency_ms@{n}": ref_costs[n]["latency_ms"] for n in names},
+            "weight_bytes": ref_costs[names[0]].get("weight_bytes"),
+            "note": "trial 0: the uncompressed model, the reference of every ratio",
+        }
     if json_output:
-        summary = result.summary()
         print_json(
-            {"front": summary["front"], "hypervolume": result.hypervolume, "trials": len(result.trials)}
+            {
+                "reference": reference_row,
+                "front": [{**row, "quality": rounded(row["quality"])} for row in front_rows],
+                "hypervolume": result.hypervolume,
+                "trials": len(result.trials),
+            }
         )
         return
     typer.echo(
-        f"{len(result.trials)} trials, {len(result.front)} on the feasible front, "
+        f"{plural(len(result.trials), 'trial')}, {len(result.front)} on the feasible front, "
         f"hypervolume {result.hypervolume:.4f} (reference point {result.reference_point})"
     )
-    names = spec.targets
     typer.echo(
-        f"{'trial':>5}  {'quality':>8}  " + "  ".join(f"{'ms@' + n:>16}" for n in names) + "  provenance"
+        f"{'trial':>9}  {'quality':>8}  "
+        + "  ".join(f"{'ms@' + n:>16}  {'speed-up':>8}" for n in names)
+        + f"  {'size':>6}  provenance"
     )
-    for t in result.front:
-        cells = "  ".join(f"{t.costs[n]['latency_ms']:>16.4f}" for n in names)
+    shown = ([reference] if reference is not None and ref_costs is not None else []) + [
+        t for t in result.front if t.number != 0
+    ]
+    for t in shown:
+        vs = against_reference(t.costs, ref_costs, names)
+        mark = "ref " if t.number == 0 else ""
+        cells = "  ".join(
+            f"{t.costs[n]['latency_ms']:>16.4f}  {ratio_cell(vs[f'speedup@{n}']):>8}" for n in names
+        )
         measured = f"  measured {t.measured['latency_ms']:.4f} ms" if t.measured else ""
-        typer.echo(f"{t.number:>5}  {t.quality:>8.4f}  {cells}  {t.costs[names[0]]['provenance']}{measured}")
+        on_front = "" if t.number != 0 or any(f.number == 0 for f in result.front) else "  (not on the front)"
+        typer.echo(
+            f"{mark + str(t.number):>9}  {t.quality:>8.4f}  {cells}  {ratio_cell(vs['size_ratio']):>6}  "
+            f"{t.costs[names[0]]['provenance']}{measured}"
+            + (f"  uncompressed reference{on_front}" if t.number == 0 else "")
+        )

@@ -34,8 +34,10 @@ from ._common import (
     error_text,
     fail,
     job_spec,
+    plural,
     print_json,
     progress_bar,
+    ratio_cell,
 )
 
 __all__ = ["Api", "cancel", "front", "schedule_app", "serve", "status", "submit", "token_app"]
@@ -230,10 +232,29 @@ def front(
     if json_output:
         print_json(doc)
         return
-    typer.echo(f"{len(doc['front'])} plans on the front; hypervolume {doc['hypervolume']}")
+    hv = doc["hypervolume"]
+    typer.echo(
+        f"{plural(len(doc['front']), 'plan')} on the front; hypervolume "
+        + ("-" if hv is None else f"{hv:.4f}")
+    )
+    targets: list[str] = doc.get("targets") or []
+    reference = doc.get("reference")
+    if reference is not None:
+        lat = "  ".join(f"{reference['costs'][n]['latency_ms']:.4f} ms@{n} (1.00×)" for n in targets)
+        wbytes = reference["costs"][targets[0]].get("weight_bytes") if targets else None
+        size = "" if wbytes is None else f"  {wbytes:,} B (size 1.00×)"
+        typer.echo(f"ref {0:>3}  quality {reference['quality']:.4f}  {lat}{size}  uncompressed reference")
+    else:
+        typer.echo("(no reference yet: trial 0, the uncompressed model, has not finished)")
     for t in doc["front"]:
-        lat = "  ".join(f"{c['latency_ms']:.4f} ms@{name}" for name, c in t["costs"].items())
-        typer.echo(f"{t['number']:>5}  quality {t['quality']:.4f}  {lat}")
+        if t["number"] == 0 and reference is not None:
+            continue  # shown above
+        lat = "  ".join(
+            f"{t['costs'][n]['latency_ms']:.4f} ms@{n} ({ratio_cell(t.get(f'speedup@{n}'))})" for n in targets
+        )
+        typer.echo(
+            f"{t['number']:>7}  quality {t['quality']:.4f}  {lat}  size {ratio_cell(t.get('size_ratio'))}"
+        )
 
 
 def cancel(job_id: Annotated[str, typer.Argument(help="A job id.")]) -> None:
