@@ -388,3 +388,27 @@ def test_search_lists_the_reference_first_and_ratios_against_it(tmp_path: Path) 
         and table[2].split()[:2] == ["ref", "0"]
         and "uncompressed reference" in table[2]
     )
+
+
+def test_schedule_list_shows_model_targets_and_both_clocks(fake_service: dict[str, Any]) -> None:
+    schedule = {
+        "id": "s1",
+        "name": "nightly",
+        "cron": "0 2 * * *",
+        "timezone": "Europe/Berlin",
+        "spec": {"model": "minilm-l6", "targets": ["host-cpu", "zcu102"]},
+        "enabled": True,
+        "next_run_at": "2026-12-04T01:00:00+00:00",
+        "last_runs": [{"job_id": "j1"}],
+        "regression": False,
+    }
+    fake_service[("GET", "/api/v1/schedules")] = (
+        200,
+        [schedule, {**schedule, "id": "s2", "timezone": "UTC"}],
+    )
+    code, out, _ = _run("schedule", "list")
+    assert code == 0
+    first, second = out.splitlines()
+    assert "minilm-l6 on host-cpu, zcu102" in first and "1 run" in first and "1 runs" not in first
+    assert "next 2026-12-04 02:00 Europe/Berlin (01:00 UTC)" in first
+    assert second.endswith("next 2026-12-04 01:00 UTC  1 run")

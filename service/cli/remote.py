@@ -307,7 +307,7 @@ def schedule_add(
     if json_output:
         print_json(sch)
         return
-    typer.echo(f"{sch['id']}  next firing {sch['next_run_at']}")
+    typer.echo(f"{sch['id']}  {next_firing_text(sch['next_run_at'], sch['timezone'])}")
 
 
 @schedule_app.command("list")
@@ -317,12 +317,39 @@ def schedule_list(json_output: JsonFlag = False) -> None:
     if json_output:
         print_json(rows)
         return
+    if not rows:
+        typer.echo("no schedules (add one with `hwsearch schedule add`)")
     for s in rows:
         flag = "  REGRESSION: the last run's front is worse than the previous one" if s["regression"] else ""
+        spec = s.get("spec") or {}
+        what = f"{spec.get('model', '?')} on {', '.join(spec.get('targets') or ['?'])}"
+        when = next_firing_text(s["next_run_at"], s["timezone"]) if s["enabled"] else "disabled"
         typer.echo(
-            f"{s['id']}  {s['name']}  '{s['cron']}' {s['timezone']}  "
-            f"{'next ' + s['next_run_at'] if s['enabled'] else 'disabled'}  {len(s['last_runs'])} runs{flag}"
+            f"{s['id']}  {s['name']}  {what}  '{s['cron']}' {s['timezone']}  {when}  "
+            f"{plural(len(s['last_runs']), 'run')}{flag}"
         )
+
+
+def next_firing_text(next_run_at: str | None, timezone: str) -> str:
+    """``next 2026-12-04 02:00 Europe/Berlin (01:00 UTC)``: the firing in the schedule's own
+    zone, then in UTC (the zone's name as the service stores it)."""
+    if not next_run_at:
+        return "next: -"
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    when = datetime.fromisoformat(next_run_at)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    utc = when.astimezone(UTC)
+    try:
+        local = when.astimezone(ZoneInfo(timezone))
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"next {utc:%Y-%m-%d %H:%M} UTC"
+    if timezone.upper() in ("UTC", "ETC/UTC"):
+        return f"next {utc:%Y-%m-%d %H:%M} UTC"
+    same_day = local.date() == utc.date()
+    return f"next {local:%Y-%m-%d %H:%M} {timezone} ({utc:{'%H:%M' if same_day else '%Y-%m-%d %H:%M'}} UTC)"
 
 
 @schedule_app.command("remove")
