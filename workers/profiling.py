@@ -13,9 +13,10 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,8 +87,23 @@ class Measured:
     raw_ms: float = 0.0
 
 
+#: The knobs profile_networks samples by default: every kind of compression a CPU runs faster.
+PROFILE_SPACE: dict[str, tuple[float, ...]] = {
+    "rank_fractions": (0.125, 0.25, 0.5),
+    "keep": (0.25, 0.5, 0.75),
+    "wbits": (8,),
+    "abits": (8,),
+    "token_keep": (0.5, 0.7),
+}
+
+
 def profile_networks(
-    models: Sequence[str], plans_per_model: int, *, seed: int = 0, repeats: int = 15
+    models: Sequence[str],
+    plans_per_model: int,
+    *,
+    seed: int = 0,
+    repeats: int = 15,
+    space: Mapping[str, tuple[float, ...]] | None = None,
 ) -> list[Measured]:
     """Time ``plans_per_model`` sampled plans of each zoo model (batch 1, one thread).
 
@@ -96,6 +112,9 @@ def profile_networks(
     On a shared machine the load drifts between plans (the uncompressed digits-cnn measured
     0.29-0.35 ms across one run); the per-round ratio cancels the drift, and a held-out
     split's MAPE of a fitted host-cpu predictor fell from 18% to 9% with it (docs/latency.md).
+    ``space`` names the knobs sampled (``Space.build`` keyword arguments; default
+    ``PROFILE_SPACE``): a narrower one builds faster (low-rank factorisation of a transformer
+    is the slow part).
     """
     from workers.zoo import prepare
 
@@ -104,17 +123,11 @@ def profile_networks(
     for model_id in models:
         prepared = prepare(model_id)
         entry, net, x = prepared.entry, prepared.model, prepared.example_input
-        space = Space.build(
-            prepared.layers,
-            rank_fractions=(0.125, 0.25, 0.5),
-            keep=(0.25, 0.5, 0.75),
-            wbits=(8,),
-            abits=(8,),
-            token_keep=(0.5, 0.7),
-        )
+        knobs: dict[str, Any] = dict(PROFILE_SPACE if space is None else space)
+        sampled = Space.build(prepared.layers, **knobs)
         first = len(out)
         for i in range(plans_per_model):
-            plan = space.sample(rng) if i else Plan()  # the first row: the uncompressed model
+            plan = sampled.sample(rng) if i else Plan()  # the first row: the uncompressed model
             deployed = prepared.apply(plan, execution="int8")
             timing = time_model(deployed, x, reference=net, repeats=repeats, warmup=3, threads=1)
             out.append(
@@ -153,6 +166,7 @@ def calibrate_host(
     repeats: int = 15,
     out: str | Path | None = None,
     cat: Catalogue | None = None,
+    space: Mapping[str, tuple[float, ...]] | None = None,
 ) -> dict[str, object]:
     """Measure this CPU (the host-cpu target), time compressed ``models`` on it and fit the host-cpu
     predictor from them into ``cat`` (default: the data dir's catalogue); returns the fit's
@@ -165,9 +179,11 @@ def calibrate_host(
 
     cat = cat or catalogue()
     target = cat.add_target(measure_host_target())
-    rows = profile_networks(models, plans_per_model, repeats=repeats)
+    rows = profile_networks(models, plans_per_model, repeats=repeats, space=space)
     path = write_csv(rows, out or cat.root / "measurements" / f"{HOST}-{int(time.time())}.csv")
     report: dict[str, object] = fit(target.name, path, cat=cat)
     report["measurements"] = str(path)
     report["n_networks_timed"] = len(rows)
+    timed = [r.latency_ms for r in rows]
+    report["timed_span"] = max(timed) / min(timed) if timed and min(timed) > 0 else None
     return report

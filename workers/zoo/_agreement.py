@@ -84,8 +84,9 @@ class ReferenceAgreement:
                 "No labelled ImageNet data exists offline, so this is not accuracy: it is the "
                 f"fraction of {n} augmented real photos (from scikit-image and scikit-learn) on "
                 "which the compressed model's top-1 ImageNet class equals the uncompressed "
-                "model's (1.0 for the uncompressed model); kl_divergence is the mean "
-                "KL(uncompressed || compressed) of the class distributions in nats."
+                "model's (1.0 for the uncompressed model). The mean KL(uncompressed || "
+                "compressed) of the class distributions, in nats, is in the Python API's "
+                "Quality.extra only; the CLI and the service report the agreement."
             ),
             extra={"kl_divergence": max(0.0, kl), "n_images": n},
         )
