@@ -59,7 +59,7 @@ UniformOption = Annotated[
 
 
 def models(json_output: JsonFlag = False) -> None:
-    """List the model zoo: name, task, quality metric and compressible layers."""
+    """List the model zoo: name, quality metric and task (`hwsearch inspect MODEL` lists its layers)."""
     quiet_torch()
     from workers.zoo import list_models, model_class
 
