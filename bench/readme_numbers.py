@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--check", action="store_true", help="compare output shapes; rewrite nothing")
-    parser.add_argument("--only", help="only blocks whose commands contain this word")
+    parser.add_argument("--only", help="only blocks whose commands contain this word (e.g. search)")
     parser.add_argument(
         "--data-dir", type=Path, help="HWSEARCH_DATA_DIR for the commands (default: a temp dir)"
     )
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = m["commands"]
         pieces.append(text[last : m.start()])
         last = m.end()
-        if args.only and args.only not in commands:
+        if args.only and not re.search(rf"(?<![\w-]){re.escape(args.only)}(?![\w-])", commands):
             pieces.append(m.group(0))
             continue
         start = time.perf_counter()

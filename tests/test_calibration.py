@@ -151,6 +151,15 @@ def test_profile_host_measures_writes_and_fits(data_dir: Path, tmp_path: Path) -
         host["peak_macs_per_s"]["32"] > 1e8
         and "measured by workers.profiling" in host["sources"]["peak_macs_per_s"]
     )
+    # `hwsearch targets` reads the data dir's catalogue, as the API and the dashboard do: a CLI
+    # process that never fitted host-cpu itself still lists it.
+    from latency_models._target import TARGETS
+
+    TARGETS.unregister("host-cpu")
+    listed = runner.invoke(app, ["targets", "--json"])
+    assert listed.exit_code == 0, listed.stderr
+    host_rows = [t for t in json.loads(listed.stdout) if t["name"] == "host-cpu"]
+    assert len(host_rows) == 1 and host_rows[0]["description"] == "this machine's CPU, one thread, measured"
     result = runner.invoke(app, ["latency", "profile-host", "--models", "resnet-9000"])
     assert result.exit_code == 2 and "valid names" in result.stderr
 
