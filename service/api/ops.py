@@ -1,4 +1,5 @@
-"""Operations: /healthz (database and Ray) and /metrics (Prometheus text), read through ``Store``."""
+"""Operations: /healthz (database, Ray, and what the demo is doing) and /metrics (Prometheus
+text), read through ``Store``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..db import JOB_STATUSES, utcnow
+from ..demo import activity as demo_activity
 from ..settings import Settings
 from .deps import SettingsDep, StoreDep
 
@@ -28,9 +30,11 @@ def healthz(store: StoreDep, settings: SettingsDep) -> JSONResponse:
         checks["database"] = f"error: {type(exc).__name__}"
     checks["ray"] = _ray_state(settings)
     healthy = checks["database"] == "ok" and not checks["ray"].startswith("error")
-    return JSONResponse(
-        {"status": "ok" if healthy else "error", **checks}, status_code=200 if healthy else 503
-    )
+    body = {"status": "ok" if healthy else "error", **checks}
+    busy = demo_activity()  # e.g. the demo profiling this CPU before its job is queued
+    if busy is not None:
+        body["demo"] = busy
+    return JSONResponse(body, status_code=200 if healthy else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
