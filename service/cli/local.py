@@ -466,9 +466,10 @@ def search(
             }
         )
         return
+    point = ", ".join(f"{v:.4g}" for v in result.reference_point)  # not -0.8999999999999998
     typer.echo(
         f"{plural(len(result.trials), 'trial')}, {len(result.front)} on the feasible front, "
-        f"hypervolume {result.hypervolume:.4f} (reference point {result.reference_point})"
+        f"hypervolume {result.hypervolume:.4f} (reference point [{point}])"
     )
     typer.echo(
         f"{'trial':>9}  {'quality':>8}  "
