@@ -693,10 +693,17 @@ def test_a_newcomer_walks_the_demo(site: dict[str, Any], browser: Any) -> None:
     (service.demo.DEMO_SPEC) searched for real with a small budget; host-cpu as the site's
     fixture fitted it (the demo's longer host profiling is not repeated here) and the front not
     timed on this CPU. The second job is the same spec by another strategy."""
+    import ray
+
     from latency_models import catalogue
     from service.demo import DEMO_SPEC
     from workers.search import JobSpec, MemorySink, run_search
 
+    # A Ray of its own: ray.init() with no address joins the newest local cluster, which on a
+    # shared machine may be another test's, shut down under this search.
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     store = site["store"]
     base = JobSpec.model_validate(DEMO_SPEC)
     ids = []
@@ -716,6 +723,8 @@ def test_a_newcomer_walks_the_demo(site: dict[str, Any], browser: Any) -> None:
         )
         assert result.status == "succeeded"
         ids.append(job["id"])
+    if started_here:
+        ray.shutdown()
     SHOTS.mkdir(parents=True, exist_ok=True)
     page, errors = _open(browser, f"{site['url']}/jobs")
     assert page.locator(f"a[href='/jobs/{ids[0]}']").count() == 1
