@@ -288,7 +288,7 @@ def test_every_error_of_a_spec_at_once_without_pydantics_prefix() -> None:
         "search", "--model", "digits-cnn", "--target", "tpu", "--strategy", "bayes", "--budget", "0"
     )
     assert code == 2 and out == ""
-    assert "targets.0: unknown target 'tpu'; valid names: a100" in err
+    assert "targets[0]: unknown target 'tpu'; valid names: a100" in err
     assert "strategy: unknown strategy 'bayes'" in err and "budget.evaluations" in err
     assert "Value error" not in err
 

@@ -356,7 +356,7 @@ def test_cli_search_json(ray_cluster: None) -> None:
     )
     assert out.exit_code == 0, out.output
     doc = json.loads(out.stdout)
-    assert set(doc) == {"front", "hypervolume", "trials"} and doc["trials"] == 9
+    assert set(doc) == {"reference", "front", "hypervolume", "trials"} and doc["trials"] == 9
     assert doc["front"] and all(row["latency_ms@xeon-gold-6240"] <= 0.034 for row in doc["front"])
 
 

@@ -163,7 +163,8 @@ def error_text(message: str) -> str:
 def _validation_message(exc: Any) -> str:
     parts = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        # targets[0], space.wbits[1]: the loc written as the field is reached in the JSON.
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "spec"
         parts.append(f"{where}: {error_text(err['msg'])} (got {err.get('input')!r})")
     return "; ".join(parts)
 
