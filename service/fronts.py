@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from workers.search import JobSpec, Objectives, front_mask
+from workers.search import JobSpec, Objectives, front_mask, ratio
 
 from .store import Store
 
@@ -93,12 +93,6 @@ class FrontCache:
         return rows
 
 
-def _ratio(numerator: Any, denominator: Any) -> float | None:
-    if numerator is None or denominator is None or not float(denominator) > 0:
-        return None
-    return float(numerator) / float(denominator)
-
-
 def point(
     t: Mapping[str, Any],
     targets: list[str],
@@ -127,8 +121,8 @@ def point(
         "feasible": bool(t.get("feasible")),
         "front": t["number"] in on_front,
         "reference": int(t["number"]) == 0,
-        "speedup": {n: _ratio(ref[n].get("latency_ms"), c.get("latency_ms")) for n, c in costs.items()},
-        "size_ratio": _ratio(weight_bytes, ref[targets[0]].get("weight_bytes")),
+        "speedup": {n: ratio(ref[n].get("latency_ms"), c.get("latency_ms")) for n, c in costs.items()},
+        "size_ratio": ratio(weight_bytes, ref[targets[0]].get("weight_bytes")),
     }
 
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse
 
-from workers.search import JobSpec
+from workers.search import JobSpec, against_reference
 
 from ..settings import Settings
 from ..store import Conflict, NotFound, Store
@@ -146,27 +146,6 @@ def _reference(store: Store, job_id: str) -> dict[str, Any] | None:
     except NotFound:
         return None
     return trial if trial.get("status") == "ok" else None
-
-
-def against_reference(
-    costs: dict[str, dict[str, Any]], reference: dict[str, dict[str, Any]] | None, targets: list[str]
-) -> dict[str, float | None]:
-    """``speedup@<target>`` (trial 0's latency / this latency) and ``size_ratio`` (weight bytes /
-    trial 0's); None where a number is missing. The CLI computes the same for a local search."""
-
-    def ratio(top: Any, bottom: Any) -> float | None:
-        return float(top) / float(bottom) if top is not None and bottom else None
-
-    ref = reference or {}
-    out = {
-        f"speedup@{t}": ratio(ref.get(t, {}).get("latency_ms"), costs.get(t, {}).get("latency_ms"))
-        for t in targets
-    }
-    first = targets[0] if targets else ""  # weight bytes do not depend on the target
-    out["size_ratio"] = ratio(
-        costs.get(first, {}).get("weight_bytes"), ref.get(first, {}).get("weight_bytes")
-    )
-    return out
 
 
 def _build_artifact(settings: Settings, job: dict[str, Any], trial: dict[str, Any], path: Path) -> None:

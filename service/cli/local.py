@@ -436,7 +436,7 @@ def search(
     finally:
         if progress["bar"] is not None:
             progress["bar"].__exit__(None, None, None)
-    from ..api.jobs import against_reference  # the API's front rows carry the same ratios
+    from workers.search import against_reference  # the API's front rows carry the same ratios
 
     by_number = {t.number: t for t in result.trials}
     reference = by_number.get(0)

@@ -9,7 +9,7 @@ from moocore on normalised objectives with a reference point fixed by the proble
 from __future__ import annotations
 
 from ._errors import SearchError
-from ._objectives import Objectives
+from ._objectives import Objectives, against_reference, ratio
 from ._pareto import front_mask, hypervolume
 from ._problem import Problem
 from ._runner import SearchResult, ensure_ray, measure_on_host, run_search
@@ -32,12 +32,14 @@ __all__ = [
     "SpaceSpec",
     "Strategy",
     "Trial",
+    "against_reference",
     "create_strategy",
     "ensure_ray",
     "front_mask",
     "hypervolume",
     "list_strategies",
     "measure_on_host",
+    "ratio",
     "register_strategy",
     "run_search",
 ]

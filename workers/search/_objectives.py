@@ -27,7 +27,7 @@ import numpy.typing as npt
 from ._pareto import front_mask, hypervolume
 from ._spec import JobSpec
 
-__all__ = ["Objectives"]
+__all__ = ["Objectives", "against_reference", "ratio"]
 
 Costs = Mapping[str, Mapping[str, Any]]
 
@@ -131,3 +131,30 @@ class Objectives:
         mask = front_mask([self.vector(float(t["quality"]), t["costs"]) for t in ok])
         front = [t for t, m in zip(ok, mask, strict=True) if m]
         return sorted(front, key=lambda t: -float(t["quality"]))
+
+
+# ---- against the uncompressed model ---------------------------------------------------------
+def ratio(numerator: Any, denominator: Any) -> float | None:
+    """``numerator / denominator``, or None where either is unknown or the denominator is not > 0."""
+    if numerator is None or denominator is None or not float(denominator) > 0:
+        return None
+    return float(numerator) / float(denominator)
+
+
+def against_reference(
+    costs: Costs, reference: Costs | None, targets: Sequence[str]
+) -> dict[str, float | None]:
+    """``speedup@<target>`` (the reference's latency / this latency) per target and ``size_ratio``
+    (weight bytes / the reference's; the same on every target, read on the first); None where a
+    number is missing. The reference is trial 0, the uncompressed model. The CLI, the API's front
+    and the dashboard all show these."""
+    ref = reference or {}
+    out = {
+        f"speedup@{t}": ratio((ref.get(t) or {}).get("latency_ms"), (costs.get(t) or {}).get("latency_ms"))
+        for t in targets
+    }
+    first = targets[0] if targets else ""
+    out["size_ratio"] = ratio(
+        (costs.get(first) or {}).get("weight_bytes"), (ref.get(first) or {}).get("weight_bytes")
+    )
+    return out
