@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from workers.search import JobSpec, Objectives, front_mask, ratio
+from workers.search import JobSpec, Objectives, ratio
 
 from .store import Store
 
@@ -141,18 +141,34 @@ def front_2d(trials: list[dict[str, Any]], metric: str, target: str) -> list[int
     """Numbers of the feasible trials non-dominated in (quality, ``metric`` on ``target``) alone,
     best quality first: the front a plot of quality against that one cost shows. A job with more
     cost objectives has a front that, projected on one axis, holds points that look dominated."""
-    ok = [
-        t
-        for t in trials
-        if t.get("feasible")
-        and t.get("quality") is not None
-        and (t["costs"].get(target) or {}).get(metric) is not None
-    ]
-    if not ok:
-        return []
-    mask = front_mask([[-float(t["quality"]), float(t["costs"][target][metric])] for t in ok])
-    chosen = [t for t, m in zip(ok, mask, strict=True) if m]
-    return [int(t["number"]) for t in sorted(chosen, key=lambda t: -float(t["quality"]))]
+    return fronts_2d(trials, {"axis": (metric, target)})["axis"]
+
+
+def fronts_2d(trials: list[dict[str, Any]], axes: Mapping[str, tuple[str, str]]) -> dict[str, list[int]]:
+    """``front_2d`` for every axis of ``axes`` (key → (metric, target)), reading the trials once.
+
+    Vectorised because the job view asks for one per x-axis choice on every change of a running
+    job: sorted by quality (best first, then cheapest), a trial is on the 2-D front exactly when it
+    is cheaper than every trial before it (duplicates kept once, as ``front_mask`` keeps them).
+    """
+    ok = [t for t in trials if t.get("feasible") and t.get("quality") is not None]
+    numbers = np.fromiter((int(t["number"]) for t in ok), dtype=np.int64, count=len(ok))
+    quality = np.fromiter((float(t["quality"]) for t in ok), dtype=np.float64, count=len(ok))
+    out: dict[str, list[int]] = {}
+    for key, (metric, target) in axes.items():
+        cost = np.fromiter((_cost_or_nan(t, metric, target) for t in ok), dtype=np.float64, count=len(ok))
+        valid = np.isfinite(cost) & np.isfinite(quality)
+        n, q, c = numbers[valid], quality[valid], cost[valid]
+        order = np.lexsort((c, -q))  # best quality first, the cheapest first among equals
+        c_sorted = c[order]
+        cheapest_before = np.minimum.accumulate(np.concatenate(([np.inf], c_sorted[:-1])))
+        out[key] = [int(v) for v in n[order][c_sorted < cheapest_before]]
+    return out
+
+
+def _cost_or_nan(t: Mapping[str, Any], metric: str, target: str) -> float:
+    value = (t["costs"].get(target) or {}).get(metric)
+    return math.nan if value is None else float(value)
 
 
 def _initial(front: list[dict[str, Any]], reference: Mapping[str, Any] | None, target: str) -> int | None:
@@ -213,8 +229,8 @@ def job_view(
     # The 2-D front on each x-axis choice, from every trial (not the thinned ones), so a point
     # the page highlights is always plotted.
     axes = axis_keys(targets, ok)
-    fronts_2d = {key: front_2d(ok, metric, target) for key, (metric, target) in axes.items()}
-    keep = {n for numbers in fronts_2d.values() for n in numbers} | {0}
+    fronts_2d_by_axis = fronts_2d(ok, axes)
+    keep = {n for numbers in fronts_2d_by_axis.values() for n in numbers} | {0}
     rest = [t for t in ok if t["number"] not in on_front]
     if max_plotted is not None and len(rest) > max_plotted:
         step = len(rest) / max_plotted
@@ -240,7 +256,7 @@ def job_view(
         "reference": reference,
         # The objectives the front is non-dominated in (quality, then metric@target).
         "objectives": Objectives(spec).names,
-        "front_2d": fronts_2d,
+        "front_2d": fronts_2d_by_axis,
         "initial": _initial(front_points, zero, targets[0]),
         "provenance": provenance,
         "constraints": [c.model_dump() for c in spec.constraints],
