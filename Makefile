@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # The service on SQLite (in HWSEARCH_DATA_DIR or the user data dir) and an embedded Ray at
-# http://127.0.0.1:8000; on an empty database it queues a demo search (digits-cnn on host-cpu
-# and the ZCU102 FPGA board) and prints an API token. Follow it with `hwsearch status`.
+# http://127.0.0.1:8000; on an empty database it profiles host-cpu and queues a demo
+# search (minilm-l6 on host-cpu and the Cortex-A76 phone core) and prints an API token. Follow it with `hwsearch status`.
 run: $(STAMP)
 	$(VENV)/bin/hwsearch serve --host 127.0.0.1 --port 8000 --demo
 

@@ -14,10 +14,12 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
 from .api import errors, jobs, ops, schedules, targets
+from .api.deps import body_components
 from .dashboard import router as dashboard
 from .db import make_engine, migrate
 from .dispatcher import Dispatcher
@@ -78,6 +80,16 @@ def create_app(
         app.exception_handler(exc_class)(handler)
     for router in (dashboard, jobs.router, schedules.router, targets.router, ops.router):
         app.include_router(router)
+
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = fastapi_openapi()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(body_components())
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

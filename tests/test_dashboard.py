@@ -739,6 +739,14 @@ def test_a_newcomer_walks_the_demo(site: dict[str, Any], browser: Any) -> None:
     )
     assert star == [[0]]
     assert page.locator(".front-row").first.get_attribute("data-trial") == "0"
+    # The win a newcomer should see: on some target, the front (the reference with it, as the
+    # page plots them) spans at least 2x in latency.
+    view = page.evaluate(f"async () => (await fetch('/jobs/{ids[0]}/view.json')).json()")["view"]
+    spans = {}
+    for target in base.targets:
+        latencies = [p["latency_ms"][target] for p in [view["reference"], *view["front"]]]
+        spans[target] = max(latencies) / min(latencies)
+    assert max(spans.values()) >= 2.0, spans
     page.screenshot(path=str(SHOTS / "demo-2-job.png"), full_page=True)
     page.goto(f"{site['url']}/compare?jobs={','.join(ids)}", wait_until="networkidle")
     page.wait_for_function("() => document.getElementById('compare-plot').layout")

@@ -383,11 +383,23 @@ def test_schedules_over_rest(client: tuple[TestClient, str]) -> None:
     ]:
         r = c.post("/api/v1/schedules", json={**body, **change}, headers=_auth(token))
         assert r.status_code == 422 and any(e["loc"][: len(loc)] == loc for e in r.json()["detail"]), r.text
+    # Every error at once, an unknown target among them (as for jobs), on create and on update.
+    bad = {**body, "cron": "every night", "spec": {**SPEC, "targets": ["no-such-device"], "strategy": "nope"}}
+    r = c.post("/api/v1/schedules", json=bad, headers=_auth(token))
+    locs = {tuple(e["loc"]) for e in r.json()["detail"]}
+    assert {("body", "cron"), ("body", "spec", "targets", 0), ("body", "spec", "strategy")} <= locs, r.text
     assert c.post("/api/v1/schedules", json=body).status_code == 401
     sch = c.post("/api/v1/schedules", json=body, headers=_auth(token)).json()
     assert sch["next_run_at"] and sch["last_runs"] == []
     off = c.patch(f"/api/v1/schedules/{sch['id']}", json={"enabled": False}, headers=_auth(token)).json()
     assert off["enabled"] is False and off["next_run_at"] is None
+    r = c.patch(
+        f"/api/v1/schedules/{sch['id']}",
+        json={"cron": "nightly", "spec": {**SPEC, "targets": ["no-such-device"], "strategy": "nope"}},
+        headers=_auth(token),
+    )
+    locs = {tuple(e["loc"]) for e in r.json()["detail"]}
+    assert {("body", "cron"), ("body", "spec", "targets", 0), ("body", "spec", "strategy")} <= locs, r.text
     assert c.get("/api/v1/schedules").json()[0]["id"] == sch["id"]
     assert c.delete(f"/api/v1/schedules/{sch['id']}", headers=_auth(token)).status_code == 204
     assert c.get(f"/api/v1/schedules/{sch['id']}").status_code == 404

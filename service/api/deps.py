@@ -4,11 +4,12 @@ unless ``HWSEARCH_READS_OPEN=false``). All of it lives on ``app.state``, set by 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
 
 from latency_models import Catalogue, LatencyModelError, Target, catalogue, list_targets
 from workers.search import JobSpec
@@ -16,7 +17,8 @@ from workers.search import JobSpec
 from ..fronts import FrontCache
 from ..settings import Settings
 from ..store import Store
-from .errors import reported_at
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def get_store(request: Request) -> Store:
@@ -71,23 +73,44 @@ Write = Depends(require_token)
 Read = Depends(require_read)
 
 
-def job_spec_of(cat: Catalogue, data: Any, loc: tuple[Any, ...] = ("body",)) -> JobSpec:
-    """``data`` validated as a JobSpec whose targets must be in the service's catalogue: every
-    error of the spec, an unknown target among them, in one 422 placed under ``loc``."""
+def validated(cat: Catalogue, model: type[M], data: Any, loc: tuple[Any, ...] = ("body",)) -> M:
+    """``data`` validated as ``model``, whose JobSpecs (the body itself or nested) must name
+    targets of the service's catalogue: every error, an unknown target among them, in one 422
+    placed under ``loc``. Routes take such bodies as ``Any`` because FastAPI's own validation
+    cannot pass the catalogue in (a JobSpec alone cannot know the user targets)."""
     cat.load_targets()
     try:
-        return JobSpec.model_validate(data, context={"targets": frozenset(list_targets())})
+        return model.model_validate(data, context={"targets": frozenset(list_targets())})
     except ValidationError as exc:
         errors = [{**e, "loc": (*loc, *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors) from None
 
 
-def check_targets(cat: Catalogue, spec: JobSpec, loc: tuple[Any, ...]) -> None:
-    """Every target of ``spec`` exists in the service's catalogue (a JobSpec alone cannot know
-    the user targets): a 422 at ``(*loc, "targets", i)`` names the one that does not."""
-    for i, name in enumerate(spec.targets):
-        with reported_at(*loc, "targets", i):
-            cat.target(name)
+def job_spec_of(cat: Catalogue, data: Any, loc: tuple[Any, ...] = ("body",)) -> JobSpec:
+    """``data`` validated as a JobSpec of the service's catalogue (see :func:`validated`)."""
+    return validated(cat, JobSpec, data, loc)
+
+
+#: The models of bodies validated with :func:`validated`, for the OpenAPI document's components.
+BODY_MODELS: list[type[BaseModel]] = []
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` that documents a body validated with :func:`validated` as ``model``."""
+    if model not in BODY_MODELS:
+        BODY_MODELS.append(model)
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def body_components() -> dict[str, Any]:
+    """The JSON schemas of :data:`BODY_MODELS` (and the models they nest), by name, as
+    ``#/components/schemas`` entries: FastAPI lists only the bodies it validates itself."""
+    _, top = models_json_schema(
+        [(m, "validation") for m in BODY_MODELS], ref_template="#/components/schemas/{model}"
+    )
+    defs: dict[str, Any] = top.get("$defs", {})
+    return defs
 
 
 def target_of(cat: Catalogue, name: str) -> Target:

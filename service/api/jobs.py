@@ -17,25 +17,25 @@ from workers.search import JobSpec, against_reference
 
 from ..settings import Settings
 from ..store import Conflict, NotFound, Store
-from .deps import CatalogueDep, FrontsDep, Read, SettingsDep, StoreDep, Write, job_spec_of
+from .deps import (
+    CatalogueDep,
+    FrontsDep,
+    Read,
+    SettingsDep,
+    StoreDep,
+    Write,
+    body_schema,
+    job_spec_of,
+)
 from .schemas import API, MAX_INT, STATUS_PATTERN, JobOut, JobPage, TrialNumber, TrialPage
 
 router = APIRouter(prefix=API)
 
 
-# The body is validated here, not by FastAPI, so that an unknown target (known only to the
-# service's catalogue) is reported in the same 422 as every other error of the spec; the
-# OpenAPI document still describes it as a JobSpec.
-_JOB_SPEC_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}},
-    }
-}
-
-
+# The body is validated by job_spec_of, not by FastAPI, so that an unknown target (known only to
+# the service's catalogue) is reported in the same 422 as every other error of the spec.
 @router.post(
-    "/jobs", status_code=201, response_model=JobOut, dependencies=[Write], openapi_extra=_JOB_SPEC_BODY
+    "/jobs", status_code=201, response_model=JobOut, dependencies=[Write], openapi_extra=body_schema(JobSpec)
 )
 def create_job(
     store: StoreDep, cat: CatalogueDep, body: Annotated[Any, Body(include_in_schema=False)] = None

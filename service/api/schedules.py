@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Body, Response
 
-from .deps import CatalogueDep, Read, StoreDep, Write, check_targets
+from .deps import CatalogueDep, Read, StoreDep, Write, body_schema, validated
 from .schemas import API, ScheduleIn, ScheduleUpdate
 
 router = APIRouter(prefix=API)
 
 
-@router.post("/schedules", status_code=201, dependencies=[Write])
-def create_schedule(body: ScheduleIn, store: StoreDep, cat: CatalogueDep) -> dict[str, Any]:
-    check_targets(cat, body.spec, ("body", "spec"))
+# Bodies are validated by `validated`, so that an unknown target of the spec is reported in the
+# same 422 as every other error (as for jobs).
+_Body = Annotated[Any, Body(include_in_schema=False)]
+
+
+@router.post("/schedules", status_code=201, dependencies=[Write], openapi_extra=body_schema(ScheduleIn))
+def create_schedule(store: StoreDep, cat: CatalogueDep, data: _Body = None) -> dict[str, Any]:
+    body = validated(cat, ScheduleIn, data)
     return store.create_schedule(
         name=body.name,
         cron=body.cron,
@@ -34,13 +39,10 @@ def get_schedule(schedule_id: str, store: StoreDep) -> dict[str, Any]:
     return store.get_schedule(schedule_id)
 
 
-@router.patch("/schedules/{schedule_id}", dependencies=[Write])
-def update_schedule(
-    schedule_id: str, body: ScheduleUpdate, store: StoreDep, cat: CatalogueDep
-) -> dict[str, Any]:
+@router.patch("/schedules/{schedule_id}", dependencies=[Write], openapi_extra=body_schema(ScheduleUpdate))
+def update_schedule(schedule_id: str, store: StoreDep, cat: CatalogueDep, data: _Body = None) -> dict[str, Any]:
+    body = validated(cat, ScheduleUpdate, data)
     changes = body.model_dump(exclude_unset=True, mode="json")
-    if body.spec is not None:
-        check_targets(cat, body.spec, ("body", "spec"))
     return store.update_schedule(schedule_id, changes)
 
 
