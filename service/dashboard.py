@@ -12,20 +12,114 @@ import importlib.util
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
+from .api.deps import caller
 from .api.deps import get_store as _store
+from .auth import COOKIE, Principal, may_change
 from .fronts import point
 from .store import NotFound
 from .svg_plot import Series, plot_svg
 
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+def _who(request: Request) -> dict[str, Any]:
+    """What every page knows of its reader: who is logged in, and what they may do."""
+    principal = caller(request)
+    return {
+        "principal": principal,
+        "reads_open": request.app.state.settings.reads_open,
+        # Without a login the submit form asks for a token; a logged-in read-only token cannot submit.
+        "can_submit": principal is None or principal.has("write"),
+    }
+
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"), context_processors=[_who])
 KNOB_ROWS = ("rank", "keep", "wbits", "abits", "token_keep")
 
+
+class LoginRequired(Exception):
+    """A page was asked for without a read token while reads are closed (HWSEARCH_READS_OPEN=false)."""
+
+
+def _page_reader(request: Request) -> Principal | None:
+    """The one read policy of the API, for pages: with reads closed a page needs a token with
+    the read scope (the login cookie, or a Bearer header for scripts)."""
+    principal = caller(request)
+    if not request.app.state.settings.reads_open and (principal is None or not principal.has("read")):
+        raise LoginRequired()
+    return principal
+
+
+#: Public: plotly.js, the log-in and log-out forms. Every other page is on ``pages``.
 router = APIRouter(include_in_schema=False)
+pages = APIRouter(include_in_schema=False, dependencies=[Depends(_page_reader)])
+
+
+async def on_login_required(request: Request, _: Exception) -> Response:
+    """401 and the log-in form (HTML for a page, JSON for view.json and other data)."""
+    if request.url.path.endswith(".json"):
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse(
+            {"detail": "reads are closed on this service: log in at /login or send a Bearer token"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return TEMPLATES.TemplateResponse(
+        request, "login.html", {"next": _safe_next(request.url.path), "error": None}, status_code=401
+    )
+
+
+def _safe_next(path: str) -> str:
+    # Only a path of this site: "//evil.example" or "https://..." would be an open redirect.
+    return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/jobs"
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str = "/jobs") -> Response:
+    return TEMPLATES.TemplateResponse(request, "login.html", {"next": _safe_next(next), "error": None})
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    """Check the token and keep it in an HttpOnly, SameSite=Strict cookie (scripts send a Bearer
+    header instead). The body is a small urlencoded form (the body-size cap applies)."""
+    from urllib.parse import parse_qs
+
+    from starlette.concurrency import run_in_threadpool
+
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    token = (form.get("token") or [""])[0].strip()
+    target = _safe_next((form.get("next") or ["/jobs"])[0])
+    principal = await run_in_threadpool(_store(request).principal, token) if token else None
+    if principal is None:
+        return TEMPLATES.TemplateResponse(
+            request,
+            "login.html",
+            {"next": target, "error": "this token is not valid (unknown, revoked or expired)"},
+            status_code=401,
+        )
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=30 * 86400,
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout")
+def logout() -> RedirectResponse:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
 
 
 def _plotly_js() -> Path:
@@ -57,7 +151,7 @@ def plotly_js(version: str) -> FileResponse:
     return FileResponse(_plotly_js(), media_type="application/javascript", headers=IMMUTABLE)
 
 
-@router.get("/")
+@pages.get("/")
 def home() -> RedirectResponse:
     return RedirectResponse("/jobs")
 
@@ -67,7 +161,7 @@ def _best_within_budget(job: dict[str, Any], front: list[dict[str, Any]]) -> flo
     return max((float(t["quality"]) for t in front), default=None)
 
 
-@router.get("/jobs", response_class=HTMLResponse)
+@pages.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request, fragment: str = "") -> Response:
     store = _store(request)
     jobs, _ = store.list_jobs(limit=100)
@@ -170,7 +264,7 @@ def _table_context(job_id: str, view: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+@pages.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str, all: bool = False) -> Response:
     job = _store(request).get_job(job_id)
     view = request.app.state.views.get(_store(request), request.app.state.fronts, job, plot_all=all)
@@ -186,11 +280,14 @@ def job_page(request: Request, job_id: str, all: bool = False) -> Response:
             "preview": previews(view),
             "colours": COLOURS,
             "reference_label": REFERENCE_LABEL,
+            # The cancel button only for those whose token may cancel it (owner or admin).
+            "can_cancel": job["status"] in ("queued", "running")
+            and may_change(caller(request), job["owner"]),
         },
     )
 
 
-@router.get("/jobs/{job_id}/view.json")
+@pages.get("/jobs/{job_id}/view.json")
 def job_view_json(request: Request, job_id: str, all: bool = False) -> dict[str, Any]:
     """What the job page polls while the job runs: its summary, the view to redraw and the
     front's table as HTML (rendered by the same template as the page's)."""
@@ -203,7 +300,7 @@ def job_view_json(request: Request, job_id: str, all: bool = False) -> dict[str,
 MAX_COMPARED = 8
 
 
-@router.get("/compare", response_class=HTMLResponse)
+@pages.get("/compare", response_class=HTMLResponse)
 def compare_page(request: Request, jobs: str = "", job: Annotated[list[str], Query()] = []) -> Response:  # noqa: B006
     """Fronts of up to MAX_COMPARED jobs overlaid: ``?jobs=a,b`` or ``?job=a&job=b`` (the form)."""
     store = _store(request)
@@ -258,7 +355,7 @@ def _calibration(report: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: holdout[k] for k in ("name", "measured_ms", "predicted_ms", "prior_ms", "n_total")}
 
 
-@router.get("/targets", response_class=HTMLResponse)
+@pages.get("/targets", response_class=HTMLResponse)
 def targets_page(request: Request) -> Response:
     """Every target with its provenance; every fitted predictor version with its validation
     numbers, and the active one's calibration plot (held-out predicted against measured)."""
@@ -288,14 +385,14 @@ def targets_page(request: Request) -> Response:
     return TEMPLATES.TemplateResponse(request, "targets.html", {"rows": rows, "calibrations": calibrations})
 
 
-@router.get("/schedules", response_class=HTMLResponse)
+@pages.get("/schedules", response_class=HTMLResponse)
 def schedules_page(request: Request) -> Response:
     return TEMPLATES.TemplateResponse(
         request, "schedules.html", {"schedules": _store(request).list_schedules()}
     )
 
 
-@router.get("/submit", response_class=HTMLResponse)
+@pages.get("/submit", response_class=HTMLResponse)
 def submit_page(request: Request) -> Response:
     from latency_models import list_targets
     from workers.search import list_strategies
@@ -306,3 +403,7 @@ def submit_page(request: Request) -> Response:
         "submit.html",
         {"models": ZOO_MODELS, "targets": list_targets(), "strategies": list_strategies()},
     )
+
+
+# Registered last: its routes are above.
+router.include_router(pages)

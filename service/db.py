@@ -64,6 +64,9 @@ class Job(Base):
     # two replicas see it due.
     schedule_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     scheduled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: The owner of the token that created it (a schedule's firing: the schedule's); None: made
+    #: before owners existed, changed by admins only.
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     __table_args__ = (UniqueConstraint("schedule_id", "scheduled_for", name="uq_jobs_schedule_firing"),)
 
 
@@ -79,6 +82,7 @@ class Schedule(Base):
     next_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class TrialRow(Base):
@@ -115,6 +119,8 @@ class Fit(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ApiToken(Base):
@@ -123,6 +129,24 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: Who the token acts for, and what it may do (service/auth.py); tokens made before owners
+    #: existed were migrated to owner = name, every scope.
+    owner: Mapped[str] = mapped_column(String(64), default="admin")
+    scopes: Mapped[str] = mapped_column(String(64), default="read,write,admin")
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class TargetOwner(Base):
+    """Who created a user target through the API (built-in targets and targets added to the data
+    directory by hand have no row: they are shared, and only admins change their predictors)."""
+
+    __tablename__ = "target_owners"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

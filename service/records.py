@@ -38,6 +38,7 @@ def job_dict(job: Job) -> dict[str, Any]:
         "started_at": aware(job.started_at),
         "finished_at": aware(job.finished_at),
         "spec": job.spec,
+        "owner": job.owner,
     }
 
 
@@ -51,7 +52,10 @@ def merged_trial(data: dict[str, Any], measured: dict[str, Any] | None) -> dict[
 
 
 def new_job(
-    spec: dict[str, Any], schedule_id: str | None = None, scheduled_for: datetime | None = None
+    spec: dict[str, Any],
+    schedule_id: str | None = None,
+    scheduled_for: datetime | None = None,
+    owner: str | None = None,
 ) -> Job:
     return Job(
         id=uuid.uuid4().hex[:16],
@@ -67,6 +71,7 @@ def new_job(
         created_at=utcnow(),
         schedule_id=schedule_id,
         scheduled_for=scheduled_for,
+        owner=owner,
     )
 
 
@@ -99,6 +104,7 @@ def schedule_dict(schedule: Schedule, runs: list[Job]) -> dict[str, Any]:
         "enabled": schedule.enabled,
         "next_run_at": aware(schedule.next_run_at) if schedule.enabled else None,
         "created_at": aware(schedule.created_at),
+        "owner": schedule.owner,
         "last_runs": [
             {
                 "job_id": j.id,
@@ -125,7 +131,21 @@ def fit_dict(fit: Fit) -> dict[str, Any]:
         "error": fit.error,
         "created_at": aware(fit.created_at),
         "finished_at": aware(fit.finished_at),
+        "owner": fit.owner,
+        "cancel_requested": fit.cancel_requested,
     }
+
+
+#: Stored error messages are cut to this many characters: an error may echo its input (a 50 MB
+#: spec once came back in every job listing).
+MAX_ERROR_CHARS = 2000
+
+
+def truncated(error: str | None, limit: int = MAX_ERROR_CHARS) -> str | None:
+    """``error`` cut to ``limit`` characters, saying how much was left out."""
+    if error is None or len(error) <= limit:
+        return error
+    return f"{error[:limit]}… ({len(error) - limit} more characters not stored)"
 
 
 def json_safe(value: Any) -> Any:

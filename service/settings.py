@@ -38,6 +38,11 @@ VARIABLES = (
     "HWSEARCH_MAX_UPLOAD_BYTES",
     "HWSEARCH_DISPATCHER",
     "HWSEARCH_ORPHAN_AFTER_S",
+    "HWSEARCH_METRICS_OPEN",
+    "HWSEARCH_MAX_BODY_BYTES",
+    "HWSEARCH_MAX_UPLOAD_ROWS",
+    "HWSEARCH_MAX_QUEUED_JOBS",
+    "HWSEARCH_RATE_LIMIT",
 )
 
 
@@ -53,6 +58,16 @@ class Settings:
     run_dispatcher: bool
     #: A running job whose heartbeat is older than this is taken to be orphaned and resumed.
     orphan_after_s: float
+    #: Whether /metrics answers without a token (default: as reads do).
+    metrics_open: bool = True
+    #: The largest JSON body a route reads (measurement uploads have ``max_upload_bytes``).
+    max_body_bytes: int = 1024 * 1024
+    #: The most rows a measurement upload may have.
+    max_upload_rows: int = 2_000_000
+    #: The most queued jobs one owner may have at a time (a 429 beyond).
+    max_queued_jobs: int = 100
+    #: Requests per minute one client (its token, else its address) may make (a 429 beyond).
+    rate_limit_per_minute: int = 1200
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -73,14 +88,20 @@ class Settings:
         ray_address = env.get("RAY_ADDRESS") or None
         if ray_address is not None and not (ray_address == "auto" or ":" in ray_address):
             raise SettingsError("RAY_ADDRESS", ray_address, "HOST:PORT, ray://HOST:PORT or auto is required")
+        reads_open = _flag(env, "HWSEARCH_READS_OPEN", True)
         return cls(
             data_dir=data_dir,
             database_url=url,
             ray_address=ray_address,
-            reads_open=_flag(env, "HWSEARCH_READS_OPEN", True),
+            reads_open=reads_open,
             max_upload_bytes=_positive_int(env, "HWSEARCH_MAX_UPLOAD_BYTES", 20 * 1024 * 1024),
             run_dispatcher=_flag(env, "HWSEARCH_DISPATCHER", True),
             orphan_after_s=_positive_int(env, "HWSEARCH_ORPHAN_AFTER_S", 30),
+            metrics_open=_flag(env, "HWSEARCH_METRICS_OPEN", reads_open),
+            max_body_bytes=_positive_int(env, "HWSEARCH_MAX_BODY_BYTES", 1024 * 1024),
+            max_upload_rows=_positive_int(env, "HWSEARCH_MAX_UPLOAD_ROWS", 2_000_000),
+            max_queued_jobs=_positive_int(env, "HWSEARCH_MAX_QUEUED_JOBS", 100),
+            rate_limit_per_minute=_positive_int(env, "HWSEARCH_RATE_LIMIT", 1200),
         )
 
 

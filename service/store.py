@@ -22,7 +22,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .db import FINISHED, ApiToken, Fit, Job, Schedule, TrialRow, utcnow
+from .auth import ALL_SCOPES, Principal, check_owner
+from .db import FINISHED, ApiToken, Fit, Job, Schedule, TargetOwner, TrialRow, utcnow
 from .records import (
     aware,
     fit_dict,
@@ -33,6 +34,7 @@ from .records import (
     next_firing,
     schedule_dict,
     trial_dict,
+    truncated,
 )
 
 R = TypeVar("R", Job, Fit)
@@ -56,8 +58,8 @@ class Store:
             yield s
 
     # ---- jobs -----------------------------------------------------------------------------
-    def create_job(self, spec: dict[str, Any]) -> dict[str, Any]:
-        job = new_job(spec)
+    def create_job(self, spec: dict[str, Any], *, owner: str | None = None) -> dict[str, Any]:
+        job = new_job(spec, owner=owner)
         with self.session() as s:
             s.add(job)
         return job_dict(job)
@@ -189,7 +191,7 @@ class Store:
             if progress.get("hypervolume") is not None:
                 values["hypervolume"] = float(progress["hypervolume"])
         if error is not None:
-            values["error"] = error
+            values["error"] = truncated(error)
         if status in FINISHED:
             values["finished_at"] = utcnow()
         with self.session() as s:
@@ -281,7 +283,14 @@ class Store:
 
     # ---- schedules ----------------------------------------------------------------------------
     def create_schedule(
-        self, *, name: str, cron: str, timezone: str, spec: dict[str, Any], enabled: bool
+        self,
+        *,
+        name: str,
+        cron: str,
+        timezone: str,
+        spec: dict[str, Any],
+        enabled: bool,
+        owner: str | None = None,
     ) -> dict[str, Any]:
         now = utcnow()
         schedule = Schedule(
@@ -294,6 +303,7 @@ class Store:
             next_run_at=next_firing(cron, timezone, now),
             created_at=now,
             updated_at=now,
+            owner=owner,
         )
         with self.session() as s:
             s.add(schedule)
@@ -369,7 +379,7 @@ class Store:
                     continue
                 try:
                     with s.begin_nested():
-                        job = new_job(schedule.spec, schedule.id, firing)
+                        job = new_job(schedule.spec, schedule.id, firing, owner=schedule.owner)
                         s.add(job)
                 except IntegrityError:
                     continue
@@ -378,9 +388,18 @@ class Store:
 
     # ---- predictor fits -------------------------------------------------------------------------
     def create_fit(
-        self, *, fit_id: str, target: str, family: str | None, kind: str, csv_path: str
+        self,
+        *,
+        fit_id: str,
+        target: str,
+        family: str | None,
+        kind: str,
+        csv_path: str,
+        owner: str | None = None,
     ) -> dict[str, Any]:
         fit = Fit(
+            owner=owner,
+            cancel_requested=False,
             id=fit_id,
             target=target,
             family=family,
@@ -403,7 +422,11 @@ class Store:
     def finish_fit(
         self, fit_id: str, *, report: dict[str, Any] | None = None, error: str | None = None
     ) -> None:
-        values = {"status": "failed" if error else "succeeded", "report": json_safe(report), "error": error}
+        values = {
+            "status": "failed" if error else "succeeded",
+            "report": json_safe(report),
+            "error": truncated(error),
+        }
         with self.session() as s:
             s.execute(update(Fit).where(Fit.id == fit_id).values(finished_at=utcnow(), **values))
 
@@ -429,20 +452,109 @@ class Store:
             return int(s.scalar(select(func.count()).where(TrialRow.created_at >= since)) or 0)
 
     # ---- tokens -----------------------------------------------------------------------------
-    def create_token(self, name: str) -> str:
-        """A new API token; only its SHA-256 is stored, so it is shown once."""
+    def create_token(
+        self,
+        name: str = "cli",
+        *,
+        owner: str | None = None,
+        scopes: frozenset[str] | None = None,
+        expires_in: timedelta | None = None,
+    ) -> str:
+        """A new API token; only its SHA-256 is stored, so it is shown once.
+
+        ``owner`` defaults to ``name``; ``scopes`` to read and write, except that the first token
+        of a database is an admin token (a single-token set-up keeps doing everything).
+        """
         token = "hws_" + secrets.token_urlsafe(32)
+        now = utcnow()
         with self.session() as s:
-            s.add(ApiToken(name=name, token_sha256=_sha256(token), created_at=utcnow()))
+            first = s.scalar(select(func.count()).select_from(ApiToken)) == 0
+            granted = scopes if scopes is not None else frozenset(ALL_SCOPES if first else ("read", "write"))
+            s.add(
+                ApiToken(
+                    name=name,
+                    token_sha256=_sha256(token),
+                    created_at=now,
+                    owner=check_owner(owner if owner is not None else name[:64]),
+                    scopes=",".join(sc for sc in ALL_SCOPES if sc in granted),
+                    expires_at=None if expires_in is None else now + expires_in,
+                )
+            )
         return token
 
-    def token_valid(self, token: str) -> bool:
+    def principal(self, token: str) -> Principal | None:
+        """Who ``token`` acts for; None when it is unknown, revoked or expired."""
+        now = utcnow()
         with self.session() as s:
-            return s.scalar(select(ApiToken.id).where(ApiToken.token_sha256 == _sha256(token))) is not None
+            row = s.scalar(select(ApiToken).where(ApiToken.token_sha256 == _sha256(token)))
+            if row is None or row.revoked_at is not None:
+                return None
+            expires = aware(row.expires_at)
+            if expires is not None and expires <= now:
+                return None
+            last = aware(row.last_used_at)
+            # Written at most once a minute: every read would otherwise take the write lock.
+            if last is None or now - last > timedelta(seconds=60):
+                row.last_used_at = now
+            return Principal(row.id, row.owner, frozenset(row.scopes.split(",")))
+
+    def token_valid(self, token: str) -> bool:
+        return self.principal(token) is not None
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        """Every token (never its secret): id, name, owner, scopes, times, whether it is active."""
+        now = utcnow()
+        with self.session() as s:
+            rows = s.scalars(select(ApiToken).order_by(ApiToken.id)).all()
+            out = []
+            for r in rows:
+                expires = aware(r.expires_at)
+                out.append(
+                    {
+                        "id": r.id,
+                        "name": r.name,
+                        "owner": r.owner,
+                        "scopes": r.scopes.split(","),
+                        "created_at": aware(r.created_at),
+                        "expires_at": expires,
+                        "revoked_at": aware(r.revoked_at),
+                        "last_used_at": aware(r.last_used_at),
+                        "active": r.revoked_at is None and (expires is None or expires > now),
+                    }
+                )
+            return out
+
+    def revoke_token(self, token_id: int) -> None:
+        """The token stops working at once (it stays listed, revoked)."""
+        with self.session() as s:
+            row = s.get(ApiToken, token_id)
+            if row is None:
+                raise NotFound(f"no token {token_id}")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
 
     def has_tokens(self) -> bool:
         with self.session() as s:
             return s.scalar(select(func.count()).select_from(ApiToken)) != 0
+
+    # ---- owners of user targets, queue caps ----------------------------------------------------
+    def target_owner(self, name: str) -> str | None:
+        """The owner who created target ``name`` through the API; None: shared (built-in)."""
+        with self.session() as s:
+            row = s.get(TargetOwner, name)
+            return None if row is None else row.owner
+
+    def set_target_owner(self, name: str, owner: str) -> None:
+        """Record who created target ``name`` (the first creator keeps it)."""
+        with self.session() as s:
+            if s.get(TargetOwner, name) is None:
+                s.add(TargetOwner(name=name, owner=owner, created_at=utcnow()))
+
+    def queued_jobs(self, owner: str | None) -> int:
+        """Jobs of ``owner`` waiting for a dispatcher."""
+        with self.session() as s:
+            query = select(func.count()).where(Job.status == "queued", Job.owner == owner)
+            return int(s.scalar(query) or 0)
 
 
 def _sha256(token: str) -> str:

@@ -1,6 +1,7 @@
 """What the API's routes depend on: the store, the settings, the front cache, the latency
-catalogue, and the token checks (``Write`` on every mutating route; ``Read`` on reads, open
-unless ``HWSEARCH_READS_OPEN=false``). All of it lives on ``app.state``, set by ``create_app``."""
+catalogue, and who is calling (service/auth.py: ``Write`` on every mutating route, ``Read`` on
+reads, open unless ``HWSEARCH_READS_OPEN=false``; ``check_may_change`` before changing an owned
+object). All of it lives on ``app.state``, set by ``create_app``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 from latency_models import Catalogue, LatencyModelError, Target, catalogue, list_targets
 from workers.search import JobSpec
 
+from ..auth import COOKIE, Principal, may_change
 from ..fronts import FrontCache
 from ..settings import Settings
 from ..store import Store
@@ -53,24 +55,85 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def require_token(request: Request, store: StoreDep) -> None:
+def presented_token(request: Request) -> str | None:
+    """The token a request carries: its Bearer header, else the dashboard's login cookie.
+
+    The cookie is HttpOnly and SameSite=Strict, so a browser sends it only from this site's own
+    pages; a cookie-carried request whose Origin names another site is refused all the same
+    (defence in depth against cross-site writes).
+    """
     token = _bearer(request)
-    if token is None or not store.token_valid(token):
+    if token is not None:
+        return token
+    cookie = request.cookies.get(COOKIE)
+    if not cookie:
+        return None
+    origin = request.headers.get("origin")
+    if origin is not None and origin.rstrip("/") != f"{request.url.scheme}://{request.url.netloc}":
+        return None
+    return cookie
+
+
+def caller(request: Request) -> Principal | None:
+    """Who sent the request (None: no valid token), resolved once per request."""
+    if "principal" not in request.scope:
+        token = presented_token(request)
+        request.scope["principal"] = None if token is None else get_store(request).principal(token)
+    principal: Principal | None = request.scope["principal"]
+    return principal
+
+
+CallerDep = Annotated[Principal | None, Depends(caller)]
+
+_NO_TOKEN = (
+    "a valid API token is required: send 'Authorization: Bearer <token>' "
+    "(create one with `hwsearch token create`)"
+)
+
+
+def require_scope(request: Request, scope: str) -> Principal:
+    """The caller, who must hold ``scope``: 401 without a valid token, 403 without the scope."""
+    principal = caller(request)
+    if principal is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, _NO_TOKEN, headers={"WWW-Authenticate": "Bearer"})
+    if not principal.has(scope):
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "a valid API token is required: send 'Authorization: Bearer <token>' "
-            "(create one with `hwsearch token create`)",
-            headers={"WWW-Authenticate": "Bearer"},
+            status.HTTP_403_FORBIDDEN,
+            f"this token of {principal.owner!r} has the scopes {', '.join(sorted(principal.scopes))}; "
+            f"this needs {scope!r} (create a token with `hwsearch token create --scopes ...`)",
         )
+    return principal
 
 
-def require_read(request: Request, store: StoreDep) -> None:
-    if not get_settings(request).reads_open:
-        require_token(request, store)
+def require_write(request: Request) -> Principal:
+    return require_scope(request, "write")
 
 
-Write = Depends(require_token)
+def require_read(request: Request) -> Principal | None:
+    if get_settings(request).reads_open:
+        return caller(request)
+    return require_scope(request, "read")
+
+
+def require_admin(request: Request) -> Principal:
+    return require_scope(request, "admin")
+
+
+Write = Depends(require_write)
 Read = Depends(require_read)
+#: The caller of a mutating route (a write token).
+Writer = Annotated[Principal, Depends(require_write)]
+
+
+def check_may_change(principal: Principal, owner: str | None, what: str) -> None:
+    """403 unless ``principal`` may change an object of ``owner`` (``what`` names it)."""
+    if not may_change(principal, owner):
+        whose = "nobody's (made before owners existed)" if owner is None else f"{owner!r}'s"
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"{what} is {whose}; a token of {principal.owner!r} changes only its own "
+            "(an admin token changes any)",
+        )
 
 
 def validated(cat: Catalogue, model: type[M], data: Any, loc: tuple[Any, ...] = ("body",)) -> M:

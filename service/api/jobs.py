@@ -23,8 +23,9 @@ from .deps import (
     Read,
     SettingsDep,
     StoreDep,
-    Write,
+    Writer,
     body_schema,
+    check_may_change,
     job_spec_of,
 )
 from .schemas import API, MAX_INT, STATUS_PATTERN, JobOut, JobPage, TrialNumber, TrialPage
@@ -34,14 +35,24 @@ router = APIRouter(prefix=API)
 
 # The body is validated by job_spec_of, not by FastAPI, so that an unknown target (known only to
 # the service's catalogue) is reported in the same 422 as every other error of the spec.
-@router.post(
-    "/jobs", status_code=201, response_model=JobOut, dependencies=[Write], openapi_extra=body_schema(JobSpec)
-)
+@router.post("/jobs", status_code=201, response_model=JobOut, openapi_extra=body_schema(JobSpec))
 def create_job(
-    store: StoreDep, cat: CatalogueDep, body: Annotated[Any, Body(include_in_schema=False)] = None
+    store: StoreDep,
+    cat: CatalogueDep,
+    settings: SettingsDep,
+    principal: Writer,
+    body: Annotated[Any, Body(include_in_schema=False)] = None,
 ) -> dict[str, Any]:
     spec = job_spec_of(cat, body)
-    return store.create_job(spec.model_dump(mode="json"))
+    queued = store.queued_jobs(principal.owner)
+    if queued >= settings.max_queued_jobs:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"{principal.owner!r} has {queued} queued jobs, the most one owner may have "
+            f"(HWSEARCH_MAX_QUEUED_JOBS={settings.max_queued_jobs}); wait for some to start or cancel some",
+            headers={"Retry-After": "30"},
+        )
+    return store.create_job(spec.model_dump(mode="json"), owner=principal.owner)
 
 
 @router.get("/jobs", response_model=JobPage, dependencies=[Read])
@@ -62,13 +73,15 @@ def get_job(job_id: str, store: StoreDep) -> dict[str, Any]:
     return store.get_job(job_id)
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobOut, dependencies=[Write])
-def cancel_job(job_id: str, store: StoreDep) -> dict[str, Any]:
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, store: StoreDep, principal: Writer) -> dict[str, Any]:
+    check_may_change(principal, store.get_job(job_id)["owner"], f"job {job_id}")
     return store.request_cancel(job_id)
 
 
-@router.delete("/jobs/{job_id}", status_code=204, dependencies=[Write])
-def delete_job(job_id: str, store: StoreDep) -> Response:
+@router.delete("/jobs/{job_id}", status_code=204)
+def delete_job(job_id: str, store: StoreDep, principal: Writer) -> Response:
+    check_may_change(principal, store.get_job(job_id)["owner"], f"job {job_id}")
     store.delete_job(job_id)
     return Response(status_code=204)
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 
-from .deps import CatalogueDep, Read, StoreDep, Write, body_schema, validated
+from .deps import CatalogueDep, Read, StoreDep, Writer, body_schema, check_may_change, validated
 from .schemas import API, ScheduleIn, ScheduleUpdate
 
 router = APIRouter(prefix=API)
@@ -17,8 +17,10 @@ router = APIRouter(prefix=API)
 _Body = Annotated[Any, Body(include_in_schema=False)]
 
 
-@router.post("/schedules", status_code=201, dependencies=[Write], openapi_extra=body_schema(ScheduleIn))
-def create_schedule(store: StoreDep, cat: CatalogueDep, data: _Body = None) -> dict[str, Any]:
+@router.post("/schedules", status_code=201, openapi_extra=body_schema(ScheduleIn))
+def create_schedule(
+    store: StoreDep, cat: CatalogueDep, principal: Writer, data: _Body = None
+) -> dict[str, Any]:
     body = validated(cat, ScheduleIn, data)
     return store.create_schedule(
         name=body.name,
@@ -26,6 +28,7 @@ def create_schedule(store: StoreDep, cat: CatalogueDep, data: _Body = None) -> d
         timezone=body.timezone,
         spec=body.spec.model_dump(mode="json"),
         enabled=body.enabled,
+        owner=principal.owner,
     )
 
 
@@ -39,14 +42,18 @@ def get_schedule(schedule_id: str, store: StoreDep) -> dict[str, Any]:
     return store.get_schedule(schedule_id)
 
 
-@router.patch("/schedules/{schedule_id}", dependencies=[Write], openapi_extra=body_schema(ScheduleUpdate))
-def update_schedule(schedule_id: str, store: StoreDep, cat: CatalogueDep, data: _Body = None) -> dict[str, Any]:
+@router.patch("/schedules/{schedule_id}", openapi_extra=body_schema(ScheduleUpdate))
+def update_schedule(
+    schedule_id: str, store: StoreDep, cat: CatalogueDep, principal: Writer, data: _Body = None
+) -> dict[str, Any]:
+    check_may_change(principal, store.get_schedule(schedule_id)["owner"], f"schedule {schedule_id}")
     body = validated(cat, ScheduleUpdate, data)
     changes = body.model_dump(exclude_unset=True, mode="json")
     return store.update_schedule(schedule_id, changes)
 
 
-@router.delete("/schedules/{schedule_id}", status_code=204, dependencies=[Write])
-def delete_schedule(schedule_id: str, store: StoreDep) -> Response:
+@router.delete("/schedules/{schedule_id}", status_code=204)
+def delete_schedule(schedule_id: str, store: StoreDep, principal: Writer) -> Response:
+    check_may_change(principal, store.get_schedule(schedule_id)["owner"], f"schedule {schedule_id}")
     store.delete_schedule(schedule_id)
     return Response(status_code=204)

@@ -6,8 +6,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Path as FastApiPath
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from search_spaces import MAX_NAME_CHARS, NAME_PATTERN, check_name
 from workers.search import JobSpec
 
 from ..db import JOB_STATUSES
@@ -35,6 +36,7 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     spec: dict[str, Any]
+    owner: str | None = Field(None, description="owner of the token that created it")
 
 
 class JobPage(BaseModel):
@@ -51,12 +53,21 @@ class TrialPage(BaseModel):
     offset: int
 
 
+#: A schedule's name: the one name pattern of targets, schedules and datasets (search_spaces);
+#: the pattern is in the schema for clients, the check (with its message) in the validator.
+Name = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_NAME_CHARS, json_schema_extra={"pattern": NAME_PATTERN}),
+    AfterValidator(lambda value: check_name("name", value)),
+]
+
+
 class ScheduleIn(BaseModel):
     """A cron schedule: every firing creates an ordinary job from ``spec``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     cron: str = Field(description="five-field cron expression, e.g. '0 2 * * *' (02:00 every day)")
     timezone: str = Field("UTC", description="IANA time zone the cron expression is read in")
     spec: JobSpec
@@ -88,7 +99,7 @@ class ScheduleIn(BaseModel):
 class ScheduleUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: Name | None = None
     cron: str | None = None
     timezone: str | None = None
     spec: JobSpec | None = None

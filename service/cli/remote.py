@@ -1,4 +1,4 @@
-"""The service's commands: ``serve`` and ``token create`` run where the service runs; the
+"""The service's commands: ``serve`` and ``token create|list|revoke`` run where the service runs; the
 others (``submit``, ``status``, ``front``, ``cancel``, ``schedule ...``) talk to its REST API
 (``HWSEARCH_URL``, default http://127.0.0.1:8000, with ``HWSEARCH_TOKEN`` for changes), never
 to the database.
@@ -121,16 +121,85 @@ token_app = typer.Typer(
 )
 
 
-@token_app.command("create")
-def token_create(name: Annotated[str, typer.Option(help="What the token is for.")] = "cli") -> None:
-    """Create an API token in the service's database (run where the service runs)."""
+def _local_store() -> Any:
+    """The service's database, opened directly (token commands run where the service runs)."""
     from ..db import make_engine, migrate
     from ..settings import Settings
     from ..store import Store
 
     engine = make_engine(Settings.from_env().database_url)
     migrate(engine)
-    typer.echo(Store(engine).create_token(name))
+    return Store(engine)
+
+
+@token_app.command("create")
+def token_create(
+    owner: Annotated[
+        str | None,
+        typer.Option(help="Who the token acts for; its jobs and schedules are theirs (default: --name)."),
+    ] = None,
+    scopes: Annotated[
+        str | None,
+        typer.Option(help="read, write, admin, comma-separated (default: read,write; the first token: all)."),
+    ] = None,
+    expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d, 12h, 2w (default: none).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="What the token is for (default: the owner, else cli).")
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Create an API token in the service's database (run where the service runs); the token
+    is printed once (only its hash is stored)."""
+    from ..auth import parse_expiry, parse_scopes
+
+    store = _local_store()
+    token = store.create_token(
+        name or owner or "cli",
+        owner=owner,
+        scopes=None if scopes is None else parse_scopes(scopes),
+        expires_in=None if expires is None else parse_expiry(expires),
+    )
+    if json_output:
+        row = store.list_tokens()[-1]
+        print_json(
+            {**row, "token": token, **{k: str(row[k]) for k in ("created_at", "expires_at") if row[k]}}
+        )
+        return
+    typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(json_output: JsonFlag = False) -> None:
+    """The tokens of the service's database (never their secrets): id, owner, scopes, expiry."""
+    rows = _local_store().list_tokens()
+    if json_output:
+        print_json([{k: (str(v) if hasattr(v, "isoformat") else v) for k, v in r.items()} for r in rows])
+        return
+    if not rows:
+        typer.echo("no tokens yet; create one with `hwsearch token create`")
+        return
+    typer.echo(f"{'id':>4}  {'owner':<16} {'scopes':<17} {'name':<16} {'expires (UTC)':<17} state")
+    for r in rows:
+        expires = r["expires_at"].strftime("%Y-%m-%d %H:%M") if r["expires_at"] else "never"
+        state = "active" if r["active"] else ("revoked" if r["revoked_at"] else "expired")
+        scope_list = ",".join(r["scopes"])
+        typer.echo(
+            f"{r['id']:>4}  {r['owner']:<16} {scope_list:<17} {r['name'][:16]:<16} {expires:<17} {state}"
+        )
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="The token's id (`hwsearch token list`).")],
+) -> None:
+    """Revoke a token: it stops working at once (it stays listed as revoked)."""
+    from ..store import NotFound
+
+    try:
+        _local_store().revoke_token(token_id)
+    except NotFound:
+        fail(f"no token {token_id}: `hwsearch token list` shows the ids")
+    typer.echo(f"token {token_id} revoked")
 
 
 def submit(
