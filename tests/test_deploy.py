@@ -42,25 +42,35 @@ def compose(env: dict[str, str]) -> dict[str, Any]:
     return doc
 
 
+#: Ray's own variables (its token authentication), read by Ray on every node and in the service.
+RAY_AUTH = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
+SECRETS = {"POSTGRES_PASSWORD": "pw", "RAY_AUTH_TOKEN": "t0k"}
+
+
 def test_the_service_gets_only_real_settings() -> None:
-    doc = compose({"POSTGRES_PASSWORD": "pw"})
+    doc = compose(SECRETS)
     env = {k: str(v) for k, v in doc["services"]["service"]["environment"].items()}
-    assert set(env) <= set(VARIABLES), set(env) - set(VARIABLES)
+    assert set(env) <= set(VARIABLES) | RAY_AUTH, set(env) - set(VARIABLES) - RAY_AUTH
     assert {"DATABASE_URL", "RAY_ADDRESS", "HWSEARCH_DATA_DIR"} <= set(env)
     settings = Settings.from_env(env)
     assert settings.database_url == "postgresql+psycopg://hwsearch:pw@postgres:5432/hwsearch"
     assert settings.ray_address == "ray-head:6380"
-    for name in ("ray-head", "ray-worker"):
-        assert set(doc["services"][name]["environment"]) <= set(VARIABLES)
+    for name in ("ray-head", "ray-worker", "service"):
+        ray_env = doc["services"][name]["environment"]
+        assert set(ray_env) <= set(VARIABLES) | RAY_AUTH
+        # Every Ray process and the service share one token: Ray's only access control.
+        assert ray_env["RAY_AUTH_MODE"] == "token" and ray_env["RAY_AUTH_TOKEN"] == "t0k"
 
 
 def test_a_missing_secret_fails_fast() -> None:
     with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):
-        compose({})
+        compose({"RAY_AUTH_TOKEN": "t0k"})
+    with pytest.raises(ValueError, match="RAY_AUTH_TOKEN"):
+        compose({"POSTGRES_PASSWORD": "pw"})
 
 
 def test_long_running_services_have_healthchecks_and_wait_for_them() -> None:
-    services = compose({"POSTGRES_PASSWORD": "pw"})["services"]
+    services = compose(SECRETS)["services"]
     assert set(services) == {"postgres", "ray-head", "ray-worker", "service"}
     for name in ("postgres", "ray-head", "service"):
         assert services[name]["healthcheck"]["test"]
@@ -89,6 +99,6 @@ def test_docker_compose_accepts_the_file() -> None:
         [*command, "-f", str(COMPOSE), "config", "-q"],
         capture_output=True,
         text=True,
-        env={**env, "POSTGRES_PASSWORD": "pw"},
+        env={**env, **SECRETS},
     )
     assert out.returncode == 0, out.stdout + out.stderr

@@ -72,7 +72,8 @@ class Api:
             if self.has_token:
                 fail(
                     f"the service rejected this token (401): HWSEARCH_TOKEN is not a valid token of "
-                    f"{self.base}; create one with `hwsearch token create` where the service runs"
+                    f"{self.base} (unknown, revoked or expired); create one with `hwsearch token create` "
+                    "where the service runs"
                 )
             fail("the service needs a token: set HWSEARCH_TOKEN (create one with `hwsearch token create`)")
         if r.status_code >= 400:

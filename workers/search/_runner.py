@@ -102,8 +102,70 @@ def quiet_ray_startup() -> None:
             logger.addFilter(_DropRayNoise(tuple(starts)))
 
 
+#: Ray's switch for "this node may join a multi-node cluster" (on by default on Linux). Off,
+#: a new local Ray takes the loopback address as its node IP (ray/_private/services.py,
+#: ``get_node_ip_address``), and every Ray server of that node binds it.
+_RAY_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _init_ray_on_loopback() -> None:
+    """Start a local Ray whose GCS, raylet, agents and workers listen on loopback only.
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` alone does not do it: ray.init swaps a
+    loopback address for the host's outward IP (``services.resolve_ip_for_localhost``), and
+    the servers then listen on every interface. With the cluster switch off (Ray's own setting
+    for macOS and Windows), the node IP stays 127.0.0.1 (``::1`` on an IPv6-only host), the
+    gRPC servers bind it, and the runtime-env agent binds it too. The switch is read at import
+    (``ray_constants.ENABLE_RAY_CLUSTER``), so the module value is set as well; both go back
+    after start-up: Ray's processes took the environment when they were spawned, and a later
+    ``ray.init(address=...)`` in this process must not be changed.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(_RAY_CLUSTER_SWITCH)
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_RAY_CLUSTER_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        # No dashboard; nothing on Redis's 6379 (ray.init picks free ports).
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_RAY_CLUSTER_SWITCH, None)
+        else:
+            os.environ[_RAY_CLUSTER_SWITCH] = saved_env
+    # Ray writes its token (when ray.init made one) with the umask's mode, 0644 as a rule: any
+    # local user could read it and then use the loopback ports. Only this user needs it.
+    from pathlib import Path
+
+    token_path = Path.home() / ".ray" / "auth_token"  # Ray's default (authentication_token_setup)
+    try:
+        if "RAY_AUTH_TOKEN_PATH" not in os.environ and token_path.stat().st_mode & 0o077:
+            token_path.chmod(0o600)
+    except FileNotFoundError:  # token auth disabled (RAY_AUTH_MODE=disabled), or a token in RAY_AUTH_TOKEN
+        pass
+    except OSError as exc:  # not ours to change: say so, Ray still runs
+        logging.getLogger(__name__).warning("could not make Ray's token %s private: %s", token_path, exc)
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip not in ("127.0.0.1", "::1", "localhost"):
+        # A Ray release that no longer honours the switch: say so instead of failing the service.
+        logging.getLogger(__name__).warning(
+            "the embedded Ray took node IP %s, not loopback: its ports may be reachable from other "
+            "hosts (Ray %s; see docs/service.md, 'Ray and the network')",
+            node_ip,
+            ray.__version__,
+        )
+
+
 def ensure_ray(address: str | None = None) -> None:
-    """Connect to RAY_ADDRESS (or ``address``), or start an embedded local Ray once."""
+    """Connect to RAY_ADDRESS (or ``address``), or start an embedded local Ray once.
+
+    The embedded Ray listens on 127.0.0.1 only (``_init_ray_on_loopback``) and keeps Ray's
+    default token authentication; a cluster's network exposure is its operator's
+    (docs/service.md, "Ray and the network").
+    """
     import ray
 
     if ray.is_initialized():
@@ -113,8 +175,7 @@ def ensure_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        # Embedded: no dashboard, nothing on Redis's 6379 (ray.init picks free ports).
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        _init_ray_on_loopback()
 
 
 class Evaluator:
