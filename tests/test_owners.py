@@ -359,3 +359,44 @@ def test_a_single_token_set_up_survives_the_migration(database_url: str) -> None
     job = store.create_job(SPEC)  # as made before owners: nobody's
     assert job["owner"] is None and may_change(principal, None)
     engine.dispose()
+
+
+def test_a_browser_logs_in_to_a_closed_dashboard(tmp_path: Path, serve: Any) -> None:
+    """In chromium: with reads closed, /jobs is the log-in form (401); after logging in with a
+    write token the jobs list shows the owner's job, the cookie is HttpOnly and SameSite=Strict
+    (page scripts cannot read it), and the job page's cancel button cancels it."""
+    import shutil as sh
+
+    from playwright.sync_api import sync_playwright
+
+    app = create_app(Settings.from_env(_env(tmp_path, HWSEARCH_READS_OPEN="false")), dispatcher=False)
+    with serve(app) as url, sync_playwright() as p:
+        store: Store = app.state.store
+        store.create_token("ops")  # the first token (admin)
+        alice = store.create_token("alice", owner="alice")
+        job = store.create_job(SPEC, owner="alice")
+        browser = p.chromium.launch(
+            executable_path=sh.which("chromium") or "/usr/bin/chromium", headless=True, args=["--no-sandbox"]
+        )
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        first = page.goto(f"{url}/jobs/{job['id']}")
+        assert (
+            first is not None and first.status == 401 and page.locator("form[action='/login']").count() == 1
+        )
+        page.fill("#token", alice)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#who")
+        assert page.url.endswith(f"/jobs/{job['id']}") and "alice (read, write)" in page.inner_text("#who")
+        (cookie,) = [c for c in page.context.cookies() if c["name"] == "hwsearch_token"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert "hwsearch_token" not in page.evaluate("() => document.cookie")
+        page.click("#cancel-job")
+        page.wait_for_function("() => document.getElementById('cancel-result').textContent.length > 0")
+        assert "cancelled" in page.inner_text("#cancel-result")
+        assert store.get_job(job["id"])["status"] == "cancelled"
+        page.goto(f"{url}/jobs")
+        assert "alice" in page.inner_text("main")
+        browser.close()
+        assert errors == []
