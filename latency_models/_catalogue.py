@@ -4,11 +4,16 @@ Layout under the catalogue root (the service's data dir):
 ``targets/<name>.json`` — user-defined targets;
 ``predictors/<target>/<version>/predictor.json`` + ``report.json`` — each fit, never overwritten;
 ``predictors/<target>/ACTIVE`` — the version in use.
+
+Every target name is checked against the one name pattern (``search_spaces.NAME_PATTERN``)
+before it becomes part of a path, here as well as where it came in: a name like ``..`` would
+otherwise write ``ACTIVE`` at the data directory's root.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -18,9 +23,13 @@ from typing import Any
 
 import platformdirs
 
+from search_spaces import NAME_HINT, is_name
+
 from ._errors import LatencyModelError
 from ._predictor import Predictor, load_predictor
-from ._target import Target, get_target, register_target
+from ._target import Target, check_target_name, get_target, register_target
+
+_log = logging.getLogger(__name__)
 
 
 def data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -51,6 +60,7 @@ class Catalogue:
     # ---- targets -------------------------------------------------------------------------
     def add_target(self, target: Target) -> Target:
         """Store a user target (JSON) and register it for this process."""
+        check_target_name(target.name)
         folder = self.root / "targets"
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"{target.name}.json.tmp"
@@ -62,6 +72,17 @@ class Catalogue:
         """Register every stored user target; returns their names."""
         names = []
         for path in sorted((self.root / "targets").glob("*.json")):
+            if not is_name(path.stem):
+                # Stored before names were checked (or put there by hand): skipped, not fatal,
+                # so one such file does not take every request that reads the catalogue down.
+                _log.warning(
+                    "skipping target file %s: %r is not a valid target name (%s); rename the file "
+                    'and its "name"',
+                    path,
+                    path.stem,
+                    NAME_HINT,
+                )
+                continue
             target = Target.from_dict(json.loads(path.read_text()))
             register_target(target, replace=True)
             names.append(target.name)
@@ -74,7 +95,8 @@ class Catalogue:
 
     # ---- predictors ----------------------------------------------------------------------
     def _folder(self, target: str) -> Path:
-        return self.root / "predictors" / target
+        # Every predictor path (save, versions, report, activate, ACTIVE) goes through here.
+        return self.root / "predictors" / check_target_name(target, "target")
 
     def save_predictor(
         self, target: str, predictor: Predictor, report: dict[str, Any], *, activate: bool = True

@@ -10,11 +10,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from search_spaces import Registry
+from search_spaces import MAX_CHOICES, MAX_TEXT_CHARS, BadName, Registry, check_name
 
 from ._errors import LatencyModelError
 
 FAMILIES: tuple[str, ...] = ("gpu", "cpu", "mobile", "fpga")
+#: Entries of a target's ``sources`` (one per documented number; a dozen in practice).
+MAX_SOURCES = 64
+
+
+def check_target_name(name: Any, field: str = "target.name") -> str:
+    """``name`` when it is a valid target name (``search_spaces.NAME_PATTERN``); else a
+    LatencyModelError naming ``field``. Called wherever a target name becomes a path."""
+    try:
+        return check_name(field, name)
+    except BadName as exc:
+        raise LatencyModelError(exc.field, exc.value, exc.hint) from None
 
 
 @dataclass(frozen=True)
@@ -88,10 +99,9 @@ class Target:
         """Parse and validate a target definition (the JSON/YAML a user writes)."""
         if not isinstance(data, Mapping):
             raise LatencyModelError("target", data, "a JSON/YAML object is required")
-        name = data.get("name")
+        # The name first: it becomes a file name, and every other error message quotes it.
+        name = check_target_name(data.get("name"))
         where = f"target[{name!r}]"
-        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-            raise LatencyModelError("target.name", name, "a non-empty name of letters, digits, '-', '_', '.'")
         allowed = {
             "name",
             "family",
@@ -118,6 +128,10 @@ class Target:
                 f"{where}.peak_macs_per_s",
                 raw_peaks,
                 'an object {"<bits>": MAC/s} with at least one entry is required',
+            )
+        if len(raw_peaks) > MAX_CHOICES:
+            raise LatencyModelError(
+                f"{where}.peak_macs_per_s", f"{len(raw_peaks)} entries", f"at most {MAX_CHOICES} are allowed"
             )
         peaks: dict[int, float] = {}
         for key, value in raw_peaks.items():
@@ -151,10 +165,26 @@ class Target:
         sources = data.get("sources", {})
         if not isinstance(sources, Mapping):
             raise LatencyModelError(f"{where}.sources", sources, "an object {field: source} is required")
+        if len(sources) > MAX_SOURCES:
+            raise LatencyModelError(
+                f"{where}.sources", f"{len(sources)} entries", f"at most {MAX_SOURCES} are allowed"
+            )
+        description = data.get("description", "")
+        # Stored and shown back on every listing: free text is capped like everything else.
+        _text(description, f"{where}.description")
+        for key, source in sources.items():
+            _text(key, f"{where}.sources")
+            _text(source, f"{where}.sources[{str(key)[:40]!r}]")
+        version = data.get("predictor_version")
+        if version is not None and not isinstance(version, str):
+            raise LatencyModelError(
+                f"{where}.predictor_version", type(version).__name__, "a version id (string) or null"
+            )
+        _text(version or "", f"{where}.predictor_version")
         return cls(
             name=name,
             family=str(family),
-            description=str(data.get("description", "")),
+            description=str(description),
             peak_macs_per_s=peaks,
             memory_bandwidth_gb_s=_positive(
                 data.get("memory_bandwidth_gb_s"), f"{where}.memory_bandwidth_gb_s"
@@ -167,7 +197,14 @@ class Target:
             fpga=fpga_res,
             power_w=None if power is None else _positive(power, f"{where}.power_w"),
             sources={str(k): str(v) for k, v in sources.items()},
-            predictor_version=data.get("predictor_version"),
+            predictor_version=version,
+        )
+
+
+def _text(value: Any, where: str) -> None:
+    if len(str(value)) > MAX_TEXT_CHARS:
+        raise LatencyModelError(
+            where, f"{len(str(value))} characters", f"at most {MAX_TEXT_CHARS} characters are allowed"
         )
 
 

@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from ._errors import SpaceError
 from ._layer import LayerKind, LayerSpec, kept_channels, round_rank
+from ._limits import MAX_CHOICES, MAX_PATTERN_CHARS, MAX_PATTERNS
 from ._plan import ALLOWED_BITS, Choice, Plan, _bits, _fraction, _quantizable
 
 KNOBS: tuple[str, ...] = ("rank", "keep", "wbits", "abits", "token_keep")
@@ -92,6 +93,26 @@ class Space:
         for name, mult in (("rank_multiple", rank_multiple), ("channel_multiple", channel_multiple)):
             if isinstance(mult, bool) or not isinstance(mult, int) or mult < 1:
                 raise SpaceError(f"space.{name}", mult, "a positive integer is required (1 = no rounding)")
+        # Caps first: a huge list is refused before any of it is looked at.
+        for name, values in (
+            ("rank_fractions", rank_fractions),
+            ("keep", keep),
+            ("wbits", wbits),
+            ("abits", abits),
+            ("token_keep", token_keep),
+        ):
+            _capped(f"space.{name}", values, MAX_CHOICES)
+        for name, patterns in (("include", include), ("exclude", exclude)):
+            _capped(f"space.{name}", patterns, MAX_PATTERNS)
+            for i, pattern in enumerate(patterns):
+                if not isinstance(pattern, str):
+                    raise SpaceError(f"space.{name}[{i}]", pattern, "a glob pattern (string) is required")
+                if len(pattern) > MAX_PATTERN_CHARS:
+                    raise SpaceError(
+                        f"space.{name}[{i}]",
+                        f"{pattern[:20]}... ({len(pattern)} characters)",
+                        f"at most {MAX_PATTERN_CHARS} characters are allowed",
+                    )
         for f in rank_fractions:
             _fraction(f, "space.rank_fractions[]")
         for k in keep:
@@ -298,6 +319,7 @@ class Space:
                 opts = raw.get(knob, list(LayerKnobs().options(knob)))
                 if not isinstance(opts, list) or not opts:
                     raise SpaceError(f"{where}.{knob}", opts, "a non-empty list of options is required")
+                _capped(f"{where}.{knob}", opts, MAX_CHOICES)
                 kwargs[knob] = tuple(opts)
             kn = LayerKnobs(**kwargs)
             # Every option must be a valid choice for this layer alone (group coupling is checked
@@ -323,6 +345,14 @@ class Space:
                     f"layers of coupled group {layer.group!r} must offer the same keep options as "
                     f"{first!r}: {list(expected)}",
                 )
+        for key in ("include", "exclude"):
+            patterns = data.get(key, [])
+            if not isinstance(patterns, list | tuple):
+                raise SpaceError(f"space.{key}", patterns, "a list of glob patterns (strings) is required")
+            _capped(f"space.{key}", patterns, MAX_PATTERNS)
+            for i, pattern in enumerate(patterns):
+                if not isinstance(pattern, str):
+                    raise SpaceError(f"space.{key}[{i}]", pattern, "a glob pattern (string) is required")
         return cls(
             layer_list,
             knobs,
@@ -331,6 +361,12 @@ class Space:
             tuple(data.get("include", ())),
             tuple(data.get("exclude", ())),
         )
+
+
+def _capped(field: str, values: Sequence[Any], cap: int) -> None:
+    """A list over ``cap`` is a SpaceError naming the field, its length and the cap."""
+    if len(values) > cap:
+        raise SpaceError(field, f"{len(values)} items", f"at most {cap} are allowed")
 
 
 def _selected(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:

@@ -11,6 +11,7 @@ An input error is placed at ``("body", error.field)`` unless the route placed it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,21 +52,46 @@ def reported_at(*loc: Any, value: Any = _KEEP) -> Iterator[None]:
         raise Invalid(loc, str(exc), exc.value if value is _KEEP else value) from None
 
 
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (str, int, float, bool)):
+#: A 422 echoes the refused input, cut to this size: a 200k-entry list or a 1 MB body must not
+#: come back whole (nor be stored, e.g. as a job's error).
+MAX_ECHO_ITEMS = 20
+MAX_ECHO_CHARS = 200
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or Infinity: a refused one is echoed as 'nan' / 'inf'
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        cut = len(value) - MAX_ECHO_CHARS
+        return value if cut <= 0 else f"{value[:MAX_ECHO_CHARS]}… ({cut} more characters)"
+    if value is None or isinstance(value, (int, float, bool)):
         return value
+    if depth >= 4:
+        return "…"
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        items = [_jsonable(v, depth + 1) for v in value[:MAX_ECHO_ITEMS]]
+        more = len(value) - MAX_ECHO_ITEMS
+        return items + ([f"… ({more} more items)"] if more > 0 else [])
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return repr(value)
+        pairs = list(value.items())
+        out = {str(k)[:MAX_ECHO_CHARS]: _jsonable(v, depth + 1) for k, v in pairs[:MAX_ECHO_ITEMS]}
+        if len(pairs) > MAX_ECHO_ITEMS:
+            out["…"] = f"{len(pairs) - MAX_ECHO_ITEMS} more keys"
+        return out
+    return _jsonable(repr(value), depth)
 
 
 def _unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
     # The field path, the message and the value, for every error (never the traceback).
     detail = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "input": _jsonable(e.get("input"))}
-        for e in errors
+        {
+            "loc": list(e.get("loc", ()))[:20],
+            "msg": str(e.get("msg", ""))[:2000],
+            "input": _jsonable(e.get("input")),
+        }
+        for e in errors[:100]
     ]
     return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 

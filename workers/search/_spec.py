@@ -5,6 +5,11 @@ constraints, a strategy and a budget. Validation errors name the field (pydantic
 the value and what is allowed, all of a spec's errors at once; nothing here imports torch, so
 the service can validate a spec without loading a model.
 
+Everything is bounded before any work is queued (issue 14): every list has a cap and every
+number must be finite (``allow_inf_nan=False``, the caps in ``search_spaces._limits``), a
+budget always ends (``wall_time_s`` at most ``MAX_WALL_TIME_S``), target names follow the one
+strict name pattern, and a model's ``:argument`` is checked against ``ZOO_ARGUMENTS``.
+
 What a spec leaves out takes the defaults below, the same for the API, a spec file and the
 CLI's flags (the CLI leaves out what the user did not type). Targets are checked against the
 names in the validation context, ``JobSpec.model_validate(data, context={"targets": names})``,
@@ -17,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Collection
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +32,17 @@ from pydantic import (
     ValidationInfo,
     field_validator,
     model_validator,
+)
+
+from search_spaces import (
+    MAX_CHOICES,
+    MAX_CONSTRAINTS,
+    MAX_PATTERN_CHARS,
+    MAX_PATTERNS,
+    MAX_TARGETS,
+    MAX_WALL_TIME_S,
+    BadName,
+    check_name,
 )
 
 #: The zoo's model names, so a spec can be checked without importing the zoo (torch); a test
@@ -40,6 +56,40 @@ ZOO_MODELS = (
     "mobilenet-v2",
     "nasbench201",
 )
+
+
+class ModelArgument(NamedTuple):
+    """What the ``name:argument`` form of a zoo model id accepts after the ':'."""
+
+    keyword: str  # the constructor argument it sets (the entry's ``args[0]``)
+    pattern: str  # a regular expression the whole argument must match (the entry's ``arg_pattern``)
+    example: str  # a valid argument (the entry's default), for error messages
+
+
+# Torch-free copies of the vocabularies of the zoo's arch strings (workers/zoo/nasbench201.py
+# OPS, workers/zoo/fbnet.py KINDS); the patterns are built exactly as the zoo builds its own.
+_NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+_NB201_OP = "(?:" + "|".join(re.escape(op) for op in _NB201_OPS) + ")"
+_NB201_ARCH = (
+    "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+)
+_FBNET_KINDS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
+_FBNET_KIND = "(?:" + "|".join(re.escape(kind) for kind in _FBNET_KINDS) + ")"
+_FBNET_ARCH = (
+    "skip-k3_e3-k3_e1-skip-skip-k5_e6-k3_e3-k5_e1-k3_e3-k5_e6-k5_e3-k5_e1_g2-k5_e6-k3_e6-k5_e1_g2-"
+    "k5_e1-k3_e1_g2-k5_e6-k5_e6-k5_e3-k5_e6-k5_e6"
+)
+#: The argument each zoo entry with one accepts (entries not listed take none), so a spec's
+#: ``model`` is checked at submission, not in the worker; a test keeps this equal to the
+#: registry (each entry's ``args[0]``, ``arg_pattern`` and ``default_arch``).
+ZOO_ARGUMENTS: dict[str, ModelArgument] = {
+    "fbnet": ModelArgument("arch", _FBNET_KIND + f"(?:-{_FBNET_KIND}){{21}}", _FBNET_ARCH),
+    "nasbench201": ModelArgument(
+        "arch",
+        r"\+".join(r"\|" + r"\|".join(f"{_NB201_OP}~{i}" for i in range(k + 1)) + r"\|" for k in range(3)),
+        _NB201_ARCH,
+    ),
+}
 COST_METRICS = ("latency_ms", "weight_bytes", "energy_mj", "dsp", "lut", "bram36")
 OBJECTIVES = ("quality", "latency_ms", "weight_bytes", "energy_mj")
 #: The defaults of what a spec leaves out (one place: the API, spec files and the CLI's flags).
@@ -52,21 +102,35 @@ DEFAULT_EVALUATIONS = 50
 DEFAULT_STRATEGY = "guided"
 DEFAULT_SEED = 0
 DEFAULT_CONCURRENCY = 2
+#: A knob's fraction: finite (NaN and Infinity are refused), in (0, 1].
+Fraction = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Bits = Literal[2, 3, 4, 6, 8, 16, 32]
+#: A glob pattern on layer names.
+Pattern = Annotated[str, Field(max_length=MAX_PATTERN_CHARS)]
 _CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(?:@\s*([A-Za-z0-9_.\-]+)\s*)?(<=|>=)\s*([-+0-9.eE]+)\s*$")
+_MAX_CONSTRAINT_CHARS = 200
+
+
+def _valid_name(value: str) -> str:
+    """A target name: the one name pattern of search_spaces (it becomes a catalogue folder)."""
+    try:
+        return check_name("target", value)
+    except BadName as exc:  # pydantic's location names the field: the message need not
+        raise ValueError(f"{exc.value!r} is not a valid target name: {exc.hint}") from None
 
 
 class SpaceSpec(BaseModel):
     """Knob values offered on every layer that supports them (``search_spaces.Space.build``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    rank_fractions: list[Annotated[float, Field(gt=0, le=1)]] = []
-    keep: list[Annotated[float, Field(gt=0, le=1)]] = []
-    wbits: list[Literal[2, 3, 4, 6, 8, 16, 32]] = []
-    abits: list[Literal[2, 3, 4, 6, 8, 16, 32]] = []
-    token_keep: list[Annotated[float, Field(gt=0, le=1)]] = []
-    include: list[str] = []
-    exclude: list[str] = []
+    rank_fractions: Annotated[list[Fraction], Field(max_length=MAX_CHOICES)] = []
+    keep: Annotated[list[Fraction], Field(max_length=MAX_CHOICES)] = []
+    wbits: Annotated[list[Bits], Field(max_length=MAX_CHOICES)] = []
+    abits: Annotated[list[Bits], Field(max_length=MAX_CHOICES)] = []
+    token_keep: Annotated[list[Fraction], Field(max_length=MAX_CHOICES)] = []
+    include: Annotated[list[Pattern], Field(max_length=MAX_PATTERNS)] = []
+    exclude: Annotated[list[Pattern], Field(max_length=MAX_PATTERNS)] = []
     rank_multiple: int = Field(8, ge=1, le=256)
     channel_multiple: int = Field(8, ge=1, le=256)
 
@@ -85,12 +149,12 @@ class SpaceSpec(BaseModel):
 class Constraint(BaseModel):
     """A hard constraint ``metric op value``; cost metrics apply per target (all when ``target`` is None)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     metric: Literal["quality", "latency_ms", "weight_bytes", "energy_mj", "dsp", "lut", "bram36"]
     op: Literal["<=", ">="]
     value: float
-    target: str | None = None
+    target: Annotated[str, AfterValidator(_valid_name)] | None = None
 
     @model_validator(mode="after")
     def _direction(self) -> Constraint:
@@ -107,6 +171,17 @@ class Constraint(BaseModel):
     @classmethod
     def parse(cls, text: str) -> Constraint:
         """``latency_ms<=5``, ``latency_ms@zcu102<=5``, ``dsp<=2000``, ``quality>=0.9``."""
+        return cls.model_validate(cls.fields_of(text))
+
+    @staticmethod
+    def fields_of(text: str) -> dict[str, Any]:
+        """The fields of a constraint written as text (``parse``), not yet validated: a spec
+        validates them in place, so an error names the constraint's index and field."""
+        # The length first: the message echoes the text, and a regex need not scan megabytes.
+        if len(text) > _MAX_CONSTRAINT_CHARS:
+            raise ValueError(
+                f"a constraint has at most {_MAX_CONSTRAINT_CHARS} characters, but got {len(text)}"
+            )
         m = _CONSTRAINT.match(text)
         if m is None:
             raise ValueError(
@@ -114,7 +189,8 @@ class Constraint(BaseModel):
                 f"e.g. latency_ms<=5 or dsp@zcu102<=2000"
             )
         metric, target, op, value = m.groups()
-        return cls.model_validate({"metric": metric, "target": target, "op": op, "value": float(value)})
+        # The value stays text: pydantic parses it, refusing what is not a finite number.
+        return {"metric": metric, "target": target, "op": op, "value": value}
 
     def __str__(self) -> str:
         where = f"@{self.target}" if self.target else ""
@@ -124,10 +200,11 @@ class Constraint(BaseModel):
 class Budget(BaseModel):
     """Stop after this many quality evaluations and/or this much wall time, whichever comes first."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     evaluations: int | None = Field(DEFAULT_EVALUATIONS, ge=1, le=100_000)
-    wall_time_s: float | None = Field(None, gt=0)
+    # Finite and at most 7 days: with evaluations None it is the only thing ending the search.
+    wall_time_s: float | None = Field(None, gt=0, le=MAX_WALL_TIME_S, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _some_limit(self) -> Budget:
@@ -137,6 +214,7 @@ class Budget(BaseModel):
 
 
 def _known_target(name: str, info: ValidationInfo) -> str:
+    _valid_name(name)
     known: Collection[str] | None = (info.context or {}).get("targets")
     if known is not None and name not in known:
         raise ValueError(f"unknown target {name!r}; valid names: {', '.join(sorted(known))}")
@@ -146,21 +224,38 @@ def _known_target(name: str, info: ValidationInfo) -> str:
 TargetName = Annotated[str, AfterValidator(_known_target)]
 
 
+def _check_model(value: str) -> str:
+    """A zoo model id, ``name`` or ``name:argument`` with the argument the entry accepts."""
+    name, sep, arg = value.partition(":")
+    if name not in ZOO_MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(ZOO_MODELS)}")
+    if not sep:
+        return value
+    accepted = ZOO_ARGUMENTS.get(name)
+    if accepted is None:
+        raise ValueError(f"{name!r} takes no argument, but got {arg!r} after ':'; use {name!r}")
+    if re.fullmatch(accepted.pattern, arg) is None:
+        raise ValueError(
+            f"{arg!r} is not a valid {accepted.keyword} for {name!r} (see `hwsearch models`), "
+            f"e.g. {name}:{accepted.example}"
+        )
+    return value
+
+
 class JobSpec(BaseModel):
     """One search. ``model`` is a zoo id (``hwsearch models``), ``targets`` are target names
     (``hwsearch targets``), ``strategy`` a registered strategy (``hwsearch search --help``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: str = Field(min_length=1, max_length=400)
-    targets: list[TargetName] = Field(min_length=1, max_length=8)
+    targets: list[TargetName] = Field(min_length=1, max_length=MAX_TARGETS)
     space: SpaceSpec = SpaceSpec.model_validate(DEFAULT_SPACE)
-    objectives: list[Literal["quality", "latency_ms", "weight_bytes", "energy_mj"]] = [
-        "quality",
-        "latency_ms",
-    ]
-    constraints: list[Constraint] = []
-    strategy: str = DEFAULT_STRATEGY
+    objectives: Annotated[
+        list[Literal["quality", "latency_ms", "weight_bytes", "energy_mj"]], Field(max_length=len(OBJECTIVES))
+    ] = ["quality", "latency_ms"]
+    constraints: Annotated[list[Constraint], Field(max_length=MAX_CONSTRAINTS)] = []
+    strategy: str = Field(DEFAULT_STRATEGY, max_length=MAX_PATTERN_CHARS)
     budget: Budget = Budget(evaluations=DEFAULT_EVALUATIONS, wall_time_s=None)
     seed: int = Field(DEFAULT_SEED, ge=0, le=2**31 - 1)
     concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=64)
@@ -170,17 +265,15 @@ class JobSpec(BaseModel):
     @field_validator("constraints", mode="before")
     @classmethod
     def _parse_constraints(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [Constraint.parse(v) if isinstance(v, str) else v for v in value]
+        # Capped here too: this runs before the field's own max_length, on every item.
+        if isinstance(value, list) and len(value) <= MAX_CONSTRAINTS:
+            return [Constraint.fields_of(v) if isinstance(v, str) else v for v in value]
         return value
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        name = value.partition(":")[0]
-        if name not in ZOO_MODELS:
-            raise ValueError(f"unknown model {name!r}; valid names: {', '.join(ZOO_MODELS)}")
-        return value
+        return _check_model(value)
 
     @field_validator("targets")
     @classmethod

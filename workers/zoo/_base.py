@@ -41,7 +41,8 @@ class ZooModel(abc.ABC):
     - ``ignore_layers(model)`` names layers never to compress (default: none); the output
       layer is never pruned in any case.
     - Class attributes ``name``, ``task``, ``metric`` and ``description`` document the entry;
-      ``args`` lists the constructor's keyword arguments (e.g. ``arch``).
+      ``args`` lists the constructor's keyword arguments (e.g. ``arch``); an entry with
+      arguments declares ``arg_pattern``, which every argument its parser accepts matches.
     """
 
     name: ClassVar[str]
@@ -50,6 +51,10 @@ class ZooModel(abc.ABC):
     description: ClassVar[str]
     has_weights: ClassVar[bool] = True
     args: ClassVar[tuple[str, ...]] = ()
+    #: The regular expression the ``name:argument`` form's argument (``args[0]``) must fully
+    #: match, or None for an entry without arguments. The service checks model ids against a
+    #: torch-free copy (``ZOO_ARGUMENTS`` in workers/search/_spec.py, kept equal by a test) at submission.
+    arg_pattern: ClassVar[str | None] = None
 
     def __init__(self, **kwargs: Any) -> None:
         unknown = sorted(set(kwargs) - set(self.args))

@@ -10,6 +10,7 @@ order, so ``KINDS[i]`` converts its index lists). Initialisation follows ``FBNet
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -67,6 +68,11 @@ DEFAULT_ARCH = "-".join(
     ]
 )
 """FBNet-A's block kinds, the entry's default ``arch``."""
+
+_KIND = "(?:" + "|".join(re.escape(kind) for kind in KINDS) + ")"
+ARCH_PATTERN = _KIND + f"(?:-{_KIND}){{{N_BLOCKS - 1}}}"
+"""A regular expression every valid arch string fully matches (``parse_arch`` is the precise
+check; this one lets the service check a model id without importing torch)."""
 
 _FORMAT_HELP = (
     f"expected {N_BLOCKS} block kinds joined by '-', e.g. {DEFAULT_ARCH} (FBNet-A); "
@@ -255,6 +261,7 @@ class FBNet(CostOnlyModel):
         "network, NOT accuracy."
     )
     default_arch: ClassVar[str] = DEFAULT_ARCH
+    arg_pattern: ClassVar[str | None] = ARCH_PATTERN
     mean = CIFAR100_MEAN
     std = CIFAR100_STD
 

@@ -14,6 +14,7 @@ so such ops still exist and run, as they did in the benchmark's measured network
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 import torch
@@ -39,6 +40,13 @@ _FORMAT_HELP = (
     "expected '|op~0|+|op~0|op~1|+|op~0|op~1|op~2|': three '+'-separated groups, group k listing the "
     "edges into node k+1 from nodes 0..k in order, e.g. " + DEFAULT_ARCH + f"; valid ops: {', '.join(OPS)}"
 )
+
+_OP = "(?:" + "|".join(re.escape(op) for op in OPS) + ")"
+ARCH_PATTERN = r"\+".join(
+    r"\|" + r"\|".join(f"{_OP}~{i}" for i in range(k + 1)) + r"\|" for k in range(N_NODES - 1)
+)
+"""A regular expression every canonical arch string fully matches (``parse_arch`` is the
+precise check; this one lets the service check a model id without importing torch)."""
 
 Genotype = tuple[tuple[str, ...], ...]
 """Parsed cell: ``genotype[j-1][i]`` is the op on the edge from node ``i`` into node ``j``."""
@@ -223,6 +231,7 @@ class NASBench201(CostOnlyModel):
         "Quality is logit_cosine: fidelity of logits to the uncompressed random network, NOT accuracy."
     )
     default_arch: ClassVar[str] = DEFAULT_ARCH
+    arg_pattern: ClassVar[str | None] = ARCH_PATTERN
     mean = CIFAR10_MEAN
     std = CIFAR10_STD
 
