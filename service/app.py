@@ -14,16 +14,22 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from .api import errors, jobs, ops, schedules, targets
 from .api.deps import body_components
+from .dashboard import LoginRequired, on_login_required
 from .dashboard import router as dashboard
 from .db import make_engine, migrate
 from .dispatcher import Dispatcher
 from .fronts import FrontCache, ViewCache
+from .middleware import install as install_limits
 from .scheduler import Scheduler
 from .settings import Settings
 from .store import Store
@@ -60,11 +66,17 @@ def create_app(
         version="0.1",
         description="Hardware-aware search of per-layer ranks, pruning, bit widths and token keep rates.",
         lifespan=lifespan,
+        docs_url=None,  # /docs is served below from the installed package, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.fronts = FrontCache()
     app.state.views = ViewCache()
     app.state.request_seconds = {}  # route → (count, total seconds), for /metrics
+
+    # Headers, rate limit, token before body, body caps; added first, so they run inside the
+    # timing middleware, whose receive (a task group) would wrap a 413 raised while FastAPI reads.
+    install_limits(app, settings)
 
     @app.middleware("http")
     async def timing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -76,8 +88,10 @@ def create_app(
         app.state.request_seconds[key] = (count + 1, total + time.perf_counter() - start)
         return response
 
+    _api_docs(app)
     for exc_class, handler in errors.HANDLERS.items():
         app.exception_handler(exc_class)(handler)
+    app.exception_handler(LoginRequired)(on_login_required)  # pages with reads closed: 401 + log-in form
     for router in (dashboard, jobs.router, schedules.router, targets.router, ops.router):
         app.include_router(router)
 
@@ -91,6 +105,29 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _api_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI from the files the fastapi-offline package ships (no CDN: it loads
+    offline, and the CSP allows only this site)."""
+    import fastapi_offline
+
+    folder = Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/static/swagger", StaticFiles(directory=folder), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} API",
+            swagger_js_url=f"{root}/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/static/swagger/swagger-ui.css",
+            swagger_favicon_url=f"{root}/static/swagger/favicon.png",
+            oauth2_redirect_url=None,
+            # The validator badge would send the schema to validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
 
 def _demo(settings: Settings, store: Store) -> None:

@@ -31,7 +31,14 @@ class _Errors(logging.Handler):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, serve: Any) -> Iterator[tuple[str, str]]:
     tmp: Path = tmp_path_factory.mktemp("fuzz")
-    env = {"HWSEARCH_DATA_DIR": str(tmp), "DATABASE_URL": f"sqlite:///{tmp / 'hwsearch.db'}"}
+    env = {
+        "HWSEARCH_DATA_DIR": str(tmp),
+        "DATABASE_URL": f"sqlite:///{tmp / 'hwsearch.db'}",
+        # The fuzzer is one client sending thousands of requests: the rate limit would cut its
+        # coverage short (tests/test_abuse.py tests the limit).
+        "HWSEARCH_RATE_LIMIT": "1000000",
+        "HWSEARCH_MAX_QUEUED_JOBS": "1000000",
+    }
     app = create_app(Settings.from_env(env), dispatcher=False)
     with serve(app) as url:
         token = app.state.store.create_token("fuzz")

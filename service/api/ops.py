@@ -1,5 +1,5 @@
 """Operations: /healthz (database, Ray, and what the demo is doing) and /metrics (Prometheus
-text), read through ``Store``."""
+text; a read token unless ``HWSEARCH_METRICS_OPEN``), read through ``Store``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from ..db import JOB_STATUSES, utcnow
 from ..demo import activity as demo_activity
 from ..settings import Settings
-from .deps import SettingsDep, StoreDep
+from .deps import SettingsDep, StoreDep, require_scope
 
 router = APIRouter()
 
@@ -38,7 +38,9 @@ def healthz(store: StoreDep, settings: SettingsDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def metrics(request: Request, store: StoreDep) -> str:
+def metrics(request: Request, store: StoreDep, settings: SettingsDep) -> str:
+    if not settings.metrics_open:  # HWSEARCH_METRICS_OPEN=false (the default with reads closed)
+        require_scope(request, "read")
     lines = ["# HELP hwsearch_jobs Jobs by status.", "# TYPE hwsearch_jobs gauge"]
     counts = store.job_counts()
     recent = store.trials_since(utcnow() - timedelta(seconds=TRIALS_WINDOW_S))
