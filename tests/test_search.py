@@ -291,6 +291,47 @@ def test_resume_continues_to_the_budget_without_reusing_numbers(ray_cluster: Non
     assert _numbers(sink.job_trials("r")) == list(range(5, 12))  # only new trials reported
 
 
+@pytest.mark.parametrize("strategy", list_strategies())
+def test_a_resumed_job_ends_with_exactly_its_budget(ray_cluster: None, strategy: str) -> None:
+    """Issue 15: a job killed after 10 trials, of which 6 and 8 were never stored (trials are
+    stored out of order), resumes to exactly 0..N-1: the gaps are evaluated first and the
+    strategy proposes fresh plans (random used to replay its seed's sequence, find nothing new
+    in 25 asks and end 'succeeded' short of its budget). A strategy whose reach is smaller than
+    the budget (uniform's sweep of this space) ends 'exhausted' with every plan it has."""
+    budget = 20
+    first = run_search(spec(strategy=strategy, budget={"evaluations": 10}), MemorySink(), job_id="x")
+    assert first.status == "succeeded"
+    stored = [t for t in first.trials if t.number not in (6, 8)]
+    sink = MemorySink()
+    resumed = run_search(
+        spec(strategy=strategy, budget={"evaluations": budget}), sink, job_id="x", resume=stored
+    )
+    n = len(resumed.trials)
+    assert _numbers(resumed.trials) == list(range(n))
+    new = sink.job_trials("x")
+    assert {6, 8} <= set(_numbers(new)) and len(new) == n - len(stored)
+    plans = [json.dumps(t.plan, sort_keys=True) for t in resumed.trials]
+    assert len(set(plans)) == len(plans), "a plan was evaluated twice"
+    if strategy == "uniform" and resumed.status == "exhausted":
+        from workers.search import Problem
+        from workers.search._baselines import uniform_plans
+
+        # Every uniform plan of the space, the uncompressed one (trial 0) among them or not.
+        reach = {json.dumps(p.to_dict(), sort_keys=True) for p in uniform_plans(Problem.build(spec()))}
+        assert set(plans) - {plans[0]} <= reach and len(reach - set(plans)) == 0
+    else:
+        assert resumed.status == "succeeded" and n == budget, (resumed.status, n)
+
+
+def test_a_strategy_that_runs_out_ends_exhausted_not_succeeded(ray_cluster: None) -> None:
+    """A space of 4 plans (2 layers' bits, the rest fixed) and a budget of 20: the job ends
+    'exhausted' with every distinct plan evaluated, never 'succeeded' below its budget."""
+    tiny = {"wbits": [8], "include": ["conv1", "fc2"]}
+    result = run_search(spec(space=tiny, budget={"evaluations": 20}), MemorySink(), job_id="tiny")
+    assert result.status == "exhausted"
+    assert 1 < len(result.trials) < 20
+
+
 def test_cancel_stops_within_seconds_and_keeps_finished_trials(ray_cluster: None) -> None:
     cancel = threading.Event()
     stopped_at: list[float] = []

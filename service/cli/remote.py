@@ -43,7 +43,7 @@ from ._common import (
 __all__ = ["Api", "cancel", "front", "schedule_app", "serve", "status", "submit", "token_app"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-FINISHED = ("succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "exhausted", "failed", "cancelled")
 
 
 class Api:

@@ -20,11 +20,24 @@ class RandomStrategy(Strategy):
     name = "random"
     description = "uniformly random plans (every knob of every layer drawn independently)"
 
+    def __init__(self, problem: Problem, seed: int) -> None:
+        super().__init__(problem, seed)
+        self._asked: set[Plan] = set()
+        self._warm = 0
+
     def ask(self, n: int) -> list[Plan]:
-        return [self.problem.space.sample(self.rng) for _ in range(n)]
+        plans = [self.problem.space.sample(self.rng) for _ in range(n)]
+        self._asked.update(plans)
+        return plans
 
     def tell(self, observations: Sequence[Observation]) -> None:
-        pass
+        # Plans it never proposed (a resumed job's stored trials): draw a fresh stream, seeded by
+        # the seed and how many there were, rather than replay the seed's sequence, whose first
+        # draws are those very plans. Deterministic: same seed and same tells, same proposals.
+        unasked = [o for o in observations if o.plan not in self._asked and o.plan != Plan()]
+        if unasked:
+            self._warm += len(unasked)
+            self.rng = np.random.default_rng([self.seed, self._warm])
 
 
 @register_strategy
@@ -53,7 +66,10 @@ class UniformStrategy(Strategy):
         return out
 
     def tell(self, observations: Sequence[Observation]) -> None:
-        pass
+        # A resumed sweep skips the plans already evaluated.
+        seen = {o.plan for o in observations}
+        if seen & set(self._queue):
+            self._queue = [p for p in self._queue if p not in seen]
 
 
 def uniform_plans(problem: Problem) -> list[Plan]:

@@ -341,7 +341,21 @@ def run_search(
         strategy.tell(told)
         history.append((len(trials), hv()))
 
+        # Numbers allocated before a restart but never stored are evaluated first, so a finished
+        # job holds exactly 0..N-1; new numbers continue after the highest stored.
+        gaps = sorted(set(range(max(trials) + 1)) - set(trials))
         next_number = max(trials) + 1
+
+        def allocate() -> int:
+            nonlocal next_number
+            if gaps:
+                return gaps.pop(0)
+            next_number += 1
+            return next_number - 1
+
+        # A deterministic strategy may first replay the plans it proposed before a restart (all
+        # answered from the cache): that replay is not exhaustion.
+        max_idle_asks = _MAX_IDLE_ASKS + len(told) - 1  # told: trial 0 and the stored trials
         in_flight: dict[Any, tuple[Any, list[tuple[int, Plan, dict[str, Any], float]]]] = {}
         idle_asks = 0
         exhausted = False
@@ -362,7 +376,7 @@ def run_search(
                     strategy.tell(repeats)
                 if not fresh:
                     idle_asks += 1
-                    exhausted = not asked or idle_asks >= _MAX_IDLE_ASKS
+                    exhausted = not asked or idle_asks >= max_idle_asks
                     continue
                 idle_asks = 0
                 batch = []
@@ -372,12 +386,10 @@ def run_search(
                         costs, predict_s = predicted(plan)
                     except Exception as exc:  # a plan the cost model rejects fails as a trial
                         error = {"error": f"{type(exc).__name__}: {exc}"}
-                        strategy.tell([record(next_number, plan, error, {}, 0.0)])
-                        next_number += 1
+                        strategy.tell([record(allocate(), plan, error, {}, 0.0)])
                         room -= 1
                         continue
-                    batch.append((next_number, plan, costs, predict_s))
-                    next_number += 1
+                    batch.append((allocate(), plan, costs, predict_s))
                 if batch:
                     actor = free.pop()
                     ref = actor.evaluate.remote([p.to_dict() for _, p, _, _ in batch])
@@ -408,7 +420,12 @@ def run_search(
         for a in actors:
             ray.kill(a, no_restart=True)
 
-    result = _result(job_id, problem, trials, history, "cancelled" if cancelled else "succeeded")
+    # A strategy with nothing new to propose before the budget is spent ends the job as
+    # "exhausted" (the whole space, or all the strategy can reach, was evaluated), never as a
+    # "succeeded" that silently stopped short.
+    short = spec.budget.evaluations is not None and len(trials) < spec.budget.evaluations
+    final = "cancelled" if cancelled else ("exhausted" if exhausted and short else "succeeded")
+    result = _result(job_id, problem, trials, history, final)
     if not cancelled and measure_front and HOST_TARGET in spec.targets:
         for number, measured in measure_on_host(problem, result.front):
             sink.on_measurement(job_id, number, measured)
