@@ -53,7 +53,9 @@ def _wait_for_demo(url: str, timeout_s: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     parser.add_argument("--timeout-s", type=float, default=1800)
     args = parser.parse_args(argv)

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
-from collections.abc import Iterable
+import operator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,26 +87,98 @@ class NetworkMeasurement:
     bram: float | None = None
 
 
-def _rows(source: str | Path | io.TextIOBase) -> tuple[list[str], list[dict[str, str]]]:
+class TooManyRows(MeasurementError):
+    """A table with more data rows than a reader's ``max_rows``: ``rows`` counted, ``limit`` allowed."""
+
+    def __init__(self, rows: int, limit: int) -> None:
+        self.rows, self.limit = rows, limit
+        super().__init__(
+            "measurements", rows, f"at most {limit} data rows are accepted; split the table or sample it"
+        )
+
+
+#: Distinct layer shapes (or plans) whose validation a reader remembers: a measurement table
+#: repeats a few shapes under many choices and runs, so most rows skip the per-row validation
+#: of their shape (a 1M-row table went from 40 s to a few); past this many, rows are checked
+#: one by one and memory stays bounded.
+MEMO_LIMIT = 65_536
+
+
+#: A reader lets other threads of its process run every this many rows (``time.sleep(0)``
+#: releases the GIL): the service reads uploads in a worker thread, and without it a 1M-row
+#: read held the GIL for up to a second at a time (/healthz measured at 0.3-1.2 s; 8-50 ms with).
+YIELD_EVERY_ROWS = 256
+
+
+def _lines(source: str | Path | io.TextIOBase) -> Iterator[str]:
+    """The text of ``source`` line by line (never the whole file in memory); a read error,
+    mid-file included, as a MeasurementError."""
     try:
-        text = Path(source).read_text() if isinstance(source, str | Path) else source.read()
+        if isinstance(source, str | Path):
+            with open(source, newline="", encoding="utf-8") as f:
+                yield from f
+        else:
+            yield from source
     except (OSError, UnicodeDecodeError) as exc:
         raise MeasurementError(
             "measurements", str(source), f"a readable UTF-8 CSV file is required ({exc})"
         ) from None
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    reader.fieldnames = header
-    rows = [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-    if not rows:
+
+
+def _records(source: str | Path | io.TextIOBase) -> tuple[list[str], Iterator[list[str]]]:
+    """The header (stripped) and the raw data rows of a CSV, read lazily (blank lines skipped,
+    as csv.DictReader does); a malformed CSV names the row where it broke."""
+    reader = csv.reader(_lines(source))
+    try:
+        header = [h.strip() for h in next(reader, [])]
+    except csv.Error as exc:
+        raise MeasurementError("header", str(source), f"a well-formed CSV is required ({exc})") from None
+
+    def rows() -> Iterator[list[str]]:
+        line = 1
+        try:
+            for row in reader:
+                if row:
+                    line += 1
+                    if line % YIELD_EVERY_ROWS == 0:
+                        time.sleep(0)
+                    yield row
+        except csv.Error as exc:
+            raise MeasurementError(
+                f"row {line + 1}", str(source), f"a well-formed CSV is required ({exc})"
+            ) from None
+
+    return header, rows()
+
+
+def _table(source: str | Path | io.TextIOBase) -> tuple[list[str], Iterator[list[str]]]:
+    """The header and the data rows, each stripped and padded to the header's width (a missing
+    cell is empty); a table without data rows is refused."""
+    header, raw = _records(source)
+    width = len(header)
+
+    def rows() -> Iterator[list[str]]:
+        for row in raw:
+            if len(row) < width:
+                row += [""] * (width - len(row))
+            yield [v.strip() for v in row]
+
+    records = rows()
+    first = next(records, None)
+    if first is None:
         raise MeasurementError(
             "measurements", str(source), "at least one data row under a header is required"
         )
-    return header, rows
+    return header, itertools.chain([first], records)
 
 
-def _number(
-    row: dict[str, str],
+def count_rows(source: str | Path) -> int:
+    """The data rows of a CSV (blank lines skipped), without validating them: a cheap pass."""
+    return sum(1 for _ in _records(source)[1])
+
+
+def _parse_number(
+    raw: str,
     column: str,
     line: int,
     *,
@@ -111,7 +186,6 @@ def _number(
     positive: bool = False,
     integer: bool = False,
 ) -> float | None:
-    raw = row.get(column, "")
     if raw == "":
         return default
     try:
@@ -126,13 +200,25 @@ def _number(
     return value
 
 
-def _required(row: dict[str, str], column: str, line: int) -> float:
-    """A positive number that must be present (a latency)."""
-    value = _number(row, column, line, default=math.nan, positive=True)
-    if value is None or math.isnan(value):
-        raise MeasurementError(
-            f"row {line}, column {column!r}", row.get(column, ""), "a number > 0 is required"
-        )
+def _number(
+    row: dict[str, str],
+    column: str,
+    line: int,
+    *,
+    default: float | None = None,
+    positive: bool = False,
+    integer: bool = False,
+) -> float | None:
+    return _parse_number(
+        row.get(column, ""), column, line, default=default, positive=positive, integer=integer
+    )
+
+
+def _latency(raw: str, line: int) -> float:
+    """A latency: a number > 0 that must be present."""
+    value = _parse_number(raw, "latency_ms", line, positive=True)
+    if value is None:
+        raise MeasurementError(f"row {line}, column 'latency_ms'", raw, "a number > 0 is required")
     return value
 
 
@@ -152,7 +238,7 @@ def measurement_format(source: str | Path) -> str:
 
     A ``model`` column makes a per-network table; a ``kind`` column without one a per-layer table.
     """
-    header, _ = _rows(source)
+    header, _ = _records(source)  # the header only: the rows are not read
     if "model" in header:
         return "network"
     if "kind" in header:
@@ -275,57 +361,114 @@ def _choice_of(row: dict[str, str], line: int, layer: LayerSpec) -> Choice:
     return choice
 
 
-def read_layer_measurements(source: str | Path | io.TextIOBase) -> list[LayerMeasurement]:
-    """Read and validate a per-layer measurement table (every row, before returning)."""
-    header, rows = _rows(source)
+def _layer_rows(
+    source: str | Path | io.TextIOBase,
+) -> Iterator[tuple[int, str, LayerSpec, Choice, float, float | None]]:
+    """Each row of a per-layer table, validated: (line, name, its shape's layer, choice,
+    latency, energy). The layer is shared by the rows of one shape (its name is the first
+    row's); ``read_layer_measurements`` renames it per row."""
+    header, rows = _table(source)
     _missing(header, LAYER_REQUIRED)
     unknown = [c for c in header if c not in LAYER_ALLOWED]
     if unknown:
         raise MeasurementError("header", unknown, f"unknown columns; allowed: {list(LAYER_ALLOWED)}")
+    # A row's layer and choice depend on every column but its name, latency and energy.
+    per_row = ("name", "latency_ms", "energy_mj")
+    at = {c: i for i, c in enumerate(header)}  # a repeated column: its last cell, as a dict has it
+    shape_of = _picker([i for c, i in at.items() if c not in per_row])
+    name_at, latency_at, energy_at = at["name"], at["latency_ms"], at.get("energy_mj")
+    shapes: dict[Any, tuple[LayerSpec, Choice]] = {}
+    for line, values in enumerate(rows, start=2):
+        key = shape_of(values)
+        known = shapes.get(key)
+        if known is None:
+            row = dict(zip(header, values, strict=False))  # cells past the header are dropped
+            layer = _layer_of(row, line)
+            known = (layer, _choice_of(row, line, layer))
+            if len(shapes) < MEMO_LIMIT:
+                shapes[key] = known
+        latency = _latency(values[latency_at], line)
+        energy = None if energy_at is None else _parse_number(values[energy_at], "energy_mj", line)
+        yield line, values[name_at] or f"row{line}", known[0], known[1], latency, energy
+
+
+def _picker(indices: list[int]) -> Callable[[list[str]], Any]:
+    """A function taking these positions of a row (a hashable key), at C speed."""
+    if not indices:
+        return lambda _: ()
+    return operator.itemgetter(*indices)
+
+
+def read_layer_measurements(source: str | Path | io.TextIOBase) -> list[LayerMeasurement]:
+    """Read and validate a per-layer measurement table (every row, before returning)."""
     out: list[LayerMeasurement] = []
-    for i, row in enumerate(rows, start=2):
-        layer = _layer_of(row, i)
-        choice = _choice_of(row, i, layer)
-        latency = _required(row, "latency_ms", i)
-        out.append(LayerMeasurement(layer, choice, latency, _number(row, "energy_mj", i)))
+    for _, name, shape, choice, latency, energy in _layer_rows(source):
+        layer = shape
+        if name != shape.name:
+            fields = {**shape.__dict__, "name": name, "extra": {}}
+            fields["group"] = name if shape.prunable else None  # its own coupled group (``_layer_of``)
+            layer = LayerSpec(**fields)
+        out.append(LayerMeasurement(layer, choice, latency, energy))
     return out
 
 
-def read_network_measurements(source: str | Path | io.TextIOBase) -> list[NetworkMeasurement]:
-    """Read and validate a per-network table (model ids are resolved later, by the zoo)."""
-    header, rows = _rows(source)
+def _network_rows(source: str | Path | io.TextIOBase) -> Iterator[NetworkMeasurement]:
+    """Each row of a per-network table, validated (model ids are resolved later, by the zoo)."""
+    header, rows = _table(source)
     _missing(header, NETWORK_REQUIRED)
     unknown = [c for c in header if c not in NETWORK_REQUIRED + NETWORK_OPTIONAL]
     if unknown:
         raise MeasurementError(
             "header", unknown, f"unknown columns; allowed: {list(NETWORK_REQUIRED + NETWORK_OPTIONAL)}"
         )
-    out: list[NetworkMeasurement] = []
-    for i, row in enumerate(rows, start=2):
-        if not row["model"]:
-            raise MeasurementError(f"row {i}, column 'model'", "", "a zoo model id is required")
-        plan = Plan()
-        if row.get("plan"):
+    at = {c: i for i, c in enumerate(header)}  # a repeated column: its last cell, as a dict has it
+    plans: dict[str, Plan] = {"": Plan()}
+
+    def number(values: list[str], column: str, line: int) -> float | None:
+        return None if column not in at else _parse_number(values[at[column]], column, line)
+
+    for line, values in enumerate(rows, start=2):
+        model = values[at["model"]]
+        if not model:
+            raise MeasurementError(f"row {line}, column 'model'", "", "a zoo model id is required")
+        raw_plan = values[at["plan"]] if "plan" in at else ""
+        plan = plans.get(raw_plan)
+        if plan is None:
             try:
-                plan = Plan.from_json(row["plan"])
+                plan = Plan.from_json(raw_plan)
             except SpaceError as exc:
-                raise MeasurementError(f"row {i}, column 'plan'", row["plan"][:60], str(exc)) from None
-        batch = _whole(row, "batch", i, 1)
-        if batch < 1:
-            raise MeasurementError(
-                f"row {i}, column 'batch'", row.get("batch"), "a whole number ≥ 1 is required"
-            )
-        latency = _required(row, "latency_ms", i)
-        out.append(
-            NetworkMeasurement(
-                model=row["model"],
-                plan=plan,
-                batch=batch,
-                latency_ms=latency,
-                energy_mj=_number(row, "energy_mj", i),
-                dsp=_number(row, "dsp", i),
-                lut=_number(row, "lut", i),
-                bram=_number(row, "bram", i),
-            )
+                raise MeasurementError(f"row {line}, column 'plan'", raw_plan[:60], str(exc)) from None
+            if len(plans) < MEMO_LIMIT:
+                plans[raw_plan] = plan
+        raw_batch = values[at["batch"]] if "batch" in at else ""
+        batch = _parse_number(raw_batch, "batch", line, default=1.0, integer=True)
+        if batch is None or batch < 1:
+            raise MeasurementError(f"row {line}, column 'batch'", raw_batch, "a whole number ≥ 1 is required")
+        yield NetworkMeasurement(
+            model=model,
+            plan=plan,
+            batch=int(batch),
+            latency_ms=_latency(values[at["latency_ms"]], line),
+            energy_mj=number(values, "energy_mj", line),
+            dsp=number(values, "dsp", line),
+            lut=number(values, "lut", line),
+            bram=number(values, "bram", line),
         )
-    return out
+
+
+def read_network_measurements(source: str | Path | io.TextIOBase) -> list[NetworkMeasurement]:
+    """Read and validate a per-network table (model ids are resolved later, by the zoo)."""
+    return list(_network_rows(source))
+
+
+def check_measurements(source: str | Path, *, max_rows: int | None = None) -> tuple[str, int]:
+    """Validate a table of either format as its reader does, keeping no row: its format and
+    number of data rows. With ``max_rows``, a longer table raises ``TooManyRows`` after a cheap
+    count, before any row is validated."""
+    fmt = measurement_format(source)
+    if max_rows is not None:
+        rows = count_rows(source)
+        if rows > max_rows:
+            raise TooManyRows(rows, max_rows)
+    checked: Iterator[Any] = _layer_rows(source) if fmt == "layer" else _network_rows(source)
+    return fmt, sum(1 for _ in checked)

@@ -1,11 +1,18 @@
-"""The dispatcher: claims queued jobs and runs them on Ray; no search runs in a request.
+"""The dispatcher: claims queued jobs and predictor fits and runs them on Ray; no search and no
+fit runs in a request.
 
-Each service replica runs one ``Dispatcher`` thread. It claims a queued job (``Store.claim``:
-one replica per job) and starts ``execute_job`` as a Ray task (zero CPUs: the search's driver;
-its evaluator actors take the CPUs), so the API process never imports torch. The task writes
-trials and status through ``DbSink``, beats a heartbeat every ``HEARTBEAT_S`` seconds and stops
-its search when the job's cancel flag is set. A job whose heartbeat stops (its process died)
-goes back to the queue and resumes from its stored trials.
+Each service replica runs one ``Dispatcher``: two threads, one for jobs and one for fits, so a
+fit (minutes on a large table) never delays a job's start. The job thread claims a queued job
+(``Store.claim``: one replica per job) and starts ``execute_job`` as a Ray task (zero CPUs: the
+search's driver; its evaluator actors take the CPUs), so the API process never imports torch.
+The task writes trials and status through ``DbSink``, beats a heartbeat every ``HEARTBEAT_S``
+seconds and stops its search when the job's cancel flag is set. A job whose heartbeat stops (its
+process died) goes back to the queue and resumes from its stored trials.
+
+The fit thread (``FitDispatcher``) claims a queued fit and starts ``execute_fit`` as a Ray task
+of one CPU; while it runs, the thread beats the fit's heartbeat and, when a cancel is
+requested, kills the task (``ray.cancel(force=True)``: a fit has no point to stop at) and marks
+the fit cancelled. The uploaded table is deleted once its fit has ended, whichever way.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from .background import BackgroundLoop
@@ -44,21 +53,52 @@ class DbSink:
 
 
 def execute_fit(database_url: str, fit_id: str, data_dir: str | None = None) -> str:
-    """Fit a predictor version from an uploaded table (inside a Ray task); returns its status."""
+    """Fit a predictor version from an uploaded table (inside a Ray task); returns its status.
+
+    The predictor files are created private (0600, folders 0700): the data directory holds
+    what teams measured on their devices. The uploaded table is deleted once the fit ended."""
     from latency_models import catalogue
     from workers.calibration import fit
 
     store = Store(make_engine(database_url))
+    row = store.get_fit(fit_id)
+    if row["cancel_requested"]:  # cancelled between its claim and its start
+        store.finish_fit(fit_id, cancelled=True)
+        discard_upload(row["csv_path"])
+        return "cancelled"
     try:
-        row = store.get_fit(fit_id)
-        # The Ray task reads and writes the service's catalogue, passed by its folder.
-        cat = catalogue(data_dir)
-        report = fit(row["target"], row["csv_path"], family=row["family"], kind=row["kind"], cat=cat)
+        with private_files():
+            # The Ray task reads and writes the service's catalogue, passed by its folder.
+            cat = catalogue(data_dir)
+            report = fit(row["target"], row["csv_path"], family=row["family"], kind=row["kind"], cat=cat)
     except Exception as exc:  # LatencyModelError/MeasurementError name the field; anything else too
-        store.finish_fit(fit_id, error=f"{type(exc).__name__}: {exc}")
-        return "failed"
-    store.finish_fit(fit_id, report=report)
-    return "succeeded"
+        status, ended = "failed", store.finish_fit(fit_id, error=f"{type(exc).__name__}: {exc}")
+    else:
+        status, ended = "succeeded", store.finish_fit(fit_id, report=report)
+    if ended:  # not when it went back to the queue meanwhile: its next run reads the table
+        discard_upload(row["csv_path"])
+    return status
+
+
+@contextmanager
+def private_files() -> Iterator[None]:
+    """Files and folders created inside are the owner's only (umask 077).
+
+    The umask is the process's: this is for a Ray task's worker process, which runs one task
+    at a time (inline, a concurrent thread's new files are only made more private)."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def discard_upload(csv_path: str) -> None:
+    """Delete an uploaded table once its fit has ended (the fit's report keeps what it taught)."""
+    try:
+        Path(csv_path).unlink(missing_ok=True)
+    except OSError:  # a table that cannot be removed must not fail the fit's bookkeeping
+        log.warning("could not delete the uploaded table %s", csv_path, exc_info=True)
 
 
 def execute_job(database_url: str, job_id: str, worker: str, data_dir: str | None = None) -> str:
@@ -131,6 +171,10 @@ def start_ray(address: str | None) -> None:
 
 
 class Dispatcher(BackgroundLoop):
+    """Runs jobs on its thread and, on a second thread (``fits``), predictor fits; ``start`` and
+    ``stop`` start and stop both. ``inline`` runs both in this process, without Ray (tests of
+    the queue)."""
+
     thread_name = "hwsearch-dispatcher"
 
     def __init__(
@@ -143,22 +187,27 @@ class Dispatcher(BackgroundLoop):
         self.inline = inline  # run jobs in this process (tests of the queue without Ray)
         self.worker = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.current: str | None = None
+        self.fits = FitDispatcher(store, settings, worker=self.worker, poll_s=poll_s, inline=inline)
+
+    def start(self) -> None:
+        super().start()
+        self.fits.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.fits._stop.set()  # both threads wind down at once
+        super().stop(timeout_s)
+        self.fits.stop(timeout_s)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 requeued = self.store.requeue_orphans(max(self.settings.orphan_after_s, 3 * HEARTBEAT_S))
                 if requeued:
-                    log.warning("resuming orphaned jobs %s", requeued)
+                    log.warning("resuming orphaned jobs and fits %s", requeued)
                 job = self.store.claim(self.worker)
                 if job is not None:
                     self.current = job["id"]
-                    self._run(execute_job, job["id"], self.worker)
-                    continue
-                fit = self.store.claim_fit(self.worker)
-                if fit is not None:
-                    self.current = fit["id"]
-                    self._run(execute_fit, fit["id"])
+                    self._run(job["id"])
                     continue
                 self._stop.wait(self.poll_s)
             except Exception:  # a database hiccup must not kill the dispatcher
@@ -167,26 +216,104 @@ class Dispatcher(BackgroundLoop):
             finally:
                 self.current = None
 
-    def _run(self, fn: Callable[..., str], row_id: str, *args: str) -> None:
-        call = (self.settings.database_url, row_id, *args)
+    def _run(self, job_id: str) -> None:
+        call = (self.settings.database_url, job_id, self.worker)
         data_dir = str(self.settings.data_dir)
         if self.inline:
-            fn(*call, data_dir=data_dir)
+            execute_job(*call, data_dir=data_dir)
             return
         import ray
 
         start_ray(self.settings.ray_address)
-        task = ray.remote(num_cpus=0, max_retries=0)(fn)
-        ref = task.remote(*call, data_dir=data_dir)
+        fn: Callable[..., str] = execute_job  # Ray's stubs type few signatures
+        ref = ray.remote(num_cpus=0, max_retries=0)(fn).remote(*call, data_dir=data_dir)
         while not self._stop.is_set():
             done, _ = ray.wait([ref], timeout=self.poll_s)
             if done:
                 try:
                     ray.get(ref)
                 except Exception as exc:  # the task's process died: fail it with the reason
-                    error = f"{type(exc).__name__}: {exc}"
-                    if fn is execute_fit:
-                        self.store.finish_fit(row_id, error=error)
-                    else:
-                        self.store.set_status(row_id, "failed", error=error)
+                    self.store.set_status(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
                 return
+
+
+class FitDispatcher(BackgroundLoop):
+    """Claims queued predictor fits and runs each as a Ray task of one CPU, one at a time per
+    replica, apart from the jobs: beats the fit's heartbeat while it runs and kills it when its
+    cancel is requested (``Dispatcher`` starts one; it runs on its own as well)."""
+
+    thread_name = "hwsearch-fits"
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        worker: str | None = None,
+        poll_s: float = 0.5,
+        inline: bool = False,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.settings = settings
+        self.poll_s = poll_s
+        # Inline (tests), a started fit runs to its end: a thread cannot be killed.
+        self.inline = inline
+        self.worker = worker or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.current: str | None = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                fit = self.store.claim_fit(self.worker)
+                if fit is not None:
+                    self.current = fit["id"]
+                    self._run(fit["id"], fit["csv_path"])
+                    continue
+                self._stop.wait(self.poll_s)
+            except Exception:  # a database hiccup must not kill the dispatcher
+                log.exception("fit dispatcher loop")
+                self._stop.wait(self.poll_s)
+            finally:
+                self.current = None
+
+    def _run(self, fit_id: str, csv_path: str) -> None:
+        call = (self.settings.database_url, fit_id)
+        data_dir = str(self.settings.data_dir)
+        if self.inline:
+            # Beaten meanwhile, or the job thread would give the fit back to the queue as orphaned.
+            ended = threading.Event()
+
+            def beat() -> None:
+                while not ended.wait(HEARTBEAT_S):
+                    self.store.fit_heartbeat(fit_id, self.worker)
+
+            threading.Thread(target=beat, name=f"heartbeat-{fit_id}", daemon=True).start()
+            try:
+                execute_fit(*call, data_dir=data_dir)
+            finally:
+                ended.set()
+            return
+        import ray
+
+        start_ray(self.settings.ray_address)
+        fn: Callable[..., str] = execute_fit  # Ray's stubs type few signatures
+        ref = ray.remote(num_cpus=1, max_retries=0)(fn).remote(*call, data_dir=data_dir)
+        while not self._stop.is_set():
+            done, _ = ray.wait([ref], timeout=self.poll_s)
+            if done:
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # the task's process died: fail it with the reason
+                    if self.store.finish_fit(fit_id, error=f"{type(exc).__name__}: {exc}"):
+                        discard_upload(csv_path)
+                return
+            if self.store.fit_heartbeat(fit_id, self.worker):
+                ray.cancel(ref, force=True)  # kills the task's worker process
+                if self.store.finish_fit(fit_id, cancelled=True):
+                    discard_upload(csv_path)
+                log.info("fit %s cancelled", fit_id)
+                return
+        # Stopping (the service shuts down): the fit is killed and resumes from the start once
+        # its heartbeat is old enough for a dispatcher to give it back to the queue.
+        ray.cancel(ref, force=True)

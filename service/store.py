@@ -419,20 +419,47 @@ class Store:
                 raise NotFound(f"no fit {fit_id!r}")
             return fit_dict(fit)
 
-    def finish_fit(
-        self, fit_id: str, *, report: dict[str, Any] | None = None, error: str | None = None
-    ) -> None:
-        values = {
-            "status": "failed" if error else "succeeded",
-            "report": json_safe(report),
-            "error": truncated(error),
-        }
+    def request_fit_cancel(self, fit_id: str) -> dict[str, Any]:
+        """A queued fit is cancelled at once; a running one is flagged, and its dispatcher stops
+        its Ray task and marks it cancelled; a finished one is left as it is."""
         with self.session() as s:
-            s.execute(update(Fit).where(Fit.id == fit_id).values(finished_at=utcnow(), **values))
+            fit = s.get(Fit, fit_id, with_for_update=True)
+            if fit is None:
+                raise NotFound(f"no fit {fit_id!r}")
+            if fit.status == "queued":
+                fit.status, fit.finished_at = "cancelled", utcnow()
+            elif fit.status == "running":
+                fit.cancel_requested = True
+            return fit_dict(fit)
 
-    def fit_heartbeat(self, fit_id: str) -> None:
+    def finish_fit(
+        self,
+        fit_id: str,
+        *,
+        report: dict[str, Any] | None = None,
+        error: str | None = None,
+        cancelled: bool = False,
+    ) -> bool:
+        """End a running fit: cancelled, failed with ``error`` or succeeded with ``report``.
+        Returns whether it was running: a fit already ended (cancelled while its task finished)
+        or given back to the queue keeps its state."""
+        status = "cancelled" if cancelled else "failed" if error else "succeeded"
+        values = {"status": status, "report": json_safe(report), "error": truncated(error)}
         with self.session() as s:
-            s.execute(update(Fit).where(Fit.id == fit_id).values(heartbeat_at=utcnow()))
+            done = s.execute(
+                update(Fit)
+                .where(Fit.id == fit_id, Fit.status == "running")
+                .values(finished_at=utcnow(), **values)
+            )
+            return bool(done.rowcount)  # type: ignore[attr-defined]
+
+    def fit_heartbeat(self, fit_id: str, worker: str | None = None) -> bool:
+        """Refresh a running fit's claim (``worker``'s, when given); returns whether a cancel was
+        requested."""
+        claimed = Fit.id == fit_id if worker is None else (Fit.id == fit_id) & (Fit.claimed_by == worker)
+        with self.session() as s:
+            s.execute(update(Fit).where(claimed).values(heartbeat_at=utcnow()))
+            return bool(s.scalar(select(Fit.cancel_requested).where(Fit.id == fit_id)))
 
     # ---- operations (/healthz, /metrics) ----------------------------------------------------------
     def ping(self) -> None:
