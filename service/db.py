@@ -7,6 +7,7 @@ idempotent; a front is always derived from the trials, never stored alone.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED = ("succeeded", "failed", "cancelled")
+JOB_STATUSES = ("queued", "running", "succeeded", "exhausted", "failed", "cancelled")
+#: "exhausted": the strategy had nothing new to propose before the budget was spent.
+FINISHED = ("succeeded", "exhausted", "failed", "cancelled")
 
 
 def utcnow() -> datetime:
@@ -56,6 +58,9 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: The fencing token: raised by every claim; a runner's writes present the generation it
+    #: claimed, and are refused once another claim took the job over.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -151,11 +156,15 @@ class TargetOwner(Base):
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite files get WAL, a busy timeout and enforced foreign keys."""
+    """An engine for ``url``; SQLite files get WAL, a busy timeout and enforced foreign keys.
+
+    A SQLite file is the owner's only (0600; SQLite gives its -wal and -shm files the database
+    file's mode), and a folder made for it 0700: it holds every job, owner and token hash."""
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = url.split("///", 1)[-1].split("?", 1)[0]
+        if path and path != ":memory:" and not path.startswith("file:"):
+            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private_file(path)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -174,6 +183,20 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _private_file(path: str) -> None:
+    """Create ``path`` 0600 before SQLite first opens it; one made by an older version (0644),
+    and its -wal and -shm files, are narrowed when this process may."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        for name in (path, f"{path}-wal", f"{path}-shm"):
+            try:
+                if os.stat(name).st_mode & 0o077:
+                    os.chmod(name, 0o600)
+            except (FileNotFoundError, PermissionError):  # none, or not this user's to change
+                pass
 
 
 def migrate(engine: Engine) -> None:

@@ -39,6 +39,7 @@ def job_dict(job: Job) -> dict[str, Any]:
         "finished_at": aware(job.finished_at),
         "spec": job.spec,
         "owner": job.owner,
+        "generation": job.generation or 0,
     }
 
 
@@ -68,6 +69,7 @@ def new_job(
         evaluations=0,
         progress={},
         cancel_requested=False,
+        generation=0,
         created_at=utcnow(),
         schedule_id=schedule_id,
         scheduled_for=scheduled_for,
