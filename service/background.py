@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import threading
+import time
 
 
 class BackgroundLoop(abc.ABC):
@@ -14,6 +15,8 @@ class BackgroundLoop(abc.ABC):
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: ``time.monotonic()`` when the loop last came round (a loop sets it; /healthz reads it).
+        self.last_tick = time.monotonic()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)

@@ -155,6 +155,10 @@ class TargetOwner(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+#: PostgreSQL ends a session idle inside a transaction for this long (its locks released).
+IDLE_IN_TRANSACTION_MS = 20_000
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite files get WAL, a busy timeout and enforced foreign keys.
 
@@ -182,7 +186,18 @@ def make_engine(url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True)
+
+    @event.listens_for(engine, "connect")
+    def _session_limits(dbapi_connection: Any, _record: Any) -> None:
+        # A process paused (SIGSTOP) or wedged inside a transaction would hold its row locks
+        # for good, and with them every claim of that job: the server ends such a session.
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+        cursor.close()
+        dbapi_connection.commit()
+
+    return engine
 
 
 def _private_file(path: str) -> None:

@@ -21,35 +21,48 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from .background import BackgroundLoop
 from .db import make_engine
 from .settings import Settings
-from .store import Store
+from .store import Fenced, Store
 
 log = logging.getLogger("hwsearch.dispatcher")
 HEARTBEAT_S = 2.0
+#: A dispatcher loop that has not come round for this long is reported stuck by /healthz (a loop
+#: comes round every poll, also while a job or fit runs; a database call may take a while).
+STUCK_AFTER_S = 60.0
+
+
+#: How often a job whose runner's cluster was lost goes back to the queue before it fails.
+MAX_REQUEUES = 3
 
 
 class DbSink:
-    """``workers.search.Sink`` on the database: trials idempotent, status and progress on the job."""
+    """``workers.search.Sink`` on the database: trials idempotent, status and progress on the job.
 
-    def __init__(self, store: Store) -> None:
+    Every write presents the runner's claim ``generation``: once another claim took the job
+    over, the write raises ``Fenced`` and the search stops, so one job never has two live
+    runners writing (a paused runner that comes back finds its writes refused)."""
+
+    def __init__(self, store: Store, generation: int | None = None) -> None:
         self.store = store
+        self.generation = generation
 
     def on_trial(self, trial: Any) -> None:
-        self.store.add_trial(trial.to_dict())
+        self.store.add_trial(trial.to_dict(), generation=self.generation)
 
     def on_status(self, job_id: str, status: str, progress: dict[str, Any]) -> None:
-        self.store.set_status(job_id, status, progress=progress)
+        self.store.set_status(job_id, status, progress=progress, generation=self.generation)
 
     def on_measurement(self, job_id: str, number: int, measured: dict[str, Any]) -> None:
-        self.store.add_measurement(job_id, number, measured)
+        self.store.add_measurement(job_id, number, measured, generation=self.generation)
 
 
 def execute_fit(database_url: str, fit_id: str, data_dir: str | None = None) -> str:
@@ -101,19 +114,39 @@ def discard_upload(csv_path: str) -> None:
         log.warning("could not delete the uploaded table %s", csv_path, exc_info=True)
 
 
-def execute_job(database_url: str, job_id: str, worker: str, data_dir: str | None = None) -> str:
-    """Run one claimed job to its end (inside a Ray task, or inline); returns its final status."""
+def execute_job(
+    database_url: str,
+    job_id: str,
+    worker: str,
+    generation: int | None = None,
+    data_dir: str | None = None,
+    stall_s: float | None = None,
+) -> str:
+    """Run one claimed job to its end (inside a Ray task, or inline); returns its final status,
+    or "fenced" when its claim (``generation``) was taken over and it stopped without writing.
+
+    The heartbeat is beaten from its own thread, so a slow evaluation is not taken for a dead
+    runner; a paused process beats nothing, is requeued, and finds itself fenced when it wakes.
+    """
     from latency_models import catalogue
     from workers.search import JobSpec, SearchError, Trial, run_search
 
     store = Store(make_engine(database_url))
     finished = threading.Event()
     cancel = threading.Event()
+    fenced = threading.Event()
 
     def beat() -> None:
         while not finished.wait(HEARTBEAT_S):
-            if store.heartbeat(job_id, worker):
-                cancel.set()
+            try:
+                if store.heartbeat(job_id, worker, generation):
+                    cancel.set()
+            except Fenced:
+                fenced.set()
+                cancel.set()  # the search stops at once; its next write is refused anyway
+                return
+            except Exception:  # a database hiccup: the next beat tries again
+                log.warning("heartbeat of job %s failed", job_id, exc_info=True)
 
     threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True).start()
     try:
@@ -122,19 +155,37 @@ def execute_job(database_url: str, job_id: str, worker: str, data_dir: str | Non
         stored = [Trial.from_dict(t) for t in store.trials(job_id)[0]]
         if job["cancel_requested"]:
             cancel.set()
+        sink = DbSink(store, generation)
         result = run_search(
-            spec, DbSink(store), job_id=job_id, resume=stored, cancel=cancel, catalogue=catalogue(data_dir)
+            spec,
+            sink,
+            job_id=job_id,
+            resume=stored,
+            cancel=cancel,
+            catalogue=catalogue(data_dir),
+            stall_s=stall_s,
         )
+        if fenced.is_set():
+            raise Fenced(f"job {job_id}: taken over while it ran")
         return result.status
+    except Fenced as exc:
+        log.warning("job %s: stopped, its claim was taken over (%s)", job_id, exc)
+        return "fenced"
     except SearchError as exc:
-        store.set_status(job_id, "failed", error=str(exc))
-        return "failed"
+        return _fail(store, job_id, str(exc), generation)
     except Exception as exc:  # the job fails with its error; the dispatcher goes on
         log.exception("job %s failed", job_id)
-        store.set_status(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
-        return "failed"
+        return _fail(store, job_id, f"{type(exc).__name__}: {exc}", generation)
     finally:
         finished.set()
+
+
+def _fail(store: Store, job_id: str, error: str, generation: int | None) -> str:
+    try:
+        store.set_status(job_id, "failed", error=error, generation=generation)
+    except Fenced:
+        return "fenced"
+    return "failed"
 
 
 _ray_lock = threading.Lock()
@@ -189,6 +240,18 @@ class Dispatcher(BackgroundLoop):
         self.current: str | None = None
         self.fits = FitDispatcher(store, settings, worker=self.worker, poll_s=poll_s, inline=inline)
 
+    def health(self) -> str:
+        """ "ok", or "error: ..." naming the loop that stopped or has not run for a while."""
+        for loop in (self, self.fits):
+            if loop._stop.is_set():
+                continue  # shutting down: not a failure
+            if loop._thread is None or not loop._thread.is_alive():
+                return f"error: the {loop.thread_name} thread is not running"
+            quiet_s = time.monotonic() - loop.last_tick
+            if quiet_s > STUCK_AFTER_S:
+                return f"error: the {loop.thread_name} loop has not run for {quiet_s:.0f} s"
+        return "ok"
+
     def start(self) -> None:
         super().start()
         self.fits.start()
@@ -200,6 +263,7 @@ class Dispatcher(BackgroundLoop):
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self.last_tick = time.monotonic()
             try:
                 requeued = self.store.requeue_orphans(max(self.settings.orphan_after_s, 3 * HEARTBEAT_S))
                 if requeued:
@@ -207,7 +271,7 @@ class Dispatcher(BackgroundLoop):
                 job = self.store.claim(self.worker)
                 if job is not None:
                     self.current = job["id"]
-                    self._run(job["id"])
+                    self._run(job["id"], int(job["generation"]), job.get("progress") or {})
                     continue
                 self._stop.wait(self.poll_s)
             except Exception:  # a database hiccup must not kill the dispatcher
@@ -216,25 +280,41 @@ class Dispatcher(BackgroundLoop):
             finally:
                 self.current = None
 
-    def _run(self, job_id: str) -> None:
-        call = (self.settings.database_url, job_id, self.worker)
-        data_dir = str(self.settings.data_dir)
+    def _run(self, job_id: str, generation: int, progress: dict[str, Any]) -> None:
+        call = (self.settings.database_url, job_id, self.worker, generation)
+        kw: dict[str, Any] = {"data_dir": str(self.settings.data_dir), "stall_s": self.settings.stall_s}
         if self.inline:
-            execute_job(*call, data_dir=data_dir)
+            execute_job(*call, **kw)
             return
         import ray
 
         start_ray(self.settings.ray_address)
         fn: Callable[..., str] = execute_job  # Ray's stubs type few signatures
-        ref = ray.remote(num_cpus=0, max_retries=0)(fn).remote(*call, data_dir=data_dir)
+        ref = ray.remote(num_cpus=0, max_retries=0)(fn).remote(*call, **kw)
         while not self._stop.is_set():
+            self.last_tick = time.monotonic()
             done, _ = ray.wait([ref], timeout=self.poll_s)
             if done:
                 try:
                     ray.get(ref)
-                except Exception as exc:  # the task's process died: fail it with the reason
-                    self.store.set_status(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+                except Exception as exc:  # the task's process died: its node or the cluster was lost
+                    self._lost(job_id, generation, progress, f"{type(exc).__name__}: {exc}")
                 return
+
+    def _lost(self, job_id: str, generation: int, progress: dict[str, Any], error: str) -> None:
+        """The runner's process died (not the job's own error: execute_job catches those): the
+        job goes back to the queue, from where it resumes, up to MAX_REQUEUES times."""
+        if int(progress.get("requeued", 0)) < MAX_REQUEUES:
+            if self.store.requeue(job_id, generation, f"its runner was lost: {error}"):
+                log.warning("job %s requeued: its runner was lost (%s)", job_id, error)
+            return
+        with suppress(Fenced):
+            self.store.set_status(
+                job_id,
+                "failed",
+                error=f"its runner was lost {MAX_REQUEUES + 1} times; the last time: {error}",
+                generation=generation,
+            )
 
 
 class FitDispatcher(BackgroundLoop):
@@ -264,6 +344,7 @@ class FitDispatcher(BackgroundLoop):
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self.last_tick = time.monotonic()
             try:
                 fit = self.store.claim_fit(self.worker)
                 if fit is not None:
@@ -300,6 +381,7 @@ class FitDispatcher(BackgroundLoop):
         fn: Callable[..., str] = execute_fit  # Ray's stubs type few signatures
         ref = ray.remote(num_cpus=1, max_retries=0)(fn).remote(*call, data_dir=data_dir)
         while not self._stop.is_set():
+            self.last_tick = time.monotonic()
             done, _ = ray.wait([ref], timeout=self.poll_s)
             if done:
                 try:

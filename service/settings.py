@@ -43,6 +43,7 @@ VARIABLES = (
     "HWSEARCH_MAX_UPLOAD_ROWS",
     "HWSEARCH_MAX_QUEUED_JOBS",
     "HWSEARCH_RATE_LIMIT",
+    "HWSEARCH_STALL_S",
 )
 
 
@@ -68,6 +69,9 @@ class Settings:
     max_queued_jobs: int = 100
     #: Requests per minute one client (its token, else its address) may make (a 429 beyond).
     rate_limit_per_minute: int = 1200
+    #: A running job whose evaluations have all been waiting this long (no trial finished: its
+    #: evaluators lost and not replaceable) fails with the reason instead of hanging.
+    stall_s: float = 900.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +106,7 @@ class Settings:
             max_upload_rows=_positive_int(env, "HWSEARCH_MAX_UPLOAD_ROWS", 2_000_000),
             max_queued_jobs=_positive_int(env, "HWSEARCH_MAX_QUEUED_JOBS", 100),
             rate_limit_per_minute=_positive_int(env, "HWSEARCH_RATE_LIMIT", 1200),
+            stall_s=_positive_int(env, "HWSEARCH_STALL_S", 900),
         )
 
 

@@ -48,6 +48,15 @@ class Conflict(RuntimeError):
     """The row is in a state that forbids the change; the message says why (the API's 409)."""
 
 
+#: Keys of a job's progress that the service writes (not its runner), kept across status updates.
+SERVICE_PROGRESS = ("requeued", "requeued_because")
+
+
+class Fenced(RuntimeError):
+    """A runner's claim on its job was taken over (requeued or claimed again): it must stop,
+    and its write was refused. Raised by the writes given the ``generation`` the runner claimed."""
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -119,9 +128,11 @@ class Store:
 
     # ---- the dispatcher's side ----------------------------------------------------------------
     def claim(self, worker: str) -> dict[str, Any] | None:
-        """Move the oldest queued job to running for ``worker``; None when there is none."""
+        """Move the oldest queued job to running for ``worker``; None when there is none. The
+        claim raises the job's ``generation``: the fencing token its runner presents on every
+        write (``add_trial``, ``set_status``, ``heartbeat``)."""
         with self.session() as s:
-            job = self._claim(s, Job, worker)
+            job = self._claim(s, Job, worker, generation=Job.generation + 1)
             return None if job is None else job_dict(job)
 
     def claim_fit(self, worker: str) -> dict[str, Any] | None:
@@ -130,7 +141,7 @@ class Store:
             fit = self._claim(s, Fit, worker)
             return None if fit is None else fit_dict(fit)
 
-    def _claim(self, s: Session, model: type[R], worker: str) -> R | None:
+    def _claim(self, s: Session, model: type[R], worker: str, **extra: Any) -> R | None:
         query = select(model.id).where(model.status == "queued").order_by(model.created_at).limit(1)
         if self.engine.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
@@ -141,7 +152,7 @@ class Store:
         done = s.execute(
             update(model)
             .where(model.id == row_id, model.status == "queued")
-            .values(status="running", claimed_by=worker, heartbeat_at=now, started_at=now)
+            .values(status="running", claimed_by=worker, heartbeat_at=now, started_at=now, **extra)
         )
         if done.rowcount != 1:  # type: ignore[attr-defined]
             return None
@@ -165,15 +176,45 @@ class Store:
         rows = s.scalars(select(model).where(stale).with_for_update()).all()
         for row in rows:
             row.status, row.claimed_by = "queued", None
+            if isinstance(row, Job):
+                row.generation = (row.generation or 0) + 1  # fences the runner that went quiet
         return [row.id for row in rows]
 
-    def heartbeat(self, job_id: str, worker: str) -> bool:
-        """Refresh the claim; returns whether a cancel was requested."""
+    def requeue(self, job_id: str, generation: int, reason: str) -> bool:
+        """Give a running job back to the queue (its runner's cluster was lost, not the job's
+        fault); False when the claim had already moved on. The reason is kept in its progress."""
         with self.session() as s:
-            s.execute(
-                update(Job).where(Job.id == job_id, Job.claimed_by == worker).values(heartbeat_at=utcnow())
-            )
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or job.generation != generation or job.status != "running":
+                return False
+            progress = dict(job.progress or {})
+            progress["requeued"] = int(progress.get("requeued", 0)) + 1
+            progress["requeued_because"] = truncated(reason, 500)
+            job.status, job.claimed_by, job.progress = "queued", None, progress
+            job.generation = generation + 1
+            return True
+
+    def heartbeat(self, job_id: str, worker: str, generation: int | None = None) -> bool:
+        """Refresh the claim; returns whether a cancel was requested. Given the claimed
+        ``generation``, raises :class:`Fenced` when the claim was taken over."""
+        with self.session() as s:
+            where = [Job.id == job_id, Job.claimed_by == worker]
+            if generation is not None:
+                where.append(Job.generation == generation)
+            done = s.execute(update(Job).where(*where).values(heartbeat_at=utcnow()))
+            if generation is not None and done.rowcount != 1:  # type: ignore[attr-defined]
+                raise Fenced(f"job {job_id}: the claim of generation {generation} was taken over")
             return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+    def _fence(self, s: Session, job_id: str, generation: int | None) -> None:
+        """Within a write's transaction: refuse it unless ``generation`` is still the job's.
+        The row is share-locked (PostgreSQL; SQLite's write transactions are serial), so a claim
+        cannot move between the check and the write."""
+        if generation is None:
+            return
+        current = s.scalar(select(Job.generation).where(Job.id == job_id).with_for_update(read=True))
+        if current != generation:
+            raise Fenced(f"job {job_id}: generation {generation} is fenced (now {current})")
 
     def set_status(
         self,
@@ -182,6 +223,7 @@ class Store:
         *,
         progress: dict[str, Any] | None = None,
         error: str | None = None,
+        generation: int | None = None,
     ) -> None:
         values: dict[str, Any] = {"status": status}
         if progress is not None:
@@ -195,11 +237,20 @@ class Store:
         if status in FINISHED:
             values["finished_at"] = utcnow()
         with self.session() as s:
+            self._fence(s, job_id, generation)
+            if progress is not None:
+                # What the service itself noted (requeues of a lost runner) outlives the
+                # runner's own progress reports.
+                before = s.scalar(select(Job.progress).where(Job.id == job_id)) or {}
+                kept = {k: before[k] for k in SERVICE_PROGRESS if k in before}
+                if kept:
+                    values["progress"] = {**values["progress"], **kept}
             s.execute(update(Job).where(Job.id == job_id).values(**values))
 
     # ---- trials -----------------------------------------------------------------------------
-    def add_trial(self, trial: dict[str, Any]) -> bool:
-        """Store a trial once; False when (job id, number) was already stored."""
+    def add_trial(self, trial: dict[str, Any], generation: int | None = None) -> bool:
+        """Store a trial once; False when (job id, number) was already stored. Given the
+        runner's ``generation``, a fenced runner's trial is refused (:class:`Fenced`)."""
         values = {
             "job_id": trial["job_id"],
             "number": int(trial["number"]),
@@ -216,11 +267,15 @@ class Store:
             from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
         stmt = insert(TrialRow).values(**values).on_conflict_do_nothing(index_elements=["job_id", "number"])
         with self.session() as s:
+            self._fence(s, trial["job_id"], generation)
             # RETURNING says whether a row went in (rowcount is unreliable for DO NOTHING).
             return s.execute(stmt.returning(TrialRow.id)).first() is not None
 
-    def add_measurement(self, job_id: str, number: int, measured: dict[str, Any]) -> None:
+    def add_measurement(
+        self, job_id: str, number: int, measured: dict[str, Any], generation: int | None = None
+    ) -> None:
         with self.session() as s:
+            self._fence(s, job_id, generation)
             s.execute(
                 update(TrialRow)
                 .where(TrialRow.job_id == job_id, TrialRow.number == number)

@@ -19,13 +19,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from processes import descendants as _descendants
+from processes import free_port as _free_port
+from processes import name as _name
+from processes import start_time as _start_time
+from processes import wait_for as _wait
 
 from service.db import make_engine, migrate
 from service.store import Store
@@ -72,42 +75,6 @@ def _is_loopback(address: str) -> bool:
     return ip.is_loopback
 
 
-def _descendants(root: int) -> list[int]:
-    """``root`` and every process below it (by the parent pid in /proc/PID/stat)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # gone since the listing
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name in (…) may hold spaces
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (tells a reused pid apart)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _name(pid: int) -> str:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return "?"
-    return cmdline.strip()[:120]
-
-
 def _listening_sockets(pids: list[int]) -> list[tuple[int, str, str, int]]:
     """(pid, process, address, port) for every LISTEN socket the processes hold."""
     listening = _listening_by_inode()
@@ -127,28 +94,6 @@ def _listening_sockets(pids: list[int]) -> list[tuple[int, str, str, int]]:
                 if inode in listening:
                     out.append((pid, _name(pid), *listening[inode]))
     return out
-
-
-def _wait(predicate: Callable[[], Any], timeout_s: float, what: str, log: Path) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.5)
-    tail = log.read_text()[-4000:]
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; service log:\n{tail}")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_the_embedded_ray_listens_on_loopback_only(tmp_path: Path) -> None:

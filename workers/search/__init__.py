@@ -8,7 +8,7 @@ from moocore on normalised objectives with a reference point fixed by the proble
 
 from __future__ import annotations
 
-from ._errors import SearchError
+from ._errors import SearchError, SearchStalled
 from ._objectives import Objectives, against_reference, ratio
 from ._pareto import front_mask, hypervolume
 from ._problem import Problem
@@ -28,6 +28,7 @@ __all__ = [
     "Problem",
     "SearchError",
     "SearchResult",
+    "SearchStalled",
     "Sink",
     "SpaceSpec",
     "Strategy",

@@ -15,3 +15,8 @@ class SearchError(InputError):
     @staticmethod
     def _format(field: str, value: Any, hint: str) -> str:
         return f"{field}: {value!r}: {hint}"
+
+
+class SearchStalled(RuntimeError):
+    """A running search made no progress for its bound (``stall_s``): its evaluators were lost
+    and none could be placed again. The message says what was waiting and what the cluster had."""

@@ -23,6 +23,7 @@ from typing import Any
 from latency_models import Catalogue
 from search_spaces import Plan
 
+from ._errors import SearchStalled
 from ._pareto import front_mask
 from ._problem import Problem
 from ._spec import JobSpec
@@ -233,11 +234,18 @@ def run_search(
     catalogue: Catalogue | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     measure_front: bool = True,
+    stall_s: float | None = None,
 ) -> SearchResult:
     """Run (or resume) one search to its budget; every trial goes to ``sink`` as it finishes.
 
     Costs come from ``catalogue`` (the targets and their active predictors; default: the
-    catalogue of ``latency_models.data_dir()``) unless a built ``problem`` is given."""
+    catalogue of ``latency_models.data_dir()``) unless a built ``problem`` is given.
+
+    A batch whose evaluator died (its node lost) is evaluated again on another evaluator before
+    it is stored as failed; a dead evaluator is replaced only where the cluster has a free CPU
+    (else the job goes on with fewer). With ``stall_s``, a search whose evaluations have all
+    been waiting that long (no evaluator can be placed) raises ``SearchStalled`` with the reason
+    instead of waiting forever."""
     import ray
 
     job_id = job_id or uuid.uuid4().hex[:12]
@@ -359,6 +367,8 @@ def run_search(
         in_flight: dict[Any, tuple[Any, list[tuple[int, Plan, dict[str, Any], float]]]] = {}
         idle_asks = 0
         exhausted = False
+        retried: set[int] = set()  # first numbers of batches already evaluated again
+        last_progress = time.monotonic()
         while not cancel.is_set():
             pending = sum(len(v[1]) for v in in_flight.values())
             room = budget - len(trials) - pending
@@ -398,13 +408,37 @@ def run_search(
             if not in_flight:
                 break
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.2)
+            if not done and stall_s is not None and time.monotonic() - last_progress > stall_s:
+                free_cpus = ray.available_resources().get("CPU", 0.0)
+                raise SearchStalled(
+                    f"no evaluation finished for {stall_s:.0f} s ({len(in_flight)} batches waiting, "
+                    f"{len(actors)} evaluators, {free_cpus:g} free CPUs in the cluster): its evaluators "
+                    "were lost and could not be replaced; the stored trials are kept and the job "
+                    "resumes from them when submitted again"
+                )
             for ref in done:
                 actor, batch = in_flight.pop(ref)
+                last_progress = time.monotonic()
                 try:
                     results = ray.get(ref)
-                except Exception as exc:  # the actor died beyond its retries: fail the batch, replace it
-                    results = [{"error": f"worker lost: {type(exc).__name__}: {exc}"} for _ in batch]
-                    actors[actors.index(actor)] = cls.remote(spec.model, spec.quality_examples)
+                except Exception as exc:  # the actor died beyond its retries (its node lost?)
+                    lost = f"worker lost: {type(exc).__name__}: {exc}"
+                    position = actors.index(actor)
+                    # Replaced where a CPU is free; else the search goes on with the others.
+                    if ray.available_resources().get("CPU", 0.0) >= 1 or len(actors) == 1:
+                        actors[position] = cls.remote(spec.model, spec.quality_examples)
+                    else:
+                        actors.pop(position)
+                    if batch[0][0] not in retried and actors:
+                        retried.add(batch[0][0])  # once, on another evaluator, before it fails
+                        again = min(actors, key=lambda a: sum(v[0] is a for v in in_flight.values()))
+                        retry = again.evaluate.remote([p.to_dict() for _, p, _, _ in batch])
+                        in_flight[retry] = (again, batch)
+                        logging.getLogger(__name__).warning(
+                            "job %s: %s; evaluating its batch again", job_id, lost
+                        )
+                        continue
+                    results = [{"error": lost} for _ in batch]
                 strategy.tell(
                     [
                         record(number, plan, result, costs, predict_s)
