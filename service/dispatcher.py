@@ -190,7 +190,12 @@ def _fail(store: Store, job_id: str, error: str, generation: int | None) -> str:
 
 _ray_lock = threading.Lock()
 _ray_ready = threading.Event()
+_ray_restart = threading.Event()
 _ray_failure: list[BaseException] = []
+#: Ray's driver ends its own process when it has not reached the GCS for this long (60 s by
+#: default): a lost head would take the whole service, API included, down with it. The service
+#: waits instead, reports Ray down on /healthz, and reconnects (``restart_ray``).
+GCS_RECONNECT_TIMEOUT_S = str(10 * 365 * 86400)
 
 
 def start_ray(address: str | None) -> None:
@@ -198,27 +203,115 @@ def start_ray(address: str | None) -> None:
 
     Ray's local processes die with the thread that started them (the parent-death signal is
     per thread on Linux): started from a dispatcher thread, they were killed when a service
-    shut its dispatcher down, and the next dispatcher of the process found Ray dead.
+    shut its dispatcher down, and the next dispatcher of the process found Ray dead. The same
+    thread reconnects on ``restart_ray`` (a new embedded Ray, or the cluster at ``address``
+    again, whatever its new cluster id).
     """
     with _ray_lock:
         if not any(t.name == "hwsearch-ray" for t in threading.enumerate()):
             _ray_ready.clear()
 
             def own() -> None:
+                import ray
+
                 from workers.search import ensure_ray
 
-                try:
-                    ensure_ray(address)
-                except BaseException as exc:
-                    _ray_failure.append(exc)
-                finally:
-                    _ray_ready.set()
-                threading.Event().wait()  # hold Ray's processes for the life of the process
+                os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", GCS_RECONNECT_TIMEOUT_S)
+                while True:
+                    try:
+                        ensure_ray(address)
+                    except BaseException as exc:
+                        _ray_failure.append(exc)
+                    finally:
+                        _ray_ready.set()
+                    _ray_restart.wait()  # hold Ray's processes until a reconnect is asked for
+                    _ray_restart.clear()
+                    _ray_failure.clear()
+                    with suppress(Exception):
+                        ray.shutdown()
 
             threading.Thread(target=own, name="hwsearch-ray", daemon=True).start()
     _ray_ready.wait()
     if _ray_failure:
         raise RuntimeError(f"Ray did not start: {_ray_failure[-1]}")
+
+
+def restart_ray() -> None:
+    """Drop this process's Ray connection (its head was lost) and connect again at the next
+    ``start_ray``; a no-op before Ray was started."""
+    with _ray_lock:
+        if any(t.name == "hwsearch-ray" for t in threading.enumerate()) and _ray_ready.is_set():
+            _ray_ready.clear()
+            # A probe stuck on the lost cluster is left behind (a daemon thread): the next one
+            # asks the new connection.
+            _probe.update(at=-1e9, state="", thread=None)
+            _ray_restart.set()
+    log.warning("reconnecting to Ray")
+
+
+#: How long a Ray round trip may take before Ray counts as down, and how long its answer is
+#: reused (a load balancer polling /healthz every second must not flood Ray with tasks).
+RAY_PROBE_TIMEOUT_S = 5.0
+RAY_PROBE_TTL_S = 5.0
+_probe: dict[str, Any] = {"at": -1e9, "state": ""}
+_probe_lock = threading.Lock()
+
+
+def ray_health(address: str | None, *, fresh: bool = False) -> str:
+    """ "ok", "not started ..." (no job ran yet: Ray starts with the first), or "error: ..."."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return "not started (starts with the first job)" if not address else "not connected yet"
+    if not _ray_ready.is_set() and any(t.name == "hwsearch-ray" for t in threading.enumerate()):
+        return "error: reconnecting to Ray"
+    if _ray_failure:
+        return f"error: Ray did not start: {_ray_failure[-1]}"[:300]
+    import ray
+
+    try:
+        if not ray.is_initialized():
+            return "not started (starts with the first job)"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+    with _probe_lock:
+        if not fresh and time.monotonic() - _probe["at"] < RAY_PROBE_TTL_S:
+            return str(_probe["state"])
+        state = _round_trip()
+        _probe.update(at=time.monotonic(), state=state)
+        return state
+
+
+def _round_trip() -> str:
+    """A zero-CPU task through the cluster and back, and the cluster's resources from its GCS:
+    what is_initialized() cannot tell (the head may be gone while this process still thinks it
+    is connected; a GCS-less raylet still runs tasks). Run in a thread of its own, since Ray's
+    calls may block on a lost GCS far longer than any timeout they take."""
+    previous = _probe.get("thread")
+    if previous is not None and previous.is_alive():
+        return "error: the previous Ray probe is still waiting for an answer"
+    answer: list[str] = []
+
+    def probe() -> None:
+        import ray
+
+        try:
+            ray.get(ray.remote(num_cpus=0, max_retries=0)(_pong).remote(), timeout=RAY_PROBE_TIMEOUT_S)
+            if not ray.cluster_resources():
+                raise RuntimeError("the cluster reports no resources")
+            answer.append("ok")
+        except Exception as exc:  # GetTimeoutError, a lost GCS, a dead raylet: all say Ray is down
+            answer.append(f"error: Ray did not answer ({type(exc).__name__})")
+
+    thread = threading.Thread(target=probe, name="hwsearch-ray-probe", daemon=True)
+    _probe["thread"] = thread
+    thread.start()
+    thread.join(RAY_PROBE_TIMEOUT_S + 1)
+    return answer[0] if answer else f"error: no Ray round trip within {RAY_PROBE_TIMEOUT_S:g} s"
+
+
+def _pong() -> str:
+    return "pong"
 
 
 class Dispatcher(BackgroundLoop):
@@ -238,6 +331,7 @@ class Dispatcher(BackgroundLoop):
         self.inline = inline  # run jobs in this process (tests of the queue without Ray)
         self.worker = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.current: str | None = None
+        self._last_restart = -1e9
         self.fits = FitDispatcher(store, settings, worker=self.worker, poll_s=poll_s, inline=inline)
 
     def health(self) -> str:
@@ -268,6 +362,9 @@ class Dispatcher(BackgroundLoop):
                 requeued = self.store.requeue_orphans(max(self.settings.orphan_after_s, 3 * HEARTBEAT_S))
                 if requeued:
                     log.warning("resuming orphaned jobs and fits %s", requeued)
+                if self._ray_down():  # no job is claimed into a Ray that is away
+                    self._stop.wait(self.poll_s)
+                    continue
                 job = self.store.claim(self.worker)
                 if job is not None:
                     self.current = job["id"]
@@ -288,9 +385,17 @@ class Dispatcher(BackgroundLoop):
             return
         import ray
 
-        start_ray(self.settings.ray_address)
-        fn: Callable[..., str] = execute_job  # Ray's stubs type few signatures
-        ref = ray.remote(num_cpus=0, max_retries=0)(fn).remote(*call, **kw)
+        try:
+            start_ray(self.settings.ray_address)
+            state = ray_health(self.settings.ray_address, fresh=True)
+            if state.startswith("error"):  # a submission to a lost cluster may block for good
+                raise RuntimeError(state)
+            fn: Callable[..., str] = execute_job  # Ray's stubs type few signatures
+            ref = ray.remote(num_cpus=0, max_retries=0)(fn).remote(*call, **kw)
+        except Exception as exc:  # Ray is away: the job waits in the queue, not "running"
+            self._lost(job_id, generation, progress, f"{type(exc).__name__}: {exc}", count=False)
+            restart_ray()
+            return
         while not self._stop.is_set():
             self.last_tick = time.monotonic()
             done, _ = ray.wait([ref], timeout=self.poll_s)
@@ -299,11 +404,36 @@ class Dispatcher(BackgroundLoop):
                     ray.get(ref)
                 except Exception as exc:  # the task's process died: its node or the cluster was lost
                     self._lost(job_id, generation, progress, f"{type(exc).__name__}: {exc}")
+                    if ray_health(self.settings.ray_address, fresh=True).startswith("error"):
+                        restart_ray()  # the cluster went with it
+                return
+            state = ray_health(self.settings.ray_address)
+            if state.startswith("error"):  # the head is gone: its runner with it
+                self._lost(job_id, generation, progress, f"the Ray cluster was lost ({state})")
+                restart_ray()
                 return
 
-    def _lost(self, job_id: str, generation: int, progress: dict[str, Any], error: str) -> None:
+    def _ray_down(self) -> bool:
+        """Whether Ray was started and does not answer now (then a reconnect is under way)."""
+        if self.inline:
+            return False
+        state = ray_health(self.settings.ray_address)
+        if not state.startswith("error"):
+            return False
+        if time.monotonic() - self._last_restart > RAY_PROBE_TTL_S and "reconnecting" not in state:
+            self._last_restart = time.monotonic()
+            restart_ray()
+        return True
+
+    def _lost(
+        self, job_id: str, generation: int, progress: dict[str, Any], error: str, *, count: bool = True
+    ) -> None:
         """The runner's process died (not the job's own error: execute_job catches those): the
-        job goes back to the queue, from where it resumes, up to MAX_REQUEUES times."""
+        job goes back to the queue, from where it resumes, up to MAX_REQUEUES times (``count``
+        False: it never started, Ray being away, which does not count against it)."""
+        if not count:
+            self.store.requeue(job_id, generation, f"Ray was away: {error}", count=False)
+            return
         if int(progress.get("requeued", 0)) < MAX_REQUEUES:
             if self.store.requeue(job_id, generation, f"its runner was lost: {error}"):
                 log.warning("job %s requeued: its runner was lost (%s)", job_id, error)

@@ -180,7 +180,7 @@ class Store:
                 row.generation = (row.generation or 0) + 1  # fences the runner that went quiet
         return [row.id for row in rows]
 
-    def requeue(self, job_id: str, generation: int, reason: str) -> bool:
+    def requeue(self, job_id: str, generation: int, reason: str, *, count: bool = True) -> bool:
         """Give a running job back to the queue (its runner's cluster was lost, not the job's
         fault); False when the claim had already moved on. The reason is kept in its progress."""
         with self.session() as s:
@@ -188,7 +188,8 @@ class Store:
             if job is None or job.generation != generation or job.status != "running":
                 return False
             progress = dict(job.progress or {})
-            progress["requeued"] = int(progress.get("requeued", 0)) + 1
+            if count:  # ``count`` False: it never started (Ray was away), not a lost runner
+                progress["requeued"] = int(progress.get("requeued", 0)) + 1
             progress["requeued_because"] = truncated(reason, 500)
             job.status, job.claimed_by, job.progress = "queued", None, progress
             job.generation = generation + 1

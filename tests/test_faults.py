@@ -262,3 +262,49 @@ def test_healthz_tells_a_stuck_dispatcher(tmp_path: Path, serve: Any) -> None:
         app.state.dispatcher.last_tick -= 3600  # as if its loop had hung on a call for an hour
         r = httpx.get(f"{base}/healthz")
         assert r.status_code == 503 and "has not run for" in r.json()["dispatcher"], r.json()
+
+
+def test_a_lost_head_does_not_take_the_service_down(tmp_path: Path) -> None:
+    """Finding 4: the head's GCS and raylet killed mid-job. Ray's driver used to end the whole
+    service 60 s later, and the job was failed. Now the API keeps answering past those 60 s,
+    /healthz says Ray is down and then ok again once the service reconnected (here: a new
+    embedded Ray), and the job, requeued, ends with exactly its budget of trial numbers."""
+    env, token = _served(tmp_path)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    budget = 30
+    with hwsearch_serve(env, log, port) as server:
+        wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200, 90, "the service", log)
+        spec = {**SPEC, "budget": {"evaluations": budget}}
+        r = httpx.post(f"{base}/api/v1/jobs", json=spec, headers={"Authorization": f"Bearer {token}"})
+        url = f"{base}/api/v1/jobs/{r.json()['id']}"
+        wait_for(lambda: httpx.get(url).json()["evaluations"] >= 3, 240, "three trials", log)
+        server.remember()  # type: ignore[attr-defined]
+        head = [p for p in descendants(server.pid) if any(k in name(p) for k in ("gcs_server", "/raylet"))]
+        assert len(head) >= 2, [name(p) for p in descendants(server.pid)]
+        killed_at = time.monotonic()
+        for pid in head:
+            os.kill(pid, signal.SIGKILL)
+        job = wait_for(
+            lambda: (j := httpx.get(url, timeout=30).json())["status"] in ("succeeded", "failed") and j,
+            400,
+            "the job's end",
+            log,
+        )
+        server.remember()  # type: ignore[attr-defined]
+        # Past Ray's 60 s: the service still answers.
+        while time.monotonic() - killed_at < 75:
+            assert server.poll() is None, log.read_text()[-3000:]
+            time.sleep(2)
+        assert httpx.get(f"{base}/api/v1/jobs", timeout=30).status_code == 200
+        health = wait_for(
+            lambda: (h := httpx.get(f"{base}/healthz", timeout=30)).status_code == 200 and h.json(),
+            60,
+            "/healthz ok again",
+            log,
+        )
+        assert health["ray"] == "ok"
+        assert job["status"] == "succeeded", job
+        trials = httpx.get(f"{url}/trials", params={"limit": 500}).json()["items"]
+        assert sorted(t["number"] for t in trials) == list(range(budget))

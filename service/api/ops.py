@@ -3,17 +3,14 @@ text; a read token unless ``HWSEARCH_METRICS_OPEN``), read through ``Store``."""
 
 from __future__ import annotations
 
-import sys
-import threading
-import time
 from datetime import timedelta
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..db import JOB_STATUSES, utcnow
 from ..demo import activity as demo_activity
+from ..dispatcher import ray_health
 from ..settings import Settings
 from ..store import Store
 from .deps import SettingsDep, StoreDep, require_scope
@@ -45,7 +42,7 @@ def _checks(request: Request, store: Store, settings: Settings) -> dict[str, str
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
-    checks["ray"] = _ray_state(settings)
+    checks["ray"] = ray_health(settings.ray_address)
     dispatcher = getattr(request.app.state, "dispatcher", None)
     if dispatcher is not None:
         checks["dispatcher"] = dispatcher.health()
@@ -82,61 +79,3 @@ def metrics(request: Request, store: StoreDep, settings: SettingsDep) -> str:
         lines.append(f'hwsearch_request_seconds_count{{route="{route}"}} {count}')
         lines.append(f'hwsearch_request_seconds_sum{{route="{route}"}} {total:.6g}')
     return "\n".join(lines) + "\n"
-
-
-#: How long a Ray round trip may take before /healthz calls Ray down, and how long its answer
-#: is reused (a load balancer polling every second must not flood Ray with tasks).
-RAY_PROBE_TIMEOUT_S = 5.0
-RAY_PROBE_TTL_S = 5.0
-_probe: dict[str, Any] = {"at": -1e9, "state": ""}
-_probe_lock = threading.Lock()
-
-
-def _ray_state(settings: Settings) -> str:
-    if "ray" not in sys.modules:
-        return "not started (starts with the first job)" if not settings.ray_address else "not connected yet"
-    import ray
-
-    try:
-        if not ray.is_initialized():
-            return "not started (starts with the first job)"
-    except Exception as exc:
-        return f"error: {type(exc).__name__}"
-    with _probe_lock:
-        if time.monotonic() - _probe["at"] < RAY_PROBE_TTL_S:
-            return str(_probe["state"])
-        state = _round_trip()
-        _probe.update(at=time.monotonic(), state=state)
-        return state
-
-
-def _round_trip() -> str:
-    """A zero-CPU task through the cluster and back, and the cluster's resources from its GCS:
-    what is_initialized() cannot tell (the head may be gone while this process still thinks it
-    is connected; a GCS-less raylet still runs tasks). Run in a thread of its own, since Ray's
-    calls may block on a lost GCS far longer than any timeout they take."""
-    previous = _probe.get("thread")
-    if previous is not None and previous.is_alive():
-        return "error: the previous Ray probe is still waiting for an answer"
-    answer: list[str] = []
-
-    def probe() -> None:
-        import ray
-
-        try:
-            ray.get(ray.remote(num_cpus=0, max_retries=0)(_pong).remote(), timeout=RAY_PROBE_TIMEOUT_S)
-            if not ray.cluster_resources():
-                raise RuntimeError("the cluster reports no resources")
-            answer.append("ok")
-        except Exception as exc:  # GetTimeoutError, a lost GCS, a dead raylet: all say Ray is down
-            answer.append(f"error: Ray did not answer ({type(exc).__name__})")
-
-    thread = threading.Thread(target=probe, name="hwsearch-ray-probe", daemon=True)
-    _probe["thread"] = thread
-    thread.start()
-    thread.join(RAY_PROBE_TIMEOUT_S + 1)
-    return answer[0] if answer else f"error: no Ray round trip within {RAY_PROBE_TIMEOUT_S:g} s"
-
-
-def _pong() -> str:
-    return "pong"

@@ -129,8 +129,10 @@ def _init_ray_on_loopback() -> None:
     os.environ[_RAY_CLUSTER_SWITCH] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        # No dashboard; nothing on Redis's 6379 (ray.init picks free ports).
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # A Ray of its own ("local"): without an address ray.init joins the newest Ray cluster
+        # this machine runs, whoever started it. No dashboard; nothing on Redis's 6379 (ray.init
+        # picks free ports).
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved_flag
         if saved_env is None:
