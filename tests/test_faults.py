@@ -13,20 +13,18 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
+from databases import postgres_url
 from processes import descendants, free_port, hwsearch_serve, name, wait_for
 
 from service.db import make_engine, migrate
 from service.store import Fenced, Store
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SPEC: dict[str, Any] = {
     "model": "digits-cnn",
     "targets": ["xeon-gold-6240"],
@@ -39,22 +37,6 @@ TRIAL: dict[str, Any] = {"status": "ok", "quality": 0.5, "feasible": True, "plan
 pytestmark = pytest.mark.skipif(not Path("/proc").exists(), reason="finds processes in Linux's /proc")
 
 
-def _postgres_url() -> Iterator[str]:
-    admin = sa.create_engine(PG)
-    try:
-        with admin.begin() as c:
-            schema = "hws_" + uuid.uuid4().hex[:10]
-            c.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"PostgreSQL leg skipped: no server answers at 127.0.0.1:5432 ({exc.orig})")
-    try:
-        yield f"{PG}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as c:
-            c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
@@ -64,7 +46,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         yield Store(engine)
         engine.dispose()
     else:
-        for url in _postgres_url():
+        for url in postgres_url():
             engine = make_engine(url)
             migrate(engine)
             yield Store(engine)
@@ -117,17 +99,17 @@ def _runner(database_url: str, job_id: str, generation: int, data_dir: str) -> s
 
 
 @pytest.fixture()
-def postgres_url() -> Iterator[str]:
-    yield from _postgres_url()
+def pg_url() -> Iterator[str]:
+    yield from postgres_url()
 
 
-def test_a_paused_runner_is_fenced_when_it_wakes(tmp_path: Path, postgres_url: str) -> None:
+def test_a_paused_runner_is_fenced_when_it_wakes(tmp_path: Path, pg_url: str) -> None:
     """Finding 5 (two replicas on one PostgreSQL): SIGSTOP of a job's runner; another replica
     takes the job over after its heartbeat went stale; on SIGCONT the paused runner stops
     without writing a trial or a status, and the job's counters are the live runner's alone.
     (A runner paused inside a transaction holds its locks until PostgreSQL ends the idle
     session, IDLE_IN_TRANSACTION_MS; on SQLite it would hold the one write lock of the file.)"""
-    url = postgres_url
+    url = pg_url
     engine = make_engine(url)
     migrate(engine)
     store = Store(engine)

@@ -9,7 +9,6 @@ migration on PostgreSQL too.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from databases import postgres_url
 from typer.testing import CliRunner
 
 from service.app import create_app
@@ -26,7 +26,6 @@ from service.db import ApiToken, make_engine, migrate
 from service.settings import Settings
 from service.store import Store
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SPEC: dict[str, Any] = {
     "model": "digits-cnn",
     "targets": ["xeon-gold-6240"],
@@ -307,28 +306,12 @@ def test_tokens_from_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert store.principal(row["token"]) is None
 
 
-def _postgres_url() -> Iterator[str]:
-    admin = sa.create_engine(PG)
-    try:
-        with admin.begin() as c:
-            schema = "hws_" + uuid.uuid4().hex[:10]
-            c.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"PostgreSQL leg skipped: no server answers at 127.0.0.1:5432 ({exc.orig})")
-    try:
-        yield f"{PG}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as c:
-            c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'hwsearch.db'}"
     else:
-        yield from _postgres_url()
+        yield from postgres_url()
 
 
 def test_a_single_token_set_up_survives_the_migration(database_url: str) -> None:

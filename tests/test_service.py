@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from databases import postgres_url
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -35,7 +36,6 @@ from service.db import Job, make_engine, migrate, utcnow
 from service.settings import Settings, SettingsError
 from service.store import Conflict, Store
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SPEC: dict[str, Any] = {
     "model": "digits-cnn",
     "targets": ["xeon-gold-6240"],
@@ -45,28 +45,12 @@ SPEC: dict[str, Any] = {
 }
 
 
-def _postgres_url() -> Iterator[str]:
-    admin = sa.create_engine(PG)
-    try:
-        with admin.begin() as c:
-            schema = "hws_" + uuid.uuid4().hex[:10]
-            c.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"PostgreSQL leg skipped: no server answers at 127.0.0.1:5432 ({exc.orig})")
-    try:
-        yield f"{PG}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as c:
-            c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'hwsearch.db'}"
     else:
-        yield from _postgres_url()
+        yield from postgres_url()
 
 
 @pytest.fixture()
