@@ -533,7 +533,14 @@ def test_two_dispatchers_never_run_one_job(
     ran: list[tuple[str, str]] = []
     lock = threading.Lock()
 
-    def fake_execute(url: str, job_id: str, worker: str, data_dir: str | None = None) -> str:
+    def fake_execute(
+        url: str,
+        job_id: str,
+        worker: str,
+        generation: int | None = None,
+        data_dir: str | None = None,
+        stall_s: float | None = None,
+    ) -> str:
         with lock:
             ran.append((job_id, worker))
         time.sleep(0.05)
