@@ -244,4 +244,3 @@ def test_healthz_tells_a_stuck_dispatcher(tmp_path: Path, serve: Any) -> None:
         app.state.dispatcher.last_tick -= 3600  # as if its loop had hung on a call for an hour
         r = httpx.get(f"{base}/healthz")
         assert r.status_code == 503 and "has not run for" in r.json()["dispatcher"], r.json()
-
