@@ -2,9 +2,9 @@
 and the dashboard (service/dashboard.py).
 
 Routes are thin: validation is the JobSpec's (422 names the field), storage is ``Store``'s,
-searches run in the dispatcher, never in a request. Mutating endpoints need
-``Authorization: Bearer <token>`` (tokens are stored hashed); reads are open unless
-``HWSEARCH_READS_OPEN=false``. Importing this module pulls in neither torch nor ray.
+searches run in the dispatcher's own process (service/supervisor.py), never in a request.
+Mutating endpoints need ``Authorization: Bearer <token>`` (tokens are stored hashed); reads are
+open unless ``HWSEARCH_READS_OPEN=false``. Importing this module pulls in neither torch nor ray.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from .api.deps import body_components
 from .dashboard import LoginRequired, on_login_required
 from .dashboard import router as dashboard
 from .db import make_engine, migrate
-from .dispatcher import Dispatcher
 from .fronts import FrontCache, ViewCache
 from .middleware import install as install_limits
 from .scheduler import Scheduler
 from .settings import Settings
 from .store import Store
+from .supervisor import DispatcherProcess
 
 
 def create_app(
@@ -49,7 +49,7 @@ def create_app(
         app.state.store = Store(engine)
         app.state.dispatcher = app.state.scheduler = None
         if settings.run_dispatcher if dispatcher is None else dispatcher:
-            app.state.dispatcher = Dispatcher(app.state.store, settings)
+            app.state.dispatcher = DispatcherProcess(app.state.store, settings)
             app.state.dispatcher.start()
             app.state.scheduler = Scheduler(app.state.store)
             app.state.scheduler.start()

@@ -55,18 +55,17 @@ def seed_demo(settings: Settings, store: Store) -> str | None:
 
     cat = catalogue(settings.data_dir)
     if "host-cpu" not in cat.load_targets():  # this data dir's targets, not the process's registry
-        import ray
-
-        from .dispatcher import start_ray
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
 
         _set_activity(
             f"the demo is profiling this CPU (host-cpu: {DEMO_CALIBRATION_PLANS} plans of "
             f"{', '.join(DEMO_CALIBRATION_MODELS)}); its search is queued after that"
         )
         try:
-            start_ray(settings.ray_address)  # measured in a Ray worker: the API process stays torch-free
-            task = ray.remote(num_cpus=1)(calibrate_host_in_worker)
-            report = ray.get(task.remote(str(settings.data_dir)))
+            # Measured in a process of its own: the API process stays torch- and Ray-free.
+            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+                report = pool.submit(calibrate_host_in_worker, str(settings.data_dir)).result()
         finally:
             _set_activity(None)
         log.warning(
@@ -100,7 +99,8 @@ DEMO_CALIBRATION_SPACE: dict[str, tuple[float, ...]] = {
 
 
 def calibrate_host_in_worker(data_dir: str) -> dict[str, Any]:
-    """Measure this CPU, time the demo's calibration plans and fit host-cpu (in a Ray worker)."""
+    """Measure this CPU, time the demo's calibration plans and fit host-cpu (in a process of
+    its own)."""
     from latency_models import catalogue
     from workers.profiling import calibrate_host
 

@@ -190,11 +190,11 @@ def _fail(store: Store, job_id: str, error: str, generation: int | None) -> str:
 
 _ray_lock = threading.Lock()
 _ray_ready = threading.Event()
-_ray_restart = threading.Event()
 _ray_failure: list[BaseException] = []
 #: Ray's driver ends its own process when it has not reached the GCS for this long (60 s by
-#: default): a lost head would take the whole service, API included, down with it. The service
-#: waits instead, reports Ray down on /healthz, and reconnects (``restart_ray``).
+#: default). The dispatcher's process (``service.supervisor``) notices a lost head itself, hands
+#: its job back and ends; a new process connects afresh. Ray's own deadline is pushed out so it
+#: never races that orderly exit.
 GCS_RECONNECT_TIMEOUT_S = str(10 * 365 * 86400)
 
 
@@ -203,32 +203,26 @@ def start_ray(address: str | None) -> None:
 
     Ray's local processes die with the thread that started them (the parent-death signal is
     per thread on Linux): started from a dispatcher thread, they were killed when a service
-    shut its dispatcher down, and the next dispatcher of the process found Ray dead. The same
-    thread reconnects on ``restart_ray`` (a new embedded Ray, or the cluster at ``address``
-    again, whatever its new cluster id).
+    shut its dispatcher down, and the next dispatcher of the process found Ray dead. A process
+    whose Ray was lost does not reconnect: in-process reconnects were unreliable (Ray ended a
+    reconnected driver ~15 s later in 1 of 4 runs), so the dispatcher's process ends and the
+    supervisor starts a new one.
     """
     with _ray_lock:
         if not any(t.name == "hwsearch-ray" for t in threading.enumerate()):
             _ray_ready.clear()
 
             def own() -> None:
-                import ray
-
                 from workers.search import ensure_ray
 
                 os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", GCS_RECONNECT_TIMEOUT_S)
-                while True:
-                    try:
-                        ensure_ray(address)
-                    except BaseException as exc:
-                        _ray_failure.append(exc)
-                    finally:
-                        _ray_ready.set()
-                    _ray_restart.wait()  # hold Ray's processes until a reconnect is asked for
-                    _ray_restart.clear()
-                    _ray_failure.clear()
-                    with suppress(Exception):
-                        ray.shutdown()
+                try:
+                    ensure_ray(address)
+                except BaseException as exc:
+                    _ray_failure.append(exc)
+                finally:
+                    _ray_ready.set()
+                threading.Event().wait()  # holds Ray's processes as long as this process lives
 
             threading.Thread(target=own, name="hwsearch-ray", daemon=True).start()
     _ray_ready.wait()
@@ -236,35 +230,26 @@ def start_ray(address: str | None) -> None:
         raise RuntimeError(f"Ray did not start: {_ray_failure[-1]}")
 
 
-def restart_ray() -> None:
-    """Drop this process's Ray connection (its head was lost) and connect again at the next
-    ``start_ray``; a no-op before Ray was started."""
-    with _ray_lock:
-        if any(t.name == "hwsearch-ray" for t in threading.enumerate()) and _ray_ready.is_set():
-            _ray_ready.clear()
-            # A probe stuck on the lost cluster is left behind (a daemon thread): the next one
-            # asks the new connection.
-            _probe.update(at=-1e9, state="", thread=None)
-            _ray_restart.set()
-    log.warning("reconnecting to Ray")
-
-
 #: How long a Ray round trip may take before Ray counts as down, and how long its answer is
 #: reused (a load balancer polling /healthz every second must not flood Ray with tasks).
 RAY_PROBE_TIMEOUT_S = 5.0
+RAY_PROBE_START_S = 60.0
 RAY_PROBE_TTL_S = 5.0
 _probe: dict[str, Any] = {"at": -1e9, "state": ""}
 _probe_lock = threading.Lock()
 
 
-def ray_health(address: str | None, *, fresh: bool = False) -> str:
-    """ "ok", "not started ..." (no job ran yet: Ray starts with the first), or "error: ..."."""
+def ray_health(address: str | None, *, fresh: bool = False, block: bool = True) -> str:
+    """ "ok", "not started ..." (no job ran yet: Ray starts with the first), or "error: ...".
+
+    ``block`` False answers the last state at once while another caller's probe is under way
+    (a health report must not wait a minute for the probe actor's first start)."""
     import sys
 
     if "ray" not in sys.modules:
         return "not started (starts with the first job)" if not address else "not connected yet"
     if not _ray_ready.is_set() and any(t.name == "hwsearch-ray" for t in threading.enumerate()):
-        return "error: reconnecting to Ray"
+        return "not connected yet (connecting)"
     if _ray_failure:
         return f"error: Ray did not start: {_ray_failure[-1]}"[:300]
     import ray
@@ -274,64 +259,91 @@ def ray_health(address: str | None, *, fresh: bool = False) -> str:
             return "not started (starts with the first job)"
     except Exception as exc:
         return f"error: {type(exc).__name__}"
-    with _probe_lock:
+    if not _probe_lock.acquire(blocking=block):
+        return str(_probe["state"] or "not connected yet (checking)")
+    try:
         if not fresh and time.monotonic() - _probe["at"] < RAY_PROBE_TTL_S:
             return str(_probe["state"])
         state = _round_trip()
         _probe.update(at=time.monotonic(), state=state)
         return state
+    finally:
+        _probe_lock.release()
 
 
 def _round_trip() -> str:
-    """A zero-CPU task through the cluster and back, and the cluster's resources from its GCS:
-    what is_initialized() cannot tell (the head may be gone while this process still thinks it
-    is connected; a GCS-less raylet still runs tasks). Run in a thread of its own, since Ray's
-    calls may block on a lost GCS far longer than any timeout they take."""
+    """The cluster's resources from its GCS, and a call to a small probe actor and back: what
+    is_initialized() cannot tell (the head may be gone while this process still thinks it is
+    connected; a GCS-less raylet still runs tasks). The actor lives on between probes, so a
+    round trip never waits for Ray to start a worker process (seconds on a loaded machine: a
+    task-per-probe timed out twice in a row there while Ray was well). Run in a thread of its
+    own, since Ray's calls may block on a lost GCS far longer than any timeout they take."""
     previous = _probe.get("thread")
     if previous is not None and previous.is_alive():
         return "error: the previous Ray probe is still waiting for an answer"
     answer: list[str] = []
+    first = _probe.get("actor") is None
+    # The first probe starts the actor's worker process: it may take a while.
+    timeout_s = RAY_PROBE_START_S if first else RAY_PROBE_TIMEOUT_S
 
     def probe() -> None:
         import ray
 
         try:
-            ray.get(ray.remote(num_cpus=0, max_retries=0)(_pong).remote(), timeout=RAY_PROBE_TIMEOUT_S)
             if not ray.cluster_resources():
                 raise RuntimeError("the cluster reports no resources")
+            if _probe.get("actor") is None:
+                # On the head: the probe says whether the head answers, and a lost worker node
+                # does not take the probe with it.
+                pong = ray.remote(num_cpus=0, max_restarts=0, resources={"node:__internal_head__": 0.001})
+                _probe["actor"] = pong(_Pong).remote()
+            ray.get(_probe["actor"].pong.remote(), timeout=timeout_s)
             answer.append("ok")
         except Exception as exc:  # GetTimeoutError, a lost GCS, a dead raylet: all say Ray is down
+            _probe["actor"] = None  # a dead or stuck probe actor is replaced by the next probe
             answer.append(f"error: Ray did not answer ({type(exc).__name__})")
 
     thread = threading.Thread(target=probe, name="hwsearch-ray-probe", daemon=True)
     _probe["thread"] = thread
     thread.start()
-    thread.join(RAY_PROBE_TIMEOUT_S + 1)
-    return answer[0] if answer else f"error: no Ray round trip within {RAY_PROBE_TIMEOUT_S:g} s"
+    thread.join(timeout_s + 1)
+    return answer[0] if answer else f"error: no Ray round trip within {timeout_s:g} s"
 
 
-def _pong() -> str:
-    return "pong"
+class _Pong:
+    def pong(self) -> str:
+        return "pong"
 
 
 class Dispatcher(BackgroundLoop):
     """Runs jobs on its thread and, on a second thread (``fits``), predictor fits; ``start`` and
     ``stop`` start and stop both. ``inline`` runs both in this process, without Ray (tests of
-    the queue)."""
+    the queue).
+
+    When its Ray is lost (the head does not answer), the dispatcher hands its job back to the
+    queue, sets ``ray_lost`` to the reason and stops: its process (``service.supervisor``) ends
+    and a new one connects afresh."""
 
     thread_name = "hwsearch-dispatcher"
 
     def __init__(
-        self, store: Store, settings: Settings, *, poll_s: float = 0.5, inline: bool = False
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        worker: str | None = None,
+        poll_s: float = 0.5,
+        inline: bool = False,
     ) -> None:
         super().__init__()
         self.store = store
         self.settings = settings
         self.poll_s = poll_s
         self.inline = inline  # run jobs in this process (tests of the queue without Ray)
-        self.worker = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.worker = worker or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.current: str | None = None
-        self._last_restart = -1e9
+        #: Why this dispatcher stopped for good: its Ray was lost ("" while it was not).
+        self.ray_lost = ""
         self.fits = FitDispatcher(store, settings, worker=self.worker, poll_s=poll_s, inline=inline)
 
     def health(self) -> str:
@@ -394,7 +406,7 @@ class Dispatcher(BackgroundLoop):
             ref = ray.remote(num_cpus=0, max_retries=0)(fn).remote(*call, **kw)
         except Exception as exc:  # Ray is away: the job waits in the queue, not "running"
             self._lost(job_id, generation, progress, f"{type(exc).__name__}: {exc}", count=False)
-            restart_ray()
+            self._give_up_ray(f"{type(exc).__name__}: {exc}")
             return
         while not self._stop.is_set():
             self.last_tick = time.monotonic()
@@ -404,26 +416,41 @@ class Dispatcher(BackgroundLoop):
                     ray.get(ref)
                 except Exception as exc:  # the task's process died: its node or the cluster was lost
                     self._lost(job_id, generation, progress, f"{type(exc).__name__}: {exc}")
-                    if ray_health(self.settings.ray_address, fresh=True).startswith("error"):
-                        restart_ray()  # the cluster went with it
+                    state = ray_health(self.settings.ray_address, fresh=True)
+                    if state.startswith("error"):
+                        self._give_up_ray(state)  # the cluster went with it
                 return
-            state = ray_health(self.settings.ray_address)
+            state = self._confirmed_ray_state()
             if state.startswith("error"):  # the head is gone: its runner with it
                 self._lost(job_id, generation, progress, f"the Ray cluster was lost ({state})")
-                restart_ray()
+                self._give_up_ray(state)
                 return
 
     def _ray_down(self) -> bool:
-        """Whether Ray was started and does not answer now (then a reconnect is under way)."""
+        """Whether Ray was started and does not answer now (then this dispatcher gives up)."""
         if self.inline:
             return False
-        state = ray_health(self.settings.ray_address)
+        state = self._confirmed_ray_state()
         if not state.startswith("error"):
             return False
-        if time.monotonic() - self._last_restart > RAY_PROBE_TTL_S and "reconnecting" not in state:
-            self._last_restart = time.monotonic()
-            restart_ray()
+        self._give_up_ray(state)
         return True
+
+    def _confirmed_ray_state(self) -> str:
+        """Ray's state, an error confirmed by a second, fresh round trip: one slow answer on a
+        loaded machine must not end the dispatcher."""
+        state = ray_health(self.settings.ray_address)
+        if state.startswith("error"):
+            state = ray_health(self.settings.ray_address, fresh=True)
+        return state
+
+    def _give_up_ray(self, reason: str) -> None:
+        """This process's Ray is lost: stop both loops (no claim goes to a lost cluster); the
+        supervisor ends the process and starts one that connects afresh."""
+        log.warning("Ray was lost (%s): the dispatcher stops for its process to be replaced", reason)
+        self.ray_lost = reason or "Ray was lost"
+        self._stop.set()
+        self.fits._stop.set()
 
     def _lost(
         self, job_id: str, generation: int, progress: dict[str, Any], error: str, *, count: bool = True

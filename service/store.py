@@ -195,6 +195,33 @@ class Store:
             job.generation = generation + 1
             return True
 
+    def release(self, worker: str, reason: str, *, max_requeues: int) -> list[str]:
+        """Everything ``worker`` (a dispatcher process that ended) was running goes back to the
+        queue at once, rather than after the orphan timeout. Each job's claim is fenced and the
+        loss counted: a job lost more than ``max_requeues`` times fails with ``reason``."""
+        ids: list[str] = []
+        with self.session() as s:
+            mine = (Job.status == "running") & (Job.claimed_by == worker)
+            for job in s.scalars(select(Job).where(mine).with_for_update()).all():
+                progress = dict(job.progress or {})
+                lost = int(progress.get("requeued", 0))
+                job.generation = (job.generation or 0) + 1
+                job.claimed_by = None
+                if lost >= max_requeues:
+                    job.status, job.finished_at = "failed", utcnow()
+                    error = f"its runner was lost {lost + 1} times; the last time: {reason}"
+                    job.error = truncated(error, 2000)
+                else:
+                    progress["requeued"] = lost + 1
+                    progress["requeued_because"] = truncated(f"its runner was lost: {reason}", 500)
+                    job.status, job.progress = "queued", progress
+                ids.append(job.id)
+            fits = (Fit.status == "running") & (Fit.claimed_by == worker)
+            for fit in s.scalars(select(Fit).where(fits).with_for_update()).all():
+                fit.status, fit.claimed_by = "queued", None
+                ids.append(fit.id)
+        return ids
+
     def heartbeat(self, job_id: str, worker: str, generation: int | None = None) -> bool:
         """Refresh the claim; returns whether a cancel was requested. Given the claimed
         ``generation``, raises :class:`Fenced` when the claim was taken over."""

@@ -178,11 +178,15 @@ def test_a_lost_runner_is_requeued_and_its_job_ends_with_exactly_its_budget(tmp_
         r = httpx.post(f"{base}/api/v1/jobs", json=spec, headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 201, r.text
         url = f"{base}/api/v1/jobs/{r.json()['id']}"
-        wait_for(lambda: httpx.get(url).json()["evaluations"] >= 3, 240, "three trials", log)
+        running = wait_for(
+            lambda: (j := httpx.get(url).json())["evaluations"] >= 3 and j, 240, "three trials", log
+        )
         server.remember()  # type: ignore[attr-defined]
-        drivers = [p for p in descendants(server.pid) if name(p).startswith("ray::execute_job")]
-        assert drivers, [name(p) for p in descendants(server.pid)]
-        os.kill(drivers[0], signal.SIGKILL)
+        # The job names its runner; Ray's process title ("ray::execute_job") is not relied on:
+        # in one CI run no process carried it at this point.
+        runner = running["progress"]["runner"]["pid"]
+        assert runner in descendants(server.pid), [name(p) for p in descendants(server.pid)]
+        os.kill(runner, signal.SIGKILL)
         job = wait_for(
             lambda: (j := httpx.get(url).json())["status"] in ("succeeded", "failed", "exhausted") and j,
             300,
@@ -232,15 +236,71 @@ def test_healthz_tells_a_dead_ray_head(tmp_path: Path) -> None:
         assert down.json()["ray"].startswith("error") and down.json()["database"] == "ok", down.json()
         metrics = httpx.get(f"{base}/metrics", timeout=30).text
         assert 'hwsearch_up{part="ray"} 0' in metrics and 'hwsearch_up{part="database"} 1' in metrics
+        # Finding 4: the service outlives its Ray. Its dispatcher's process ends, a new one
+        # starts its own Ray, and the next job runs to its end.
+        assert server.poll() is None
+        r = httpx.post(f"{base}/api/v1/jobs", json=SPEC, headers={"Authorization": f"Bearer {token}"})
+        url = f"{base}/api/v1/jobs/{r.json()['id']}"
+        job = wait_for(
+            lambda: (j := httpx.get(url).json())["status"] in ("succeeded", "failed") and j,
+            300,
+            "a job after the head was lost",
+            log,
+        )
+        assert job["status"] == "succeeded", job
+        assert httpx.get(f"{base}/healthz", timeout=30).status_code == 200
+        assert server.poll() is None
 
 
-def test_healthz_tells_a_stuck_dispatcher(tmp_path: Path, serve: Any) -> None:
+def test_healthz_tells_a_stuck_dispatcher_and_a_killed_one_is_replaced(tmp_path: Path, serve: Any) -> None:
+    """The dispatcher runs in a process of its own: paused (SIGSTOP), /healthz answers 503
+    naming it once it has been quiet for the bound; killed (SIGKILL), a new one starts and a job
+    queued meanwhile runs to its end."""
     from service.app import create_app
     from service.settings import Settings
 
-    app = create_app(Settings.from_env(_served(tmp_path)[0]))
+    env, token = _served(tmp_path)
+    app = create_app(Settings.from_env(env))
     with serve(app) as base:
-        assert httpx.get(f"{base}/healthz").json()["dispatcher"] == "ok"
-        app.state.dispatcher.last_tick -= 3600  # as if its loop had hung on a call for an hour
-        r = httpx.get(f"{base}/healthz")
-        assert r.status_code == 503 and "has not run for" in r.json()["dispatcher"], r.json()
+        supervisor = app.state.dispatcher
+        supervisor.stuck_after_s = 4.0
+        wait_for(
+            lambda: httpx.get(f"{base}/healthz").json()["dispatcher"] == "ok",
+            90,
+            "the dispatcher",
+            tmp_path / "none",
+        )
+        child = supervisor.pid
+        assert child is not None and child != os.getpid() and child in descendants(os.getpid())
+        os.kill(child, signal.SIGSTOP)
+        try:
+            stuck = wait_for(
+                lambda: (h := httpx.get(f"{base}/healthz")).status_code == 503 and h,
+                20,
+                "a 503",
+                tmp_path / "none",
+            )
+            assert "has not reported for" in stuck.json()["dispatcher"], stuck.json()
+        finally:
+            os.kill(child, signal.SIGCONT)
+        wait_for(
+            lambda: httpx.get(f"{base}/healthz").status_code == 200, 20, "health again", tmp_path / "none"
+        )
+        os.kill(child, signal.SIGKILL)
+        down = wait_for(
+            lambda: (h := httpx.get(f"{base}/healthz")).status_code == 503 and h,
+            20,
+            "a 503",
+            tmp_path / "none",
+        )
+        assert "the dispatcher process ended" in down.json()["dispatcher"], down.json()
+        r = httpx.post(f"{base}/api/v1/jobs", json=SPEC, headers={"Authorization": f"Bearer {token}"})
+        url = f"{base}/api/v1/jobs/{r.json()['id']}"
+        job = wait_for(
+            lambda: (j := httpx.get(url).json())["status"] in ("succeeded", "failed") and j,
+            300,
+            "the job on the new dispatcher",
+            tmp_path / "none",
+        )
+        assert job["status"] == "succeeded" and job["evaluations"] == SPEC["budget"]["evaluations"], job
+        assert supervisor.starts == 2 and supervisor.pid not in (None, child)

@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..db import JOB_STATUSES, utcnow
 from ..demo import activity as demo_activity
-from ..dispatcher import ray_health
 from ..settings import Settings
 from ..store import Store
 from .deps import SettingsDep, StoreDep, require_scope
@@ -24,8 +23,8 @@ TRIALS_WINDOW_S = 60
 @router.get("/healthz")
 def healthz(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse:
     """200 when every part answers, else 503 naming the part that does not: the database (a
-    round trip), Ray (a task round trip, once it was started), and this replica's dispatcher
-    (its loops ran recently)."""
+    round trip), Ray (a task round trip, once it was started, as this replica's dispatcher
+    process last saw it), and that process (alive, reporting, its loops ran recently)."""
     checks = _checks(request, store, settings)
     healthy = not any(v.startswith("error") for v in checks.values())
     body = {"status": "ok" if healthy else "error", **checks}
@@ -42,9 +41,11 @@ def _checks(request: Request, store: Store, settings: Settings) -> dict[str, str
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
-    checks["ray"] = ray_health(settings.ray_address)
     dispatcher = getattr(request.app.state, "dispatcher", None)
-    if dispatcher is not None:
+    if dispatcher is None:  # this process holds no Ray connection; its dispatcher's process does
+        checks["ray"] = "not used by this replica (it runs no dispatcher)"
+    else:
+        checks["ray"] = dispatcher.ray_state()
         checks["dispatcher"] = dispatcher.health()
     return checks
 

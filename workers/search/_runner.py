@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 import traceback
@@ -260,6 +261,8 @@ def run_search(
     history: list[tuple[int, float]] = []
 
     layers = problem.layer_summary()  # for the dashboard's plan heatmap (rank fractions)
+    # Which process runs the search: an operator (or a fault test) finds the job's runner by it.
+    runner = {"host": socket.gethostname(), "pid": os.getpid()}
 
     def status(state: str, **extra: Any) -> None:
         progress = {
@@ -267,6 +270,7 @@ def run_search(
             "budget": spec.budget.evaluations,
             "elapsed_s": round(time.monotonic() - start, 3),
             **extra,
+            "runner": runner,
             "layers": layers,
         }
         sink.on_status(job_id, state, progress)
