@@ -408,9 +408,19 @@ class Dispatcher(BackgroundLoop):
             self._lost(job_id, generation, progress, f"{type(exc).__name__}: {exc}", count=False)
             self._give_up_ray(f"{type(exc).__name__}: {exc}")
             return
+        checked = time.monotonic()
         while not self._stop.is_set():
             self.last_tick = time.monotonic()
             done, _ = ray.wait([ref], timeout=self.poll_s)
+            if not done and time.monotonic() - checked > HEARTBEAT_S:
+                checked = time.monotonic()
+                if self._taken_over(job_id, generation):
+                    # Its runner went quiet (paused, or hung) and the job was given back to the
+                    # queue: that runner is killed (it would be fenced at its next write anyway)
+                    # and this loop claims again, rather than wait on it for ever.
+                    log.warning("job %s: its runner went quiet and was replaced", job_id)
+                    ray.cancel(ref, force=True)
+                    return
             if done:
                 try:
                     ray.get(ref)
@@ -425,6 +435,16 @@ class Dispatcher(BackgroundLoop):
                 self._lost(job_id, generation, progress, f"the Ray cluster was lost ({state})")
                 self._give_up_ray(state)
                 return
+
+    def _taken_over(self, job_id: str, generation: int) -> bool:
+        """Whether the job's claim moved on from ``generation`` (quiet runners are requeued
+        first: with one replica, no other dispatcher would notice this one's runner stopped)."""
+        try:
+            self.store.requeue_orphans(max(self.settings.orphan_after_s, 3 * HEARTBEAT_S))
+            return int(self.store.get_job(job_id)["generation"]) != generation
+        except Exception:  # a database hiccup: ask again at the next check
+            log.warning("could not check the claim of job %s", job_id, exc_info=True)
+            return False
 
     def _ray_down(self) -> bool:
         """Whether Ray was started and does not answer now (then this dispatcher gives up)."""
