@@ -227,7 +227,7 @@ def test_the_service_killed_mid_job_and_restarted(
     url2 = url.replace(base, base2)
     with hwsearch_serve(env, log, port):
         job = wait_for(lambda: (j := _job(url2))["status"] in ENDED and j, 300, "the resumed job's end", log)
-    _assert_whole(url2, job, budget)
+        _assert_whole(url2, job, budget)
 
 
 def test_a_killed_worker_node_costs_no_trial(
@@ -304,13 +304,33 @@ def test_a_paused_runner_is_replaced_and_fenced(served: tuple[dict[str, str], st
     with hwsearch_serve(env, log, port):
         wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200, 120, "the service", log)
         url = _submit(base, token, {**SPEC, "strategy": "random"})
-        running = wait_for(lambda: (j := _job(url))["evaluations"] >= 3 and j, 300, "three trials", log)
+        running = wait_for(
+            lambda: (j := _job(url))["evaluations"] >= 3 and "runner" in j["progress"] and j,
+            300,
+            "three trials",
+            log,
+        )
         runner = running["progress"]["runner"]["pid"]
         os.kill(runner, signal.SIGSTOP)
         try:
-            wait_for(lambda: _job(url)["generation"] > running["generation"], 60, "the job taken over", log)
+            wait_for(
+                lambda: _job(url)["progress"].get("runner", {}).get("pid") not in (None, runner),
+                90,
+                "a new runner to take the job over",
+                log,
+            )
+            # The quiet one was killed, not left paused (gone, or a zombie not yet reaped).
+            wait_for(lambda: _gone(runner), 30, "the paused runner to be killed", log)
         finally:
             with suppress(ProcessLookupError):
                 os.kill(runner, signal.SIGCONT)
         job = wait_for(lambda: (j := _job(url))["status"] in ENDED and j, 300, "the job's end", log)
         _assert_whole(url, job, budget)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
