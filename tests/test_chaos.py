@@ -187,7 +187,7 @@ def _submit(base: str, token: str, spec: dict[str, Any]) -> str:
 
 
 def _job(url: str) -> dict[str, Any]:
-    return httpx.get(url, timeout=30).json()  # type: ignore[no-any-return]
+    return httpx.get(url, timeout=30).json()
 
 
 def _assert_whole(url: str, job: dict[str, Any], budget: int) -> None:
@@ -334,3 +334,109 @@ def _gone(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state in ("Z", "X")
+
+
+class Outage:
+    """A TCP relay to PostgreSQL that can be cut: while cut, every relayed connection is reset
+    and new ones are refused, as when the database's host drops off the network."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.upstream = upstream
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.cut = threading.Event()
+        self.open: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.cut.is_set():
+                client.close()
+                continue
+            try:
+                backend = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.open += [client, backend]
+            for a, b in ((client, backend), (backend, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with suppress(OSError):
+                    s.close()
+
+    def down(self) -> None:
+        import socket
+
+        self.cut.set()
+        with self.lock:
+            for s in self.open:
+                with suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+            self.open.clear()
+
+    def up(self) -> None:
+        self.cut.clear()
+
+
+def test_a_database_outage(cluster: Cluster, database: str, tmp_path: Path) -> None:
+    """The database unreachable for 20 s mid-job (every connection reset, new ones refused):
+    /healthz says so (503 naming the database), the service stays up, and once it is back the
+    job ends with exactly its budget."""
+    relay = Outage(("127.0.0.1", 5432))
+    url_via_relay = database.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
+    engine = make_engine(url_via_relay)
+    token = Store(engine).create_token("ops")
+    engine.dispose()
+    env = {
+        **cluster.env,
+        "RAY_ADDRESS": cluster.address,
+        "DATABASE_URL": url_via_relay,
+        "HWSEARCH_DATA_DIR": str(tmp_path),
+        "HWSEARCH_ORPHAN_AFTER_S": "8",
+    }
+    budget = SPEC["budget"]["evaluations"]
+    log = tmp_path / "serve.log"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with hwsearch_serve(env, log, port) as server:
+        wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200, 120, "the service", log)
+        url = _submit(base, token, {**SPEC, "strategy": "random"})
+        wait_for(lambda: _job(url)["evaluations"] >= 3, 300, "three trials", log)
+        relay.down()
+        try:
+            down = wait_for(
+                lambda: (h := httpx.get(f"{base}/healthz", timeout=30)).status_code == 503 and h,
+                20,
+                "/healthz to say the database is away",
+                log,
+            )
+            assert down.json()["database"].startswith("error"), down.json()
+            time.sleep(20)
+            assert server.poll() is None
+        finally:
+            relay.up()
+        job = wait_for(lambda: (j := _job(url))["status"] in ENDED and j, 300, "the job's end", log)
+        _assert_whole(url, job, budget)
+        assert httpx.get(f"{base}/healthz", timeout=30).status_code == 200
