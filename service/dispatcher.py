@@ -384,7 +384,7 @@ class Dispatcher(BackgroundLoop):
                     continue
                 self._stop.wait(self.poll_s)
             except Exception:  # a database hiccup must not kill the dispatcher
-                log.exception("dispatcher loop")
+                self.log_failure(log, "dispatcher loop")
                 self._stop.wait(self.poll_s)
             finally:
                 self.current = None
@@ -530,7 +530,7 @@ class FitDispatcher(BackgroundLoop):
                     continue
                 self._stop.wait(self.poll_s)
             except Exception:  # a database hiccup must not kill the dispatcher
-                log.exception("fit dispatcher loop")
+                self.log_failure(log, "fit dispatcher loop")
                 self._stop.wait(self.poll_s)
             finally:
                 self.current = None

@@ -31,5 +31,5 @@ class Scheduler(BackgroundLoop):
                 if created:
                     log.info("scheduled jobs created: %s", created)
             except Exception:  # a database hiccup must not kill the scheduler
-                log.exception("scheduler loop")
+                self.log_failure(log, "scheduler loop")
             self._stop.wait(self.poll_s)

@@ -304,3 +304,32 @@ def test_healthz_tells_a_stuck_dispatcher_and_a_killed_one_is_replaced(tmp_path:
         )
         assert job["status"] == "succeeded" and job["evaluations"] == SPEC["budget"]["evaluations"], job
         assert supervisor.starts == 2 and supervisor.pid not in (None, child)
+
+
+def test_a_loop_failing_every_poll_logs_one_traceback_per_quiet_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database away for a minute failed the dispatcher's poll every 0.5 s, and each failure
+    logged a traceback (85 in a 20 s outage); one is logged per period, with the count left out."""
+    import logging
+
+    import service.background as background
+
+    class Loop(background.BackgroundLoop):
+        def _loop(self) -> None:  # pragma: no cover - never started
+            pass
+
+    loop, log = Loop(), logging.getLogger("hwsearch.test-loop")
+    with caplog.at_level(logging.ERROR, logger="hwsearch.test-loop"):
+        for _ in range(5):
+            try:
+                raise OSError("database away")
+            except OSError:
+                loop.log_failure(log, "poll")
+        assert len(caplog.records) == 1 and caplog.records[0].exc_info is not None
+        loop._failed_at -= background.QUIET_S  # the quiet period is over
+        try:
+            raise OSError("still away")
+        except OSError:
+            loop.log_failure(log, "poll")
+    assert len(caplog.records) == 2 and "4 more failures" in caplog.records[1].getMessage()
