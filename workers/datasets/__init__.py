@@ -1,0 +1,81 @@
+"""Data sources: a user's own data, split once, and the evaluators that score a model on it.
+
+- ``load_dataset(path)``: an ImageFolder directory (labelled images), a flat image folder
+  (unlabelled images) or a ``.jsonl`` file (text with labels, pairs with scores, or text alone),
+  told apart by layout; every image decodes or the load fails naming the file.
+- ``ImagePreprocessing``: resize, centre crop, channels, mean and std, image → C×H×W tensor.
+- ``split(dataset, ...)``: the seeded, recorded, stratified calibration / evaluation split,
+  never overlapping; ``check_split`` remakes it from its record and detects changed data.
+- ``QualityEstimate`` with ``accuracy_interval`` (Wilson) and ``bootstrap_interval``: every
+  quality value has its n and a 95% interval.
+- Evaluators per kind (``make_evaluator`` picks one): accuracy, agreement + KL with the
+  uncompressed model, Spearman of embedding cosine, embedding cosine to the reference.
+- ``load_evaluator("pkg.mod:function")``: a user's evaluator for any other task.
+- ``unpack_dataset_zip``: an uploaded zip checked (zip slip, symlinks, size and file caps,
+  layout) and stored atomically, or nothing stored.
+
+Every error a user can cause is a ``DatasetError`` naming the field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+from ._custom import EVALUATOR_HINT, ImportedEvaluator, load_evaluator
+from ._errors import DatasetError
+from ._evaluate import (
+    Embed,
+    Evaluator,
+    Forward,
+    ImageAccuracy,
+    ImageAgreement,
+    TextAccuracy,
+    TextAgreement,
+    TextSimilarity,
+    Tokenize,
+    call_model,
+    make_evaluator,
+)
+from ._load import CLASSES_FILE, IMAGE_SUFFIXES, Dataset, DatasetKind, ImageDataset, TextDataset, load_dataset
+from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing
+from ._quality import Z_95, QualityEstimate, accuracy_interval, bootstrap_interval
+from ._split import DEFAULT_CALIBRATION_FRACTION, SPLIT_METHOD, Split, check_split, split
+from ._zip import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, unpack_dataset_zip
+
+__all__ = [
+    "CLASSES_FILE",
+    "DEFAULT_CALIBRATION_FRACTION",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_FILES",
+    "EVALUATOR_HINT",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_SUFFIXES",
+    "SPLIT_METHOD",
+    "Z_95",
+    "Dataset",
+    "DatasetError",
+    "DatasetKind",
+    "Embed",
+    "Evaluator",
+    "Forward",
+    "ImageAccuracy",
+    "ImageAgreement",
+    "ImageDataset",
+    "ImagePreprocessing",
+    "ImportedEvaluator",
+    "QualityEstimate",
+    "Split",
+    "TextAccuracy",
+    "TextAgreement",
+    "TextDataset",
+    "TextSimilarity",
+    "Tokenize",
+    "accuracy_interval",
+    "bootstrap_interval",
+    "call_model",
+    "check_split",
+    "load_dataset",
+    "load_evaluator",
+    "make_evaluator",
+    "split",
+    "unpack_dataset_zip",
+]
