@@ -9,21 +9,37 @@ from __future__ import annotations
 from . import digits, efficientnet_lite0, fbnet, minilm, mobilenet_v2, nasbench201
 from ._base import Quality, ZooError, ZooModel, create_model, list_models, model_class, register_model
 from ._prepare import Prepared, prepare
+from ._sources import (
+    MODULES_SETTING,
+    PLUGIN_GROUP,
+    ModelSource,
+    UserModel,
+    list_model_sources,
+    model_source,
+    resolve_model,
+)
 
 __all__ = [
+    "MODULES_SETTING",
+    "PLUGIN_GROUP",
+    "ModelSource",
     "Prepared",
     "Quality",
+    "UserModel",
     "ZooError",
     "ZooModel",
     "create_model",
     "digits",
     "efficientnet_lite0",
     "fbnet",
+    "list_model_sources",
     "list_models",
     "minilm",
     "mobilenet_v2",
     "model_class",
+    "model_source",
     "nasbench201",
     "prepare",
     "register_model",
+    "resolve_model",
 ]
