@@ -116,7 +116,12 @@ class DispatcherProcess:
         ends_in_a_row = 0
         while not self._stop.is_set():
             started = time.monotonic()
-            code, worker = self._run_child()
+            try:
+                code, worker = self._run_child()
+            except Exception as exc:  # the child could not even start (no memory, no fds): retry
+                log.exception("could not start the dispatcher process")
+                code, worker = None, ""
+                self._report = {"ray_lost": f"it did not start: {type(exc).__name__}: {exc}"}
             if self._stop.is_set():
                 break
             lived_s = time.monotonic() - started
@@ -125,8 +130,12 @@ class DispatcherProcess:
             why = "its Ray was lost" if code == EXIT_RAY_LOST else f"exit status {code}"
             reason = str(self._report.get("ray_lost") or why)
             try:
-                released = self.store.release(
-                    worker, f"the dispatcher process ended ({reason})", max_requeues=MAX_REQUEUES
+                released = (
+                    []
+                    if not worker
+                    else self.store.release(
+                        worker, f"the dispatcher process ended ({reason})", max_requeues=MAX_REQUEUES
+                    )
                 )
             except Exception:  # the database is away too: the orphan timeout requeues them later
                 log.exception("could not hand back the claims of %s", worker)

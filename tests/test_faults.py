@@ -333,3 +333,25 @@ def test_a_loop_failing_every_poll_logs_one_traceback_per_quiet_period(
         except OSError:
             loop.log_failure(log, "poll")
     assert len(caplog.records) == 2 and "4 more failures" in caplog.records[1].getMessage()
+
+
+def test_a_dead_dispatcher_process_hands_back_its_claims(store: Store) -> None:
+    """``Store.release``: the running jobs of a dispatcher process that ended go back to the
+    queue at once, fenced and counted; the one lost too often fails with the reason; another
+    worker's job and a finished job are left alone."""
+    mine, lost_often, other = (store.create_job(SPEC) for _ in range(3))
+    assert store.claim("dead-worker")["id"] == mine["id"]  # type: ignore[index]
+    assert store.claim("dead-worker")["id"] == lost_often["id"]  # type: ignore[index]
+    assert store.claim("live-worker")["id"] == other["id"]  # type: ignore[index]
+    store.set_status(lost_often["id"], "running", progress={"requeued": 3}, generation=1)
+    released = store.release("dead-worker", "exit status -9", max_requeues=3)
+    assert sorted(released) == sorted([mine["id"], lost_often["id"]])
+    back = store.get_job(mine["id"])
+    assert back["status"] == "queued" and back["generation"] == 2
+    assert back["progress"]["requeued"] == 1 and "exit status -9" in back["progress"]["requeued_because"]
+    with pytest.raises(Fenced):  # the dead process's runner, were it alive, writes nothing more
+        store.add_trial({**TRIAL, "job_id": mine["id"], "number": 0}, generation=1)
+    failed = store.get_job(lost_often["id"])
+    assert failed["status"] == "failed" and "lost 4 times" in failed["error"], failed
+    assert store.get_job(other["id"])["status"] == "running"
+    assert store.release("dead-worker", "again", max_requeues=3) == []
