@@ -300,7 +300,10 @@ def _round_trip() -> str:
             ray.get(_probe["actor"].pong.remote(), timeout=timeout_s)
             answer.append("ok")
         except Exception as exc:  # GetTimeoutError, a lost GCS, a dead raylet: all say Ray is down
-            _probe["actor"] = None  # a dead or stuck probe actor is replaced by the next probe
+            stale, _probe["actor"] = _probe.get("actor"), None  # the next probe starts a new one
+            if stale is not None:  # a slow one would otherwise live on beside its replacement
+                with suppress(Exception):
+                    ray.kill(stale)
             answer.append(f"error: Ray did not answer ({type(exc).__name__})")
 
     thread = threading.Thread(target=probe, name="hwsearch-ray-probe", daemon=True)
