@@ -166,6 +166,10 @@ def database() -> Iterator[str]:
 @pytest.fixture
 def served(cluster: Cluster, database: str, tmp_path: Path) -> tuple[dict[str, str], str]:
     """The environment of a ``hwsearch serve`` on the cluster and the database, and an admin token."""
+    return _service(cluster, database, tmp_path)
+
+
+def _service(cluster: Cluster, database: str, tmp_path: Path) -> tuple[dict[str, str], str]:
     engine = make_engine(database)
     token = Store(engine).create_token("ops")
     engine.dispose()
@@ -405,17 +409,7 @@ def test_a_database_outage(cluster: Cluster, database: str, tmp_path: Path) -> N
     /healthz says so (503 naming the database), the service stays up, and once it is back the
     job ends with exactly its budget."""
     relay = Outage(("127.0.0.1", 5432))
-    url_via_relay = database.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
-    engine = make_engine(url_via_relay)
-    token = Store(engine).create_token("ops")
-    engine.dispose()
-    env = {
-        **cluster.env,
-        "RAY_ADDRESS": cluster.address,
-        "DATABASE_URL": url_via_relay,
-        "HWSEARCH_DATA_DIR": str(tmp_path),
-        "HWSEARCH_ORPHAN_AFTER_S": "8",
-    }
+    env, token = _service(cluster, database.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}"), tmp_path)
     budget = SPEC["budget"]["evaluations"]
     log = tmp_path / "serve.log"
     port = free_port()
