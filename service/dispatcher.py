@@ -164,6 +164,7 @@ def execute_job(
             cancel=cancel,
             catalogue=catalogue(data_dir),
             stall_s=stall_s,
+            data_dir=Path(data_dir) if data_dir is not None else None,
         )
         if fenced.is_set():
             raise Fenced(f"job {job_id}: taken over while it ran")

@@ -19,29 +19,62 @@ Every error a user can cause is a ``DatasetError`` naming the field, the value a
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._custom import EVALUATOR_HINT, ImportedEvaluator, load_evaluator
 from ._errors import DatasetError
-from ._evaluate import (
-    Embed,
-    Evaluator,
-    Forward,
-    ImageAccuracy,
-    ImageAgreement,
-    TextAccuracy,
-    TextAgreement,
-    TextSimilarity,
-    Tokenize,
-    call_model,
-    make_evaluator,
-)
 from ._load import CLASSES_FILE, IMAGE_SUFFIXES, Dataset, DatasetKind, ImageDataset, TextDataset, load_dataset
 from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing
 from ._quality import Z_95, QualityEstimate, accuracy_interval, bootstrap_interval
+from ._registry import DATASETS_DIR, MANIFEST, dataset_path, register_dataset_zip, remove_dataset
 from ._split import DEFAULT_CALIBRATION_FRACTION, SPLIT_METHOD, Split, check_split, split
 from ._zip import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, unpack_dataset_zip
 
+if TYPE_CHECKING:
+    from ._evaluate import (
+        Embed,
+        Evaluator,
+        Forward,
+        ImageAccuracy,
+        ImageAgreement,
+        TextAccuracy,
+        TextAgreement,
+        TextSimilarity,
+        Tokenize,
+        call_model,
+        make_evaluator,
+    )
+
+# The evaluators need torch; reading, checking and splitting data do not. The service checks an
+# uploaded dataset in its API process, which never imports torch (DESIGN.md), so the evaluators
+# are imported on first use.
+_LAZY = frozenset(
+    {
+        "Embed",
+        "Evaluator",
+        "Forward",
+        "ImageAccuracy",
+        "ImageAgreement",
+        "TextAccuracy",
+        "TextAgreement",
+        "TextSimilarity",
+        "Tokenize",
+        "call_model",
+        "make_evaluator",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module("._evaluate", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "CLASSES_FILE",
+    "DATASETS_DIR",
     "DEFAULT_CALIBRATION_FRACTION",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_FILES",
@@ -49,6 +82,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_SUFFIXES",
+    "MANIFEST",
     "SPLIT_METHOD",
     "Z_95",
     "Dataset",
@@ -73,9 +107,12 @@ __all__ = [
     "bootstrap_interval",
     "call_model",
     "check_split",
+    "dataset_path",
     "load_dataset",
     "load_evaluator",
     "make_evaluator",
+    "register_dataset_zip",
+    "remove_dataset",
     "split",
     "unpack_dataset_zip",
 ]

@@ -9,6 +9,7 @@ property of the problem (the uncompressed model's cost, the quality floor), neve
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,15 @@ from search_spaces import LayerSpec, Plan, Space, SpaceError
 from ._errors import SearchError
 from ._objectives import Objectives
 from ._spec import JobSpec
+
+
+def check_entry(entry: Any, model: Any, example_input: Any) -> None:
+    """Checks a job's data against its model before any trial: a labelled dataset must not
+    have more classes than the model has outputs (``JudgedModel.check``)."""
+    check = getattr(entry, "check", None)
+    if callable(check):
+        check(model, example_input)
+
 
 Array = npt.NDArray[np.float64]
 
@@ -45,22 +55,32 @@ class Problem:
     model: Any = None
     example_input: Any = None
     ignore: tuple[str, ...] = ()
+    #: Where the model came from (``workers.zoo.ModelSource.to_dict``) and the data it is judged
+    #: on (the dataset, its split record, the preprocessing), as the job records them.
+    source: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
     _batch: list[BatchPredictor] = field(default_factory=list, repr=False)
     _scale: list[float] = field(default_factory=list, repr=False)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def build(cls, spec: JobSpec, cat: Catalogue | None = None) -> Problem:
+    def build(cls, spec: JobSpec, cat: Catalogue | None = None, *, data_dir: Path | None = None) -> Problem:
         """The problem of ``spec``, its targets' cost models read from ``cat`` (default: the
-        catalogue of ``latency_models.data_dir()``; the service passes its own)."""
+        catalogue of ``latency_models.data_dir()``; the service passes its own), its registered
+        datasets from ``data_dir`` (default: the same data directory)."""
         cat = cat or catalogue()
-        from workers.zoo import ZooError, prepare
+        from search_spaces import InputError
+        from workers.zoo import model_source, prepare
+
+        from ._entry import job_entry
 
         try:
-            prepared = prepare(spec.model)
-        except ZooError as exc:
-            raise SearchError("model", spec.model, str(exc)) from None
-        entry = prepared.entry
+            entry = job_entry(spec, data_dir=data_dir)
+            prepared = prepare(entry)
+            check_entry(entry, prepared.model, prepared.example_input)
+        except InputError as exc:
+            # The error names its own field (model, weights, data...): the job fails with it.
+            raise SearchError(exc.field, exc.value, exc.hint) from None
         if spec.quality_examples is not None and not hasattr(entry, "n_calibration_images"):
             raise SearchError(
                 "quality_examples",
@@ -98,6 +118,8 @@ class Problem:
             model=prepared.model,
             example_input=prepared.example_input,
             ignore=prepared.ignore,
+            source=model_source(getattr(entry, "entry", entry)).to_dict(),
+            data=dict(getattr(entry, "data_record", {}) or {}),
         )
         return problem
 

@@ -19,6 +19,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from latency_models import Catalogue
@@ -183,17 +184,20 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 class Evaluator:
-    """Holds one built zoo model and evaluates plans on it (runs inside a Ray actor)."""
+    """Holds one built model of a job and evaluates plans on it (runs inside a Ray actor).
 
-    def __init__(self, model_id: str, quality_examples: int | None) -> None:
+    Built from the job's spec (``job_entry``: its model source, weights, data or evaluator), so
+    every evaluator judges plans exactly as the driver's problem was built."""
+
+    def __init__(self, spec: dict[str, Any], data_dir: str | None) -> None:
         import torch
 
-        from workers.zoo import create_model, prepare
+        from workers.zoo import prepare
+
+        from ._entry import job_entry
 
         torch.set_num_threads(1)
-        entry = create_model(model_id)
-        if quality_examples is not None:
-            entry.n_calibration_images = quality_examples  # type: ignore[attr-defined]
+        entry = job_entry(JobSpec.model_validate(spec), data_dir=Path(data_dir) if data_dir else None)
         self.prepared = prepare(entry)
 
     def pid(self) -> int:
@@ -206,7 +210,15 @@ class Evaluator:
             try:
                 model = self.prepared.apply(Plan.from_dict(data))
                 q = self.prepared.entry.evaluate(model)
-                out.append({"quality": q.value, "metric": q.metric, "eval_s": time.perf_counter() - start})
+                detail = {k: q.extra[k] for k in ("n", "low", "high") if k in q.extra}
+                out.append(
+                    {
+                        "quality": q.value,
+                        "metric": q.metric,
+                        "quality_detail": detail or None,
+                        "eval_s": time.perf_counter() - start,
+                    }
+                )
             except Exception as exc:  # a failing plan is a failed trial, never a failed job
                 out.append(
                     {
@@ -238,6 +250,7 @@ def run_search(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     measure_front: bool = True,
     stall_s: float | None = None,
+    data_dir: Path | None = None,
 ) -> SearchResult:
     """Run (or resume) one search to its budget; every trial goes to ``sink`` as it finishes.
 
@@ -254,7 +267,7 @@ def run_search(
     job_id = job_id or uuid.uuid4().hex[:12]
     cancel = cancel or threading.Event()
     start = time.monotonic()
-    problem = problem or Problem.build(spec, catalogue)
+    problem = problem or Problem.build(spec, catalogue, data_dir=data_dir)
     trials: dict[int, Trial] = {t.number: t for t in resume if t.job_id == job_id}
     budget = spec.budget.evaluations or 10**9
     deadline = start + spec.budget.wall_time_s if spec.budget.wall_time_s else float("inf")
@@ -272,6 +285,8 @@ def run_search(
             **extra,
             "runner": runner,
             "layers": layers,
+            "source": problem.source,
+            "data": problem.data,
         }
         sink.on_status(job_id, state, progress)
         if on_progress is not None:
@@ -280,7 +295,9 @@ def run_search(
     ensure_ray()
     cls = _actor_class()
     n_workers = max(1, min(spec.concurrency, int(ray.cluster_resources().get("CPU", 1)), budget))
-    actors = [cls.remote(spec.model, spec.quality_examples) for _ in range(n_workers)]
+    spec_data = spec.model_dump(mode="json")
+    where = str(data_dir) if data_dir is not None else None
+    actors = [cls.remote(spec_data, where) for _ in range(n_workers)]
     try:
         pids = ray.get([a.pid.remote() for a in actors])
         status("running", workers=n_workers, worker_pids=pids)
@@ -323,6 +340,7 @@ def run_search(
                 feasible=quality is not None and not violations,
                 violations=violations,
                 error=result.get("error"),
+                quality_detail=result.get("quality_detail"),
                 eval_s=float(result.get("eval_s", 0.0)),
                 predict_s=predict_s,
                 strategy=spec.strategy,
@@ -432,7 +450,7 @@ def run_search(
                     position = actors.index(actor)
                     # Replaced where a CPU is free; else the search goes on with the others.
                     if ray.available_resources().get("CPU", 0.0) >= 1 or len(actors) == 1:
-                        actors[position] = cls.remote(spec.model, spec.quality_examples)
+                        actors[position] = cls.remote(spec_data, where)
                     else:
                         actors.pop(position)
                     if batch[0][0] not in retried and actors:

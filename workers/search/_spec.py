@@ -20,8 +20,10 @@ targets.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Collection
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
@@ -29,6 +31,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -44,18 +48,8 @@ from search_spaces import (
     BadName,
     check_name,
 )
-
-#: The zoo's model names, so a spec can be checked without importing the zoo (torch); a test
-#: keeps this equal to ``workers.zoo.list_models()``.
-ZOO_MODELS = (
-    "digits-cnn",
-    "digits-vit",
-    "efficientnet-lite0",
-    "fbnet",
-    "minilm-l6",
-    "mobilenet-v2",
-    "nasbench201",
-)
+from workers.model_refs import ZOO_MODELS as ZOO_MODELS  # re-exported: the spec's vocabulary
+from workers.model_refs import ModelRefError, check_import_path, model_kind
 
 
 class ModelArgument(NamedTuple):
@@ -102,6 +96,16 @@ DEFAULT_EVALUATIONS = 50
 DEFAULT_STRATEGY = "guided"
 DEFAULT_SEED = 0
 DEFAULT_CONCURRENCY = 2
+#: The share of a user's dataset that goes to calibration (the rest is evaluated).
+DEFAULT_CALIBRATION_FRACTION = 0.25
+#: The setting listing the folders whose files (weights, data paths) a job given to the service
+#: may name; the service passes it as the validation context's ``file_roots``.
+FILE_ROOTS_SETTING = "HWSEARCH_FILE_ROOTS"
+MAX_PATH_CHARS = 4096
+MAX_MODEL_ARGS_CHARS = 4096
+#: Fields added after specs were first stored: left out of the fingerprint at their default, so
+#: a stored job's fingerprint does not change.
+_LATER_FIELDS = ("model_args", "weights", "input_shape", "data", "evaluator", "eval_examples")
 #: A knob's fraction: finite (NaN and Infinity are refused), in (0, 1].
 Fraction = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 Bits = Literal[2, 3, 4, 6, 8, 16, 32]
@@ -224,11 +228,17 @@ def _known_target(name: str, info: ValidationInfo) -> str:
 TargetName = Annotated[str, AfterValidator(_known_target)]
 
 
-def _check_model(value: str) -> str:
-    """A zoo model id, ``name`` or ``name:argument`` with the argument the entry accepts."""
+def _check_model(value: str, info: ValidationInfo) -> str:
+    """A model id: a zoo id (``name`` or ``name:argument`` with the argument the entry accepts),
+    an installed plugin's name, or an import path ``module:factory`` whose package the caller
+    allows (the validation context's ``model_modules``; absent: any)."""
+    try:
+        kind = model_kind(value, _allowed_modules(info))
+    except ModelRefError as exc:
+        raise ValueError(str(exc)) from None
+    if kind != "zoo":
+        return value
     name, sep, arg = value.partition(":")
-    if name not in ZOO_MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(ZOO_MODELS)}")
     if not sep:
         return value
     accepted = ZOO_ARGUMENTS.get(name)
@@ -242,13 +252,100 @@ def _check_model(value: str) -> str:
     return value
 
 
+def _allowed_modules(info: ValidationInfo) -> Collection[str] | None:
+    allowed: Collection[str] | None = (info.context or {}).get("model_modules")
+    return allowed
+
+
+def _check_file(value: str, info: ValidationInfo) -> str:
+    """A file or folder path the workers read. Where the validation context has ``file_roots``
+    (the service), it must lie inside one of them: a token must not let anyone probe the
+    server's file system."""
+    if "\x00" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    roots: Collection[str] | None = (info.context or {}).get("file_roots")
+    if roots is None:
+        return value
+    path = PurePosixPath(value)
+    listed = ", ".join(sorted(roots)) or "empty"
+    if not path.is_absolute() or ".." in path.parts or not any(path.is_relative_to(r) for r in roots):
+        raise ValueError(
+            f"the service reads only files under the folders of the setting {FILE_ROOTS_SETTING} "
+            f"({listed}), as absolute paths without '..'; upload the data as a dataset "
+            "(hwsearch dataset add) or ask the operator to add the folder"
+        )
+    return value
+
+
+FilePath = Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS), AfterValidator(_check_file)]
+#: A JSON value in ``model_args``: what a factory's keyword arguments can be.
+ArgValue = StrictBool | StrictInt | Annotated[float, Field(allow_inf_nan=False)] | str | None | list[Any]
+InputShape = Annotated[list[Annotated[int, Field(ge=1, le=1 << 20)]], Field(min_length=1, max_length=8)]
+DatasetId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+
+
+class DataSpec(BaseModel):
+    """The user's data a job is judged on: a registered dataset (``hwsearch dataset add``) or a
+    path the workers can read (an ImageFolder, a flat image folder or a ``.jsonl`` file), how its
+    images are preprocessed, and the share that goes to calibration (split once, seeded by the
+    job's seed, never overlapping the evaluation part)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    dataset: DatasetId | None = None
+    path: FilePath | None = None
+    preprocessing: dict[str, Any] | None = None
+    calibration_fraction: float = Field(DEFAULT_CALIBRATION_FRACTION, gt=0, lt=1)
+
+    @field_validator("preprocessing")
+    @classmethod
+    def _preprocessing(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        from workers.datasets import DatasetError, ImagePreprocessing
+
+        try:
+            return ImagePreprocessing.from_dict(value).to_dict()
+        except DatasetError as exc:
+            raise ValueError(str(exc)) from None
+        except TypeError as exc:
+            raise ValueError(f"preprocessing: {exc}") from None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.dataset is None) == (self.path is None):
+            raise ValueError(
+                "give exactly one of dataset (an id from `hwsearch dataset list`) and path "
+                f"(a folder or .jsonl file the workers can read), but got dataset={self.dataset!r}, "
+                f"path={self.path!r}"
+            )
+        return self
+
+    def describe(self) -> str:
+        return f"dataset {self.dataset}" if self.dataset else f"path {self.path}"
+
+
 class JobSpec(BaseModel):
-    """One search. ``model`` is a zoo id (``hwsearch models``), ``targets`` are target names
-    (``hwsearch targets``), ``strategy`` a registered strategy (``hwsearch search --help``)."""
+    """One search. ``model`` is a zoo id or plugin name (``hwsearch models``) or an import path
+    ``module:factory`` (built with ``model_args``; ``weights`` loaded strictly on top;
+    ``input_shape`` gives a bare ``nn.Module`` its example input). ``data`` is the user's data the
+    plans are judged on (``eval_examples`` bounds it), ``evaluator`` an import path
+    ``module:function`` returning the quality of a model. ``targets`` are target names
+    (``hwsearch targets``), ``strategy`` a registered strategy (``hwsearch search --help``).
+
+    The validation context may hold ``targets`` (the valid target names), ``model_modules`` (the
+    packages import paths may name) and ``file_roots`` (the folders paths may lie in); the
+    service passes all three, a local CLI only its targets."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: str = Field(min_length=1, max_length=400)
+    model_args: dict[str, ArgValue] = {}
+    weights: FilePath | None = None
+    input_shape: InputShape | None = None
+    data: DataSpec | None = None
+    evaluator: Annotated[str, Field(max_length=400)] | None = None
+    eval_examples: int | None = Field(None, ge=1, le=1_000_000)
     targets: list[TargetName] = Field(min_length=1, max_length=MAX_TARGETS)
     space: SpaceSpec = SpaceSpec.model_validate(DEFAULT_SPACE)
     objectives: Annotated[
@@ -272,8 +369,40 @@ class JobSpec(BaseModel):
 
     @field_validator("model")
     @classmethod
-    def _known_model(cls, value: str) -> str:
-        return _check_model(value)
+    def _known_model(cls, value: str, info: ValidationInfo) -> str:
+        return _check_model(value, info)
+
+    @field_validator("model_args")
+    @classmethod
+    def _small_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value))
+        if size > MAX_MODEL_ARGS_CHARS:
+            raise ValueError(
+                f"model_args has at most {MAX_MODEL_ARGS_CHARS} characters as JSON, but got {size}"
+            )
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+        if bad:
+            raise ValueError(f"model_args keys are keyword-argument names, but got {bad[0]!r}")
+        return value
+
+    @field_validator("input_shape")
+    @classmethod
+    def _batch_one(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and value[0] != 1:
+            raise ValueError(
+                f"the first dimension is the batch and must be 1, but got {value}; e.g. 1,3,32,32"
+            )
+        return value
+
+    @field_validator("evaluator")
+    @classmethod
+    def _evaluator_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_import_path(value, "an evaluator", _allowed_modules(info))
+        except ModelRefError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("targets")
     @classmethod
@@ -315,10 +444,26 @@ class JobSpec(BaseModel):
                 )
         return value
 
+    @model_validator(mode="after")
+    def _examples_of_data(self) -> JobSpec:
+        if self.eval_examples is not None and self.data is None:
+            raise ValueError(
+                f"eval_examples={self.eval_examples} bounds how much of the job's data is evaluated, "
+                "but the job has no data; give data or leave eval_examples out"
+            )
+        if self.quality_examples is not None and (self.data is not None or self.evaluator is not None):
+            raise ValueError(
+                "quality_examples sizes a zoo model's own evaluation set; with data or an evaluator "
+                "use eval_examples instead"
+            )
+        return self
+
     def fingerprint(self) -> str:
         """12 hex digits naming the search this spec defines: everything but the budget and
         how it is run (concurrency, plans per task), so a resumed search may get more budget."""
-        search = self.model_dump_json(exclude={"budget", "concurrency", "plans_per_task"})
+        exclude = {"budget", "concurrency", "plans_per_task"}
+        exclude |= {f for f in _LATER_FIELDS if getattr(self, f) == type(self).model_fields[f].default}
+        search = self.model_dump_json(exclude=exclude)
         return hashlib.sha256(search.encode()).hexdigest()[:12]
 
     @property

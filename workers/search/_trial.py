@@ -33,6 +33,8 @@ class Trial:
     predict_s: float = 0.0
     strategy: str = ""
     measured: dict[str, Any] | None = None
+    #: The quality's n and 95% interval (``{"n", "low", "high"}``) when its evaluator gives them.
+    quality_detail: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -39,12 +39,16 @@ import importlib.metadata as metadata
 import inspect
 import math
 import numbers
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
+
+from workers.model_refs import DOTTED, MODULES_SETTING, PLUGIN_GROUP
+from workers.model_refs import dist_of as _dist_of
+from workers.model_refs import hwsearch_version as _hwsearch_version
+from workers.model_refs import plugin_entry_points as _plugins
 
 from ._base import MODELS, Quality, ZooError, ZooModel, create_model, device_of
 
@@ -61,14 +65,7 @@ __all__ = [
     "resolve_model",
 ]
 
-#: The entry-point group a distribution declares its models in.
-PLUGIN_GROUP = "hwsearch.models"
-#: The setting (environment variable of the service and its workers) that lists the top-level
-#: packages an import path may name; the caller passes its parsed value as ``allowed_modules``.
-MODULES_SETTING = "HWSEARCH_MODEL_MODULES"
-
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_DOTTED = re.compile(rf"{_IDENT}(?:\.{_IDENT})*")
+_DOTTED = DOTTED
 _MAX_LISTED = 5  # keys listed per kind in a weights mismatch (the counts are always complete)
 _MAX_MESSAGE = 300  # characters of a user's exception message quoted in an error
 _MAX_INPUT_ELEMENTS = 1 << 26  # 256 MiB of float32: an example input is one sample, not a batch
@@ -462,29 +459,6 @@ def _entry_args(cls: type[ZooModel], model_args: dict[str, Any], shown: str) -> 
 
 
 # ----------------------------------------------------------------------------------- plugins
-def _plugins() -> dict[str, list[metadata.EntryPoint]]:
-    """Entry points of the plugin group by name (a name two distributions declare has two)."""
-    found: dict[str, list[metadata.EntryPoint]] = {}
-    for ep in metadata.entry_points(group=PLUGIN_GROUP):
-        found.setdefault(ep.name, []).append(ep)
-    return found
-
-
-def _dist_of(ep: metadata.EntryPoint) -> tuple[str | None, str | None]:
-    dist = ep.dist
-    if dist is None:
-        return None, None
-    return dist.metadata["Name"], dist.version
-
-
-@functools.lru_cache(maxsize=1)
-def _hwsearch_version() -> str | None:
-    try:
-        return metadata.version("hwsearch")
-    except metadata.PackageNotFoundError:  # a checkout run without installing it
-        return None
-
-
 @functools.lru_cache(maxsize=1)
 def _packages_distributions() -> Mapping[str, list[str]]:
     # Reads every installed distribution's file list (about 0.3 s): once per process.

@@ -22,7 +22,7 @@ from torch import nn
 
 from workers.zoo import Quality, ZooError, ZooModel
 
-from .data import Split, digits, normalise
+from .data import MEAN, STD, Split, digits, normalise
 
 NUM_CLASSES = 10
 _TRAIN_SEED = 0
@@ -138,6 +138,9 @@ def trained_resnet(width: int = 16) -> DigitsResNet:
 # ---- hooks an import path of this module uses (workers.zoo.resolve_model looks them up) ----
 METRIC = "top1_accuracy"
 TASK = "image-classification (scikit-learn digits, 10 classes)"
+#: How an image of the user's data becomes this model's input (hwsearch's ``data.preprocessing``):
+#: 8×8 grey, pixel / 255, then (x - MEAN) / STD, as the network was trained.
+PREPROCESSING = {"resize": None, "crop": None, "mean": [MEAN], "std": [STD], "channels": 1}
 
 
 def example_input() -> torch.Tensor:
@@ -170,6 +173,7 @@ class ExampleResNet(ZooModel):
     description = "top-1 accuracy on the held-out 30% of scikit-learn's digits (540 images)"
     args: ClassVar[tuple[str, ...]] = ("width",)
     arg_pattern: ClassVar[str | None] = r"[1-9][0-9]{0,2}"
+    preprocessing: ClassVar[dict[str, Any]] = PREPROCESSING
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
