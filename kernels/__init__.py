@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._accounting import Cost, count_cost
 from ._apply import apply
-from ._attention import AttentionBlock, SelfAttention
+from ._attention import AttentionBlock, SelfAttention, TokenBlocks, adapt_token_blocks, is_token_block
 from ._bench import Timing, time_callable, time_model
 from ._lowrank import LowRankConv2d, LowRankLinear, full_rank, low_rank, singular_values
 from ._prune import prune_channels
@@ -25,12 +25,15 @@ __all__ = [
     "QuantizedLayer",
     "SelfAttention",
     "Timing",
+    "TokenBlocks",
+    "adapt_token_blocks",
     "add_token_pruning",
     "apply",
     "count_cost",
     "fake_quant_activation",
     "fake_quant_weight",
     "full_rank",
+    "is_token_block",
     "low_rank",
     "prune_channels",
     "prune_tokens",

@@ -10,7 +10,7 @@ from torch import nn
 
 from search_spaces import LayerKind, Plan, SpaceError
 
-from ._attention import AttentionBlock
+from ._attention import is_token_block
 from ._lowrank import full_rank, low_rank
 from ._prune import prune_channels
 from ._quant import quantize, to_int8_dynamic
@@ -62,7 +62,7 @@ def apply(
         spec = by_name[name]
         if spec.kind is LayerKind.ATTENTION:
             block = modules[name]
-            if isinstance(block, AttentionBlock):
+            if is_token_block(block):
                 add_token_pruning(block, choice.token_keep)
             continue
         layer = modules[name]

@@ -14,7 +14,7 @@ from torch import nn
 
 from search_spaces import tokens_after_pruning
 
-from ._attention import AttentionBlock
+from ._attention import AttentionBlock, has_cls_token, probabilities_module
 
 
 def prune_tokens(x: torch.Tensor, attention: torch.Tensor, keep: float, cls_token: bool) -> torch.Tensor:
@@ -38,25 +38,57 @@ def prune_tokens(x: torch.Tensor, attention: torch.Tensor, keep: float, cls_toke
     return torch.cat([x[:, :start], kept_tokens, fused], dim=1)
 
 
-class TokenPruningHook:
-    """A forward hook that prunes an AttentionBlock's output tokens; keeps module names intact."""
+class _Recorder:
+    """A forward hook keeping the last output of the module whose output is a marked block's
+    attention probabilities (``adapt_token_blocks``)."""
 
-    def __init__(self, keep: float) -> None:
+    def __init__(self) -> None:
+        self.last: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: object, output: torch.Tensor) -> None:
+        self.last = output.detach()
+
+
+class TokenPruningHook:
+    """A forward hook that prunes a transformer block's output tokens; keeps module names intact.
+
+    The block is an AttentionBlock (its ``attn`` records the probabilities) or a user's block
+    marked by ``adapt_token_blocks`` (``recorder`` holds the probabilities)."""
+
+    def __init__(self, keep: float, recorder: _Recorder | None = None) -> None:
         self.keep = keep
+        self.recorder = recorder
 
     def __call__(self, module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
-        if not isinstance(module, AttentionBlock):
-            raise TypeError("TokenPruningHook must be registered on an AttentionBlock")
-        attention = module.attn.last_attention
+        if self.recorder is not None:
+            attention = self.recorder.last
+        elif isinstance(module, AttentionBlock):
+            attention = module.attn.last_attention
+        else:
+            raise TypeError("TokenPruningHook must be registered on a transformer block")
         if attention is None:
-            raise RuntimeError("the block's attention recorded nothing: set block.attn.record = True")
-        return prune_tokens(output, attention, self.keep, module.has_cls_token)
+            raise RuntimeError("the block's attention recorded nothing: it must run its attention once")
+        if attention.dim() != 4 or attention.shape[-1] != output.shape[1]:
+            raise RuntimeError(
+                f"the attention probabilities have shape {tuple(attention.shape)}, not [batch, heads, "
+                f"{output.shape[1]}, {output.shape[1]}] for the block's {output.shape[1]} tokens"
+            )
+        return prune_tokens(output, attention, self.keep, has_cls_token(module))
 
 
-def add_token_pruning(block: AttentionBlock, keep: float) -> None:
-    """Make ``block`` pass on only a ``keep`` fraction of its tokens (1.0: untouched)."""
+def add_token_pruning(block: nn.Module, keep: float) -> None:
+    """Make ``block`` (an AttentionBlock or a marked user block) pass on only a ``keep``
+    fraction of its tokens (1.0: untouched)."""
     if keep >= 1.0:
         return
-    block.attn.record = True
-    block.token_keep = keep
-    block.register_forward_hook(TokenPruningHook(keep))
+    recorder = None
+    if isinstance(block, AttentionBlock):
+        block.attn.record = True
+    else:
+        source = probabilities_module(block)
+        if source is None:
+            raise TypeError(f"{type(block).__name__} is not a transformer block hwsearch can token-prune")
+        recorder = _Recorder()
+        source.register_forward_hook(recorder)
+    setattr(block, "token_keep", keep)  # noqa: B010 (nn.Module's attribute typing refuses a float)
+    block.register_forward_hook(TokenPruningHook(keep, recorder))

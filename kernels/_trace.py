@@ -12,7 +12,7 @@ from torch import nn
 
 from search_spaces import LayerKind, LayerSpec
 
-from ._attention import AttentionBlock, SelfAttention
+from ._attention import AttentionBlock, attention_linears, has_cls_token, is_token_block, probabilities_module
 
 _POOLING = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -32,12 +32,20 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 def _record_forward(
-    model: nn.Module, example_input: torch.Tensor
+    model: nn.Module, example_input: torch.Tensor, heads: dict[nn.Module, int] | None = None
 ) -> tuple[list[tuple[str, nn.Module, Any, Any]], Any]:
-    """Run the model once, recording (name, module, input, output) of the layers we care about."""
+    """Run the model once, recording (name, module, input, output) of the layers we care about
+    and, into ``heads``, the head count of each marked user block (from its probabilities)."""
     calls: list[tuple[str, nn.Module, Any, Any]] = []
     seen: set[str] = set()
     handles = []
+
+    def heads_of(block: nn.Module) -> Any:
+        def fn(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if heads is not None and isinstance(output, torch.Tensor) and output.dim() == 4:
+                heads.setdefault(block, int(output.shape[1]))
+
+        return fn
 
     def hook(name: str) -> Any:
         def fn(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -48,8 +56,10 @@ def _record_forward(
         return fn
 
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear, AttentionBlock, *_POOLING)):
+        if isinstance(module, (nn.Conv2d, nn.Linear, *_POOLING)) or is_token_block(module):
             handles.append(module.register_forward_hook(hook(name)))
+        if (source := probabilities_module(module)) is not None:
+            handles.append(source.register_forward_hook(heads_of(module)))
     try:
         with torch.no_grad():
             output = model(example_input)
@@ -122,13 +132,13 @@ def trace(
     was_training = model.training
     model.eval()
     try:
-        calls, _ = _record_forward(model, example_input)
+        heads: dict[nn.Module, int] = {}
+        calls, _ = _record_forward(model, example_input, heads)
         ignored = set(ignore)
-        blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, AttentionBlock)]
+        blocks = [(n, m) for n, m in model.named_modules() if is_token_block(m)]
         unsafe: set[nn.Module] = set()
         for _, block_module in blocks:
-            attn: SelfAttention = block_module.attn
-            unsafe.update([attn.q, attn.k, attn.v, attn.proj])
+            unsafe.update(attention_linears(block_module))
         for name, module in model.named_modules():
             if isinstance(module, nn.Conv2d) and _conv_kind(module) is LayerKind.GROUPED_CONV2D:
                 unsafe.add(module)
@@ -149,7 +159,10 @@ def trace(
     specs: list[LayerSpec] = []
     for name, module, inp, out in calls:
         block = next((bn for bn, _ in blocks if name.startswith(bn + ".")), None)
-        if isinstance(module, AttentionBlock):
+        if is_token_block(module):
+            ran = isinstance(module, AttentionBlock) or module in heads
+            if not ran or not isinstance(inp, torch.Tensor) or inp.dim() != 3:
+                continue  # a marked block that did not run as [batch, tokens, dim] with its attention
             tokens, dim = int(inp.shape[1]), int(inp.shape[2])
             specs.append(
                 LayerSpec(
@@ -158,9 +171,9 @@ def trace(
                     in_channels=dim,
                     out_channels=dim,
                     tokens=tokens,
-                    heads=module.attn.heads,
+                    heads=module.attn.heads if isinstance(module, AttentionBlock) else heads[module],
                     macs=2 * tokens * tokens * dim,
-                    cls_token=module.has_cls_token,
+                    cls_token=has_cls_token(module),
                     block=name,
                     extra={"tokens_out": int(out.shape[1])},
                 )

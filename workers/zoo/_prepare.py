@@ -9,7 +9,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._base import ZooModel, create_model
+from ._base import ZooError, ZooModel, create_model
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +47,20 @@ class Prepared:
         return apply(self.model, plan, self.example_input, execution=execution, ignore=self.ignore)
 
 
+def adapt_blocks(entry: ZooModel, net: nn.Module) -> list[str]:
+    """Mark the transformer blocks the entry declares (``token_blocks``: a ``kernels.TokenBlocks``
+    or its dict), so a user's own transformer offers the token keep knob; returns their names."""
+    declared = getattr(entry, "token_blocks", None)
+    if declared is None:
+        return []
+    from kernels import TokenBlocks, adapt_token_blocks
+
+    try:
+        return adapt_token_blocks(net, TokenBlocks.from_value(declared))
+    except ValueError as exc:
+        raise ZooError("model", entry.model_id, f"its TOKEN_BLOCKS adapter: {exc}") from None
+
+
 def prepare(model: str | ZooModel, *, coupling: bool = True, **kwargs: Any) -> Prepared:
     """Build ``model`` (a zoo id such as ``"mobilenet-v2"`` or ``"nasbench201:<arch>"``, or a
     ZooModel instance) and return it prepared; ``kwargs`` go to ``create_model``.
@@ -55,6 +69,7 @@ def prepare(model: str | ZooModel, *, coupling: bool = True, **kwargs: Any) -> P
     """
     entry = create_model(model, **kwargs) if isinstance(model, str) else model
     net = entry.build()
+    adapt_blocks(entry, net)
     return Prepared(
         entry=entry,
         model=net,

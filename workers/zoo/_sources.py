@@ -167,6 +167,9 @@ class UserModel(ZooModel):
     metric = "user_metric"
     description = "the value returned by the evaluator beside the model's factory"
 
+    #: The factory module's ``TOKEN_BLOCKS`` (a ``kernels.TokenBlocks`` dict), if it declares one.
+    token_blocks: Any = None
+
     def __init__(
         self,
         module: nn.Module,
@@ -746,6 +749,9 @@ def _adapt_module(
         metric=_declared(hooks, "METRIC"),
         task=_declared(hooks, "TASK"),
     )
+    token_blocks = getattr(hooks, "TOKEN_BLOCKS", None) if hooks is not None else None
+    if token_blocks is not None:
+        entry.token_blocks = token_blocks
     setattr(entry, _SOURCE_ATTR, source)
     return entry
 
