@@ -11,6 +11,7 @@ from ._accounting import Cost, count_cost
 from ._apply import apply
 from ._attention import AttentionBlock, SelfAttention, TokenBlocks, adapt_token_blocks, is_token_block
 from ._bench import Timing, time_callable, time_model
+from ._kept import kept_layers
 from ._lowrank import LowRankConv2d, LowRankLinear, full_rank, low_rank, singular_values
 from ._prune import prune_channels
 from ._quant import QuantizedLayer, fake_quant_activation, fake_quant_weight, quantize, to_int8_dynamic
@@ -34,6 +35,7 @@ __all__ = [
     "fake_quant_weight",
     "full_rank",
     "is_token_block",
+    "kept_layers",
     "low_rank",
     "prune_channels",
     "prune_tokens",

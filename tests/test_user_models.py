@@ -362,3 +362,33 @@ def test_old_specs_keep_their_fingerprint() -> None:
     )
     assert spec.fingerprint() == hashlib.sha256(old.encode()).hexdigest()[:12]
     assert _spec(model="digits-cnn", model_args={"x": 1}).fingerprint() != spec.fingerprint()
+
+
+def test_layers_hwsearch_cannot_compress_are_kept_and_named() -> None:
+    """An LSTM and an embedding table: traced, searched where possible, the rest kept with why."""
+    from torch import nn
+
+    from kernels import kept_layers, trace
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.lstm = nn.LSTM(8, 8, batch_first=True)
+            self.norm = nn.LayerNorm(8)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y, _ = self.lstm(self.emb(x))
+            return self.fc(self.norm(y[:, -1]))
+
+    model = Tagger().eval()
+    example = torch.tensor([[1, 2, 3]])
+    layers = trace(model, example)
+    assert [layer.name for layer in layers] == ["fc"]
+    kept = {row["name"]: row for row in kept_layers(model, layers, ignore=())}
+    assert set(kept) == {"emb", "lstm"}  # norms are folded or kept silently, fc is searchable
+    assert "LSTM is not an operator hwsearch compresses" in kept["lstm"]["reason"]
+    assert kept["emb"]["params"] == 80
+    ignored = {row["name"]: row["reason"] for row in kept_layers(model, layers, ignore=["fc"])}
+    assert "ignored by its model source" in ignored["fc"]
