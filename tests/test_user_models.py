@@ -392,3 +392,40 @@ def test_layers_hwsearch_cannot_compress_are_kept_and_named() -> None:
     assert kept["emb"]["params"] == 80
     ignored = {row["name"]: row["reason"] for row in kept_layers(model, layers, ignore=["fc"])}
     assert "ignored by its model source" in ignored["fc"]
+
+
+def test_an_artifact_records_its_source_and_loads_with_the_users_factory(tmp_path: Path) -> None:
+    """An import-path model with a weights file: the zip names the source and the weights'
+    sha256, and its README's recipe rebuilds the compressed model from the user's factory."""
+    import hashlib
+    import zipfile
+
+    from hwsearch_example_plugin.model import trained_resnet
+    from safetensors.torch import load_file
+
+    from workers.artifacts import export_compressed
+    from workers.zoo import resolve_model
+
+    weights = tmp_path / "resnet.pt"
+    torch.save(trained_resnet().state_dict(), weights)
+    spec = _spec(
+        model="hwsearch_example_plugin.model:build_resnet", weights=str(weights), input_shape=[1, 1, 8, 8]
+    ).model_dump(mode="json")
+    trial = {"number": 3, "plan": {"layers": {"fc": {"wbits": 8}}}, "quality": 0.9, "quality_metric": "m"}
+    out = export_compressed(spec, trial, tmp_path / "t3.zip", "job1")
+    with zipfile.ZipFile(out) as z:
+        source = json.loads(z.read("source.json"))
+        readme = z.read("README.md").decode()
+        state = z.read("model.safetensors")
+    assert source["kind"] == "import" and source["name"] == "hwsearch_example_plugin.model:build_resnet"
+    assert source["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert "resolve_model('hwsearch_example_plugin.model:build_resnet', weights=" in readme
+    assert "input_shape=(1, 1, 8, 8)" in readme
+    # The README's recipe: rebuild from the factory, apply the plan, load the weights.
+    (tmp_path / "model.safetensors").write_bytes(state)
+    entry = resolve_model(spec["model"], weights=str(weights), input_shape=(1, 1, 8, 8))
+    rebuilt = prepare(entry).apply(Plan.from_dict(trial["plan"]))
+    rebuilt.load_state_dict(load_file(str(tmp_path / "model.safetensors")))
+    x = entry.example_input()
+    with torch.no_grad():
+        assert rebuilt(x).shape == (1, 10)
