@@ -9,7 +9,8 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._base import ZooError, ZooModel, create_model
+from ._base import ZooError, ZooModel
+from ._sources import resolve_model
 
 if TYPE_CHECKING:
     import torch
@@ -62,12 +63,15 @@ def adapt_blocks(entry: ZooModel, net: nn.Module) -> list[str]:
 
 
 def prepare(model: str | ZooModel, *, coupling: bool = True, **kwargs: Any) -> Prepared:
-    """Build ``model`` (a zoo id such as ``"mobilenet-v2"`` or ``"nasbench201:<arch>"``, or a
-    ZooModel instance) and return it prepared; ``kwargs`` go to ``create_model``.
+    """Build ``model`` (a zoo id such as ``"mobilenet-v2"`` or ``"nasbench201:<arch>"``, a plugin
+    name or an import path, resolved by ``resolve_model``; or a ZooModel instance) and return it
+    prepared; ``kwargs`` are the model's arguments.
 
     Raises ``ZooError`` (an ``InputError``) for an unknown model or bad arguments.
     """
-    entry = create_model(model, **kwargs) if isinstance(model, str) else model
+    # One path for every model: a zoo id goes through the same resolver as a plugin or an
+    # import path (which also records where the model came from).
+    entry = resolve_model(model, model_args=kwargs or None) if isinstance(model, str) else model
     net = entry.build()
     adapt_blocks(entry, net)
     return Prepared(
