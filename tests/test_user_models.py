@@ -429,3 +429,22 @@ def test_an_artifact_records_its_source_and_loads_with_the_users_factory(tmp_pat
     x = entry.example_input()
     with torch.no_grad():
         assert rebuilt(x).shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [("return float('nan')", "is not finite"), ("return 'good'", "is not a number")],
+    ids=["nan", "text"],
+)
+def test_an_evaluator_that_returns_no_number_fails_the_trial_naming_it(
+    on_path: Path, user_dir: Path, body: str, message: str
+) -> None:
+    module = f"bad_eval_{abs(hash(body))}"  # a module per case: imports are cached
+    (user_dir / f"{module}.py").write_text(f"def score(model):\n    {body}\n")
+    from workers.search._runner import Evaluator
+
+    spec = _spec(model="my_vit:build", input_shape=[1, 1, 8, 8], evaluator=f"{module}:score")
+    result = Evaluator(spec.model_dump(mode="json"), None).evaluate([Plan().to_dict()])[0]
+    assert "quality" not in result
+    assert result["error"].startswith(f"DatasetError: evaluator: got '{module}:score'")
+    assert message in result["error"]

@@ -25,7 +25,7 @@ from typing import Any
 from latency_models import Catalogue
 from search_spaces import Plan
 
-from ._errors import SearchStalled
+from ._errors import SearchError, SearchStalled
 from ._pareto import front_mask
 from ._problem import Problem
 from ._spec import JobSpec
@@ -364,7 +364,15 @@ def run_search(
         elif trials[0].quality is not None:
             problem.reference_quality = float(trials[0].quality)
         if trials[0].quality is None:
-            raise RuntimeError(f"the uncompressed model failed to evaluate: {trials[0].error}")
+            # The job fails naming what judged the model: the user's evaluator, data, or model.
+            field, value = (
+                ("evaluator", spec.evaluator)
+                if spec.evaluator
+                else ("data", spec.data.describe())
+                if spec.data
+                else ("model", spec.model)
+            )
+            raise SearchError(field, value, f"the uncompressed model failed to evaluate: {trials[0].error}")
 
         strategy = create_strategy(spec.strategy, problem, spec.seed)
         # Stored trials (resume) are remembered now that the reference quality is known.
