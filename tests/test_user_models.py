@@ -448,3 +448,32 @@ def test_an_evaluator_that_returns_no_number_fails_the_trial_naming_it(
     assert "quality" not in result
     assert result["error"].startswith(f"DatasetError: evaluator: got '{module}:score'")
     assert message in result["error"]
+
+
+def test_minilm_is_judged_on_the_users_sentences(tmp_path: Path) -> None:
+    """JSON lines through the model source's tokenize/embed hooks: pairs with scores give a
+    Spearman correlation, text alone the cosine to the uncompressed model."""
+    pairs = [
+        ("A man is playing a guitar.", "A person plays an instrument.", 4.0),
+        ("A man is playing a guitar.", "The stock market fell sharply.", 0.2),
+        ("Children are playing in a park.", "Kids play outside.", 4.5),
+        ("Children are playing in a park.", "The recipe needs two eggs.", 0.1),
+        ("The cat sleeps on the sofa.", "A cat is napping on a couch.", 4.8),
+        ("The cat sleeps on the sofa.", "Rain is expected tomorrow.", 0.3),
+        ("He is cooking dinner.", "A man prepares a meal.", 4.2),
+        ("He is cooking dinner.", "The train left the station.", 0.4),
+    ]
+    rows = [{"text": a, "text_pair": b, "score": s} for a, b, s in pairs * 2]
+    path = tmp_path / "sts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    entry = job_entry(_spec(model="minilm-l6", data={"path": str(path), "calibration_fraction": 0.25}))
+    prepared = prepare(entry)
+    quality = entry.evaluate(prepared.model)
+    assert quality.metric == "spearman" and quality.extra["n"] == 12
+    assert quality.value > 0.5  # related pairs score higher than unrelated ones
+
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("\n".join(json.dumps({"text": a}) for a, _, _ in pairs) + "\n")
+    entry = job_entry(_spec(model="minilm-l6", data={"path": str(plain)}))
+    prepared = prepare(entry)
+    assert entry.evaluate(prepared.model).value == pytest.approx(1.0, abs=1e-6)

@@ -334,6 +334,15 @@ class MiniLML6(ZooModel):
     def example_input(self) -> torch.Tensor:
         return encode(load_sentences()[0])
 
+    # The text hooks of a model source (docs/your-model.md): a user's JSON lines (text alone, or
+    # pairs with scores) are judged through them. One unpadded sentence per forward, as
+    # ``embed`` above: the encoder takes no attention mask.
+    def tokenize(self, texts: list[str]) -> list[torch.Tensor]:
+        return [encode(text) for text in texts]
+
+    def embed(self, model: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([model(ids) for ids in inputs], dim=0)
+
     def reference_embeddings(self) -> torch.Tensor:
         """The uncompressed model's embeddings of the sentence set, computed once per instance."""
         if self._reference is None:
