@@ -347,7 +347,7 @@ def test_jobspec_refuses_bad_references(
     with pytest.raises(ValidationError) as info:
         JobSpec.model_validate(data, context=context)
     errors = info.value.errors()
-    assert any(tuple(e["loc"][: len(loc)]) == loc and message in e["msg"] for e in errors), errors
+    assert any(tuple(e["loc"][: len(loc)]) == loc and str(message) in e["msg"] for e in errors), errors
 
 
 def test_old_specs_keep_their_fingerprint() -> None:
