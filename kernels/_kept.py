@@ -1,9 +1,10 @@
 """What a model keeps as it is, and why: the other half of the layer inventory.
 
 ``trace`` lists the layers hwsearch can cost and compress. A user's model may hold more: an
-LSTM, an embedding table, a custom operator with its own parameters, or a listed layer that
-offers no knob (ignored, an output layer, a grouped convolution). Those are kept unchanged, never
-an error; ``kept_layers`` names each with the reason, so ``inspect`` can show it.
+LSTM, an embedding table, torch's ``nn.MultiheadAttention``, a custom module with parameters of
+its own, or a listed layer that offers fewer knobs (ignored by its source, a grouped
+convolution). Those are kept unchanged, never an error; ``kept_layers`` names each with the
+reason, so ``inspect`` can show it.
 """
 
 from __future__ import annotations
@@ -15,50 +16,60 @@ from torch import nn
 
 from search_spaces import LayerKind, LayerSpec
 
-from ._attention import is_token_block
-
 __all__ = ["kept_layers"]
 
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+def _untraced_reason(module: nn.Module) -> str:
+    """Why hwsearch keeps a module with weights that is not in the layer inventory."""
+    kind = type(module).__name__
+    if isinstance(module, _NORMS) or kind.endswith("Norm"):
+        return "normalisation layer: not compressed, kept in float32"
+    if isinstance(module, nn.MultiheadAttention):
+        return (
+            "torch's nn.MultiheadAttention uses its weights directly, so its projections cannot be "
+            "replaced: kept as it is (attention with nn.Linear projections can be compressed)"
+        )
+    if isinstance(module, nn.Conv2d | nn.Linear):
+        return (
+            "not called as a module on the example input (unused, or its weight is used directly), "
+            "so it is not in the inventory: kept as it is"
+        )
+    if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+        return "embedding table: hwsearch has no compressed operator for it, kept in float32"
+    if isinstance(module, nn.RNNBase):
+        return "recurrent layer: hwsearch has no compressed operator for it, kept as it is"
+    if any(True for _ in module.children()):
+        return (
+            f"parameters held by {kind} itself (e.g. position embeddings, a class token), not by a "
+            "layer hwsearch compresses: kept in float32"
+        )
+    return f"{kind}: hwsearch compresses Conv2d and Linear layers and attention blocks only; kept as it is"
 
 
 def kept_layers(
     model: nn.Module, layers: Iterable[LayerSpec], ignore: Iterable[str] = ()
 ) -> list[dict[str, Any]]:
-    """``[{"name", "type", "params", "reason"}]`` for every module with parameters of its own
-    that no plan changes, and every listed layer without a knob, in module order."""
-    listed = {layer.name: layer for layer in layers}
+    """``[{"name", "type", "params", "reason"}]``, in module order, for every module holding
+    parameters of its own outside the inventory (kept as it is), every layer ``ignore`` names,
+    and every grouped convolution (no low-rank or pruning operator)."""
+    traced = {layer.name: layer for layer in layers}
     ignored = set(ignore)
-    blocks = [name for name, m in model.named_modules() if name and is_token_block(m)]
-    kept: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     for name, module in model.named_modules():
-        if not name:
-            continue
-        own = sum(p.numel() for p in module.parameters(recurse=False))
-        layer = listed.get(name)
-        reason: str | None = None
+        params = sum(p.numel() for p in module.parameters(recurse=False))
+        layer = traced.get(name)
+        reason = None
         if layer is not None:
-            reason = _why_fixed(layer, name in ignored)
-        elif own and not isinstance(module, _NORMS):
-            inside = next((b for b in blocks if name.startswith(b + ".")), None)
-            if isinstance(module, nn.Conv2d | nn.Linear):
-                reason = "did not run on the example input (its shapes are unknown)"
-            elif inside is not None:
-                reason = f"parameters of transformer block {inside!r} outside its layers (kept)"
-            else:
-                reason = (
-                    f"{type(module).__name__} is not an operator hwsearch compresses (Conv2d, Linear, "
-                    "attention blocks); it runs unchanged"
-                )
+            if name in ignored:
+                reason = "named by the model's ignore_layers: never pruned or factorised"
+            elif layer.kind is LayerKind.GROUPED_CONV2D:
+                reason = f"grouped convolution (groups={layer.groups}): no low-rank or pruning operator"
+        elif params:
+            reason = _untraced_reason(module)
         if reason is not None:
-            kept.append({"name": name, "type": type(module).__name__, "params": own, "reason": reason})
-    return kept
-
-
-def _why_fixed(layer: LayerSpec, ignored: bool) -> str | None:
-    """Why a listed layer is limited (None when every knob of its kind applies)."""
-    if ignored:
-        return "ignored by its model source (ignore_layers): never compressed"
-    if layer.kind is LayerKind.GROUPED_CONV2D:
-        return "grouped convolution: its channels cannot be pruned or factorised separately; quantised only"
-    return None
+            rows.append(
+                {"name": name or "(model)", "type": type(module).__name__, "params": params, "reason": reason}
+            )
+    return rows

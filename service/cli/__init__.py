@@ -4,11 +4,17 @@ The package is cut by what a command needs, with imports flowing one way
 (``__init__`` → command modules → ``_common``; no command module imports this one):
 
 - ``_common``: ``--json`` and JSON printing, ``fail`` (exit 2), the group that maps every
-  ``search_spaces.InputError`` to exit 2, and the search options with their JobSpec builder;
+  ``search_spaces.InputError`` to exit 2, and the search, model and data options with their
+  JobSpec builder;
 - ``local``: ``models``, ``inspect``, ``compress``, ``targets``, ``predict``, ``search``;
 - ``latency``: the ``latency fit | validate | profile-host`` group;
 - ``remote``: ``serve``, ``token create``, and the REST clients ``submit``, ``status``,
-  ``front``, ``cancel`` and ``schedule add | list | remove``.
+  ``front``, ``cancel`` and ``schedule add | list | remove``;
+- ``datasets``: ``dataset add | list | rm``, datasets registered with the service (REST).
+
+``inspect``, ``compress``, ``predict``, ``search``, ``submit`` and ``schedule add`` take the same
+model and data flags (``--model``, ``--model-args``, ``--weights``, ``--input-shape``, ``--data``,
+``--evaluator``, ``--eval-examples``), which become the same JobSpec fields everywhere.
 
 Commands import ``workers`` (torch, Ray) inside their bodies, so ``import service`` stays free
 of both. Bad input exits with code 2 and a one-paragraph message, never a traceback.
@@ -21,7 +27,7 @@ from collections.abc import Callable
 
 import typer
 
-from . import latency, local, remote
+from . import datasets, latency, local, remote
 from ._common import ExitOnInputError, job_spec
 from .local import parse_uniform, uniform_plan
 
@@ -57,6 +63,7 @@ for _command in _COMMANDS:
 app.add_typer(latency.app, name="latency")
 app.add_typer(remote.token_app, name="token")
 app.add_typer(remote.schedule_app, name="schedule")
+app.add_typer(datasets.app, name="dataset")
 
 
 def main() -> None:

@@ -9,9 +9,10 @@ Nothing here imports ``workers`` at module level, so ``import service.cli`` stay
 from __future__ import annotations
 
 import json
+import re
 import sys
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -19,13 +20,19 @@ import typer
 from typer.core import TyperGroup
 
 __all__ = [
+    "DATASET_ID",
     "AbitsOpt",
     "BudgetEvalOpt",
     "ConcurrencyOpt",
     "ConstraintOpt",
+    "DataOpt",
+    "EvalExamplesOpt",
+    "EvaluatorOpt",
     "ExitOnInputError",
+    "InputShapeOpt",
     "JsonFlag",
     "KeepOpt",
+    "ModelArgsOpt",
     "ModelOpt",
     "RankOpt",
     "SeedOpt",
@@ -33,15 +40,20 @@ __all__ = [
     "TargetOpt",
     "TokensOpt",
     "WbitsOpt",
+    "WeightsOpt",
+    "data_field",
     "error_text",
     "fail",
     "job_spec",
+    "parse_input_shape",
+    "parse_model_args",
     "plural",
     "print_json",
     "progress_bar",
     "quiet_torch",
     "ratio_cell",
     "rounded",
+    "source_fields",
 ]
 
 #: Exit code of every error the user can fix by changing the command line or the environment.
@@ -110,7 +122,52 @@ def quiet_torch() -> None:
 
 
 # Options shared by `search` (local), `submit` and `schedule add` (to the service): one JobSpec either way.
-ModelOpt = Annotated[str | None, typer.Option(help="Zoo model (see `hwsearch models`).")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Zoo name or plugin name (see `hwsearch models`), or an import path module:factory "
+        "(e.g. mypkg.nets:build_resnet)."
+    ),
+]
+# Where the model and the data come from (issue 16): the same flags on inspect, compress, predict,
+# search, submit and schedule add; ``source_fields`` turns them into JobSpec fields.
+ModelArgsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model-args",
+        help="Keyword arguments of the model's factory, a JSON object, e.g. '{\"width\": 32}'.",
+    ),
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights", help="A state_dict file (.safetensors, or .pt/.pth from torch.save) loaded strictly."
+    ),
+]
+InputShapeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-shape",
+        help="Shape of one input, batch first, e.g. 1,3,32,32 (a factory returning an nn.Module).",
+    ),
+]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="The data quality is judged on: an ImageFolder directory, a folder of images, a .jsonl "
+        "file, or a registered dataset id (`hwsearch dataset list`).",
+    ),
+]
+EvaluatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--evaluator", help="An evaluator module:function called with the model, returning a float or a dict."
+    ),
+]
+EvalExamplesOpt = Annotated[
+    int | None, typer.Option("--eval-examples", help="Evaluate at most N examples of the data.")
+]
 TargetOpt = Annotated[
     list[str] | None, typer.Option(help="Target (see `hwsearch targets`); repeat for several.")
 ]
@@ -151,6 +208,81 @@ def _floats(text: str | None, flag: str) -> list[float]:
         fail(f"{flag}: {text!r} is not a comma-separated list of numbers, e.g. {flag} 0.25,0.5")
 
 
+#: A registered dataset's id (the pattern of ``DataSpec.dataset`` in workers/search/_spec.py).
+DATASET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def parse_model_args(text: str) -> dict[str, Any]:
+    """``--model-args``: a JSON object of keyword arguments; anything else exits 2."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(
+            f"--model-args: {text!r} is not valid JSON ({exc.msg} at character {exc.pos}); give a JSON "
+            """object of keyword arguments, e.g. --model-args '{"width": 32}'"""
+        )
+    if not isinstance(value, dict):
+        fail(
+            f"--model-args: {text!r} is a JSON {type(value).__name__}, not an object; give keyword "
+            """arguments by name, e.g. --model-args '{"width": 32}'"""
+        )
+    return value
+
+
+def parse_input_shape(text: str) -> list[int]:
+    """``--input-shape 1,3,32,32``: positive integers, batch first; anything else exits 2 (the
+    JobSpec then checks the batch and the sizes, naming ``input_shape``)."""
+    parts = [part.strip() for part in text.replace("x", ",").split(",")]
+    if not all(part.isascii() and part.isdigit() and int(part) >= 1 for part in parts):
+        fail(
+            f"--input-shape: {text!r} is not a list of positive integers; give the shape of one input, "
+            "batch first, e.g. --input-shape 1,3,32,32"
+        )
+    return [int(part) for part in parts]
+
+
+def data_field(value: str) -> dict[str, str]:
+    """``--data``: an existing path (made absolute) or a registered dataset's id; else exit 2."""
+    path = Path(value).expanduser()
+    if value and path.exists():
+        return {"path": str(path.absolute())}
+    if DATASET_ID.fullmatch(value):
+        return {"dataset": value}
+    fail(
+        f"--data: {value!r} is neither an existing file or folder here nor a dataset id; give an "
+        "ImageFolder directory, a folder of images or a .jsonl file, or the id of a registered dataset "
+        "(`hwsearch dataset add` registers one, `hwsearch dataset list` shows them)"
+    )
+
+
+def source_fields(
+    *,
+    model_args: str | None = None,
+    weights: str | None = None,
+    input_shape: str | None = None,
+    data: str | None = None,
+    evaluator: str | None = None,
+    eval_examples: int | None = None,
+) -> dict[str, Any]:
+    """The JobSpec fields of the model and data flags given (those left out stay out, so the
+    JobSpec's defaults apply). Paths are made absolute: the weights file and a data folder are
+    read where the model is built (this machine, or the service's workers after ``submit``)."""
+    fields: dict[str, Any] = {}
+    if model_args is not None:
+        fields["model_args"] = parse_model_args(model_args)
+    if weights is not None:
+        fields["weights"] = str(Path(weights).expanduser().absolute()) if weights.strip() else weights
+    if input_shape is not None:
+        fields["input_shape"] = parse_input_shape(input_shape)
+    if data is not None:
+        fields["data"] = data_field(data)
+    if evaluator is not None:
+        fields["evaluator"] = evaluator
+    if eval_examples is not None:
+        fields["eval_examples"] = eval_examples
+    return fields
+
+
 def error_text(message: str) -> str:
     """A pydantic error message without the "Value error, " / "Assertion failed, " prefix it
     puts before the messages our validators raise."""
@@ -180,10 +312,13 @@ def job_spec(
     space_flags: dict[str, str | None],
     concurrency: int | None,
     known_targets: Collection[str] | None = None,
+    sources: Mapping[str, Any] | None = None,
 ) -> Any:
     """The JobSpec of a spec file or of the search flags; bad input exits 2 naming every field
     wrong at once. Flags not given are left out, so the JobSpec's defaults apply (the API's).
-    ``known_targets``, when given, are the only valid target names (a local catalogue)."""
+    ``known_targets``, when given, are the only valid target names (a local catalogue).
+    ``sources`` are the fields of the model and data flags (``source_fields``); with a spec
+    file they are not allowed (the file says where its model and data come from)."""
     from pydantic import ValidationError
 
     from workers.search import JobSpec
@@ -191,6 +326,9 @@ def job_spec(
     context = None if known_targets is None else {"targets": frozenset(known_targets)}
     try:
         if spec_file is not None:
+            if sources:
+                flags = ", ".join("--" + key.replace("_", "-") for key in sources)
+                fail(f"{flags}: a JobSpec file names its model and data itself; give these in the file")
             try:
                 data = json.loads(spec_file.read_text())
             except (OSError, json.JSONDecodeError) as exc:
@@ -214,6 +352,7 @@ def job_spec(
             "concurrency": concurrency,
         }
         data.update({key: value for key, value in given.items() if value is not None})
+        data.update(sources or {})
         return JobSpec.model_validate(data, context=context)
     except ValidationError as exc:
         fail(_validation_message(exc))

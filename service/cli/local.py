@@ -19,8 +19,13 @@ from ._common import (
     BudgetEvalOpt,
     ConcurrencyOpt,
     ConstraintOpt,
+    DataOpt,
+    EvalExamplesOpt,
+    EvaluatorOpt,
+    InputShapeOpt,
     JsonFlag,
     KeepOpt,
+    ModelArgsOpt,
     ModelOpt,
     RankOpt,
     SeedOpt,
@@ -28,6 +33,7 @@ from ._common import (
     TargetOpt,
     TokensOpt,
     WbitsOpt,
+    WeightsOpt,
     fail,
     job_spec,
     plural,
@@ -36,6 +42,7 @@ from ._common import (
     quiet_torch,
     ratio_cell,
     rounded,
+    source_fields,
 )
 
 __all__ = [
@@ -59,9 +66,10 @@ UniformOption = Annotated[
 
 
 def models(json_output: JsonFlag = False) -> None:
-    """List the model zoo: name, quality metric and task (`hwsearch inspect MODEL` lists its layers)."""
+    """List the models one can name: the zoo, then installed plugins with their package and
+    version (`hwsearch inspect --model NAME` lists a model's layers)."""
     quiet_torch()
-    from workers.zoo import list_models, model_class
+    from workers.zoo import list_model_sources, list_models, model_class
 
     rows: list[dict[str, Any]] = []
     for name in list_models():
@@ -69,6 +77,7 @@ def models(json_output: JsonFlag = False) -> None:
         rows.append(
             {
                 "name": name,
+                "source": "zoo",
                 "task": cls.task,
                 "metric": cls.metric,
                 "has_weights": cls.has_weights,
@@ -76,12 +85,35 @@ def models(json_output: JsonFlag = False) -> None:
                 "description": cls.description,
             }
         )
+    # Zoo rows get their package from the same listing the API serves; plugins are imported to
+    # read their task and metric (a plugin that does not load is listed with its error).
+    sources = list_model_sources(load=True)
+    packages = {r["name"]: (r["package"], r["version"]) for r in sources if r["source"] == "zoo"}
+    for row in rows:
+        row["package"], row["version"] = packages.get(row["name"], ("hwsearch", None))
+    for plugin in (r for r in sources if r["source"] == "plugin"):
+        rows.append(
+            {
+                "name": plugin["name"],
+                "source": "plugin",
+                "task": plugin["task"],
+                "metric": plugin["metric"],
+                "description": plugin["description"],
+                "package": plugin["package"],
+                "version": plugin["version"],
+                "target": plugin["target"],
+                **({"error": plugin["error"]} if plugin.get("error") else {}),
+            }
+        )
     if json_output:
         print_json(rows)
         return
     width = max(len(r["name"]) for r in rows)
-    for r in rows:
-        typer.echo(f"{r['name']:<{width}}  {r['metric']:<18} {r['task']}")
+    cells = [f"{r['package'] or '?'} {r['version'] or ''}".strip() for r in rows]
+    pwidth = max(len(c) for c in cells)
+    for r, package in zip(rows, cells, strict=True):
+        what = f"error: {r['error']}" if r.get("error") else (r["task"] or "-")
+        typer.echo(f"{r['name']:<{width}}  {r['metric'] or '-':<18} {package:<{pwidth}}  {what}")
 
 
 def _knobs(layer: Any) -> str:
@@ -108,19 +140,200 @@ def _shape(layer: Any) -> str:
     return f"{layer.in_channels}→{layer.out_channels} k{kh}x{kw} s{layer.stride[0]} g{layer.groups} @{h}x{w}"
 
 
-def inspect(
-    model: Annotated[str, typer.Argument(help="Zoo model name, e.g. digits-cnn or nasbench201:<arch>.")],
-    json_output: JsonFlag = False,
-) -> None:
-    """Print the layer inventory: name, kind, shapes, params, MACs, knobs and coupled group."""
-    quiet_torch()
+# ------------------------------------------------------------- where a local command's model comes from
+ModelArgument = Annotated[
+    str | None,
+    typer.Argument(
+        help="Zoo name, plugin name or import path module:factory (or give it as --model).",
+        show_default=False,
+    ),
+]
+ModelFlag = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Zoo name or plugin name (see `hwsearch models`), or an import path module:factory.",
+    ),
+]
+
+
+def _model_name(positional: str | None, flag: str | None) -> str:
+    """The model named as MODEL or as --model (once)."""
+    if positional is not None and flag is not None and positional != flag:
+        fail(f"the model is given twice ({positional!r} and --model {flag!r}); give it once")
+    model = flag if flag is not None else positional
+    if not model:
+        fail(
+            "give a model: --model NAME (a zoo or plugin name, see `hwsearch models`) or an import "
+            "path module:factory"
+        )
+    return model
+
+
+def _check_model_name(model: str) -> None:
+    """A name without ':' must be a zoo entry (registered in this process) or a plugin; the
+    error lists both, and the import-path form."""
+    from workers.model_refs import plugin_entry_points
+    from workers.zoo import ZooError, list_models
+
+    name = model.partition(":")[0]
+    if ":" in model or name in list_models() or name in plugin_entry_points():
+        return
+    plugins = ", ".join(sorted(plugin_entry_points())) or "none installed"
+    raise ZooError(
+        "model",
+        model,
+        f"unknown model; valid names: {', '.join(list_models())}; plugins: {plugins}; or an import "
+        "path package.module:factory (e.g. mypkg.nets:build_resnet)",
+    )
+
+
+def _local_spec(model: str, target: str, sources: dict[str, Any], known_targets: Any = None) -> Any:
+    """The JobSpec a local command builds its model from (``job_entry``, as a search does), so
+    the model and data flags are checked as for a search, naming the JobSpec's fields."""
+    from workers.model_refs import ZOO_MODELS
+    from workers.zoo import list_models
+
+    _check_model_name(model)
+    name = model.partition(":")[0]
+    # A zoo entry registered in this process only is not in the torch-free list a JobSpec checks
+    # names against: the spec is validated with a listed name, then resolve_model checks this one.
+    registered_here = name in list_models() and name not in ZOO_MODELS
+    space: dict[str, str | None] = {"rank": None, "keep": None, "wbits": None, "abits": None, "tokens": None}
+    checked = ZOO_MODELS[0] if registered_here else model
+    spec = job_spec(None, checked, [target], None, None, None, None, space, None, known_targets, sources)
+    return spec.model_copy(update={"model": model}) if registered_here else spec
+
+
+def _build(spec: Any) -> tuple[Any, Any]:
+    """The entry of ``spec`` (``job_entry``: zoo, plugin or import path, weights, data or
+    evaluator; registered datasets from this machine's data directory) and the model prepared
+    (``workers.zoo.prepare``), checked against its data as a search checks it."""
+    from workers.search._entry import job_entry
+    from workers.search._problem import check_entry
     from workers.zoo import prepare
 
-    prepared = prepare(model)
+    entry = job_entry(spec)
+    prepared = prepare(entry)
+    check_entry(entry, prepared.model, prepared.example_input)
+    return entry, prepared
+
+
+def _source(entry: Any) -> Any:
+    from workers.zoo import model_source
+
+    return model_source(getattr(entry, "entry", entry))
+
+
+def _data_summary(entry: Any) -> dict[str, Any] | None:
+    """The data a command's model is judged on: its record (dataset or path, kind, split sizes,
+    seed) with the class counts, or None without data or evaluator."""
+    record = getattr(entry, "data_record", None)
+    if not record:
+        return None
+    out = dict(record)
+    dataset = getattr(entry, "dataset", None)
+    if dataset is not None:
+        out["n_classes"] = dataset.n_classes
+        if dataset.labels is not None:
+            counts = dict.fromkeys(dataset.classes, 0)
+            for label in dataset.labels:
+                counts[dataset.classes[label]] += 1
+            out["class_counts"] = counts
+    return out
+
+
+def _data_lines(summary: dict[str, Any]) -> list[str]:
+    lines = []
+    if "n_total" in summary:
+        where = f"dataset {summary['dataset']}" if summary.get("dataset") else str(summary.get("path"))
+        counts: dict[str, int] = summary.get("class_counts") or {}
+        classes = ""
+        if counts:
+            values = set(counts.values())
+            each = (
+                f"{values.pop()} each"
+                if len(values) == 1
+                else ", ".join(f"{name}: {n}" for name, n in list(counts.items())[:10])
+                + (", …" if len(counts) > 10 else "")
+            )
+            classes = f" in {len(counts)} {'class' if len(counts) == 1 else 'classes'} ({each})"
+        lines.append(f"data: {where} ({summary['kind']}): {plural(summary['n_total'], 'example')}{classes}")
+        lines.append(
+            f"  split (seed {summary['seed']}): {summary['n_calibration']:,} calibration, "
+            f"{summary['n_evaluation']:,} evaluation, never overlapping"
+        )
+    if summary.get("evaluator"):
+        lines.append(f"evaluator: {summary['evaluator']}")
+    return lines
+
+
+def _kept_layers(prepared: Any) -> list[dict[str, Any]]:
+    """What hwsearch does not compress, and why (``kernels.kept_layers``)."""
+    from kernels import kept_layers
+
+    return kept_layers(prepared.model, prepared.layers, prepared.ignore)
+
+
+def _kept_lines(kept: list[dict[str, Any]]) -> list[str]:
+    if not kept:
+        return []
+    by_reason: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in kept:
+        by_reason.setdefault((row["type"], row["reason"]), []).append(row)
+    total = sum(row["params"] for row in kept)
+    lines = [
+        f"not compressed by hwsearch ({plural(len(kept), 'module')}, {total:,} params; kept in the model):"
+    ]
+    for (kind, reason), rows in by_reason.items():
+        names = ", ".join(r["name"] for r in rows[:6]) + (
+            f", … ({len(rows) - 6} more)" if len(rows) > 6 else ""
+        )
+        params = sum(r["params"] for r in rows)
+        lines.append(f"  {names} ({kind}, {params:,} params): {reason}")
+    return lines
+
+
+def inspect(
+    model: ModelArgument = None,
+    model_option: ModelFlag = None,
+    model_args: ModelArgsOpt = None,
+    weights: WeightsOpt = None,
+    input_shape: InputShapeOpt = None,
+    data: DataOpt = None,
+    evaluator: EvaluatorOpt = None,
+    eval_examples: EvalExamplesOpt = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Print the layer inventory (name, kind, shapes, params, MACs, knobs, coupled group), what
+    hwsearch keeps uncompressed and why, the model's source and, with --data, the data's split."""
+    quiet_torch()
+    sources = source_fields(
+        model_args=model_args,
+        weights=weights,
+        input_shape=input_shape,
+        data=data,
+        evaluator=evaluator,
+        eval_examples=eval_examples,
+    )
+    spec = _local_spec(_model_name(model, model_option), "host-cpu", sources)
+    entry, prepared = _build(spec)
     layers = prepared.layers
+    source = _source(entry)
+    kept = _kept_layers(prepared)
+    summary = _data_summary(entry)
     if json_output:
-        print_json({"model": prepared.entry.model_id, "layers": [layer.to_dict() for layer in layers]})
+        print_json(
+            {
+                "model": prepared.entry.model_id,
+                "source": source.to_dict(),
+                "layers": [layer.to_dict() for layer in layers],
+                "kept": kept,
+                "data": summary,
+            }
+        )
         return
+    typer.echo(f"source: {source.describe()}")
     typer.echo(f"{'name':<34} {'kind':<17} {'shape':<36} {'params':>9} {'MACs':>12}  {'knobs':<22} group")
     for layer in layers:
         typer.echo(
@@ -131,6 +344,8 @@ def inspect(
         f"{plural(len(layers), 'layer')}, {sum(x.params for x in layers):,} params and "
         f"{sum(x.macs for x in layers):,} MACs in them"
     )
+    for line in _kept_lines(kept) + (_data_lines(summary) if summary else []):
+        typer.echo(line)
 
 
 def parse_uniform(text: str) -> dict[str, float]:
@@ -181,18 +396,18 @@ def uniform_plan(layers: list[Any], spec: dict[str, float]) -> Any:
     return plan
 
 
-def _prepared_and_plan(model_id: str, plan_file: Path | None, uniform: str | None) -> tuple[Any, Any]:
-    """The prepared zoo model (``workers.zoo.Prepared``) and the plan read for it.
+def _prepared_and_plan(spec: Any, plan_file: Path | None, uniform: str | None) -> tuple[Any, Any, Any]:
+    """The entry of ``spec``, its prepared model (``workers.zoo.Prepared``) and the plan read for it.
 
-    A plan that does not fit the model exits 2 with the model named; an unknown model raises
-    ZooError, which the app turns into exit 2.
+    A plan that does not fit the model exits 2 with the model named; a bad model, weights file,
+    dataset or evaluator raises an InputError (ZooError, DatasetError), which the app turns
+    into exit 2.
     """
     if (plan_file is None) == (uniform is None):
         fail("give exactly one of --plan PLAN.json or --uniform KEY=VALUE,...")
     from search_spaces import Plan
-    from workers.zoo import prepare
 
-    prepared = prepare(model_id)
+    entry, prepared = _build(spec)
     layers = prepared.layers  # traced outside the try: a tracing error is not a bad plan
     try:
         if plan_file is not None:
@@ -205,40 +420,83 @@ def _prepared_and_plan(model_id: str, plan_file: Path | None, uniform: str | Non
             plan = uniform_plan(layers, parse_uniform(uniform or "")).validate(layers)
     except ValueError as exc:  # SpaceError (an InputError, so a ValueError) or parse_uniform's
         fail(f"invalid plan for {prepared.entry.model_id}: {exc}")
-    return prepared, plan
+    return entry, prepared, plan
+
+
+def _quality_detail(quality: Any) -> dict[str, Any]:
+    """n and the 95% interval of a quality, when its evaluation gave them."""
+    extra = quality.extra or {}
+    out: dict[str, Any] = {}
+    if "n" in extra:
+        out["n"] = int(extra["n"])
+    if "low" in extra and "high" in extra:
+        out["low"], out["high"] = rounded(float(extra["low"])), rounded(float(extra["high"]))
+    return out
 
 
 def compress(
-    model: Annotated[str, typer.Argument(help="Zoo model name.")],
+    model: ModelArgument = None,
+    model_option: ModelFlag = None,
     plan_file: PlanOption = None,
     uniform: UniformOption = None,
+    model_args: ModelArgsOpt = None,
+    weights: WeightsOpt = None,
+    input_shape: InputShapeOpt = None,
+    data: DataOpt = None,
+    evaluator: EvaluatorOpt = None,
+    eval_examples: EvalExamplesOpt = None,
     measure: Annotated[bool, typer.Option(help="Also time both models on the host CPU.")] = False,
     repeats: Annotated[int, typer.Option(help="Timing rounds for --measure.", min=3)] = 30,
     json_output: JsonFlag = False,
 ) -> None:
-    """Apply a plan; print quality before and after, params, MACs, weight bytes (and latency)."""
+    """Apply a plan; print quality before and after (with n and a 95% interval on data),
+    params, MACs, weight bytes (and latency)."""
     quiet_torch()
     from kernels import count_cost, time_model
 
-    prepared, plan = _prepared_and_plan(model, plan_file, uniform)
-    entry, net, x = prepared.entry, prepared.model, prepared.example_input
+    sources = source_fields(
+        model_args=model_args,
+        weights=weights,
+        input_shape=input_shape,
+        data=data,
+        evaluator=evaluator,
+        eval_examples=eval_examples,
+    )
+    name = _model_name(model, model_option)
+    if (plan_file is None) == (uniform is None):  # before the model is built
+        fail("give exactly one of --plan PLAN.json or --uniform KEY=VALUE,...")
+    entry, prepared, plan = _prepared_and_plan(_local_spec(name, "host-cpu", sources), plan_file, uniform)
+    net, x = prepared.model, prepared.example_input
     compressed = prepared.apply(plan)
-    before, after = entry.evaluate(net), entry.evaluate(compressed)
+    before, after = prepared.entry.evaluate(net), prepared.entry.evaluate(compressed)
     cost_before, cost_after = count_cost(net, x), count_cost(compressed, x)
+    quality: dict[str, Any] = {
+        "metric": before.metric,
+        "before": rounded(before.value),
+        "after": rounded(after.value),
+        "description": before.description,
+    }
+    detail_before, detail_after = _quality_detail(before), _quality_detail(after)
+    if "n" in detail_before:
+        quality["n"] = detail_before["n"]
+    if "low" in detail_before and "low" in detail_after:
+        quality["interval_95"] = {
+            "before": [detail_before["low"], detail_before["high"]],
+            "after": [detail_after["low"], detail_after["high"]],
+        }
     result: dict[str, Any] = {
-        "model": entry.model_id,
-        "quality": {
-            "metric": before.metric,
-            "before": rounded(before.value),
-            "after": rounded(after.value),
-            "description": before.description,
-        },
+        "model": prepared.entry.model_id,
+        "source": _source(entry).to_dict(),
+        "quality": quality,
         "params": {"before": cost_before.params, "after": cost_after.params},
         "macs": {"before": cost_before.macs, "after": cost_after.macs},
         "weight_bytes": {"before": cost_before.weight_bytes, "after": cost_after.weight_bytes},
         # Outside the accounting (docs/latency.md): float32 norms, embeddings, position/CLS.
         "other_param_bytes": {"before": cost_before.other_bytes, "after": cost_after.other_bytes},
     }
+    summary = _data_summary(entry)
+    if summary is not None:
+        result["data"] = summary
     if measure:
         deployed = prepared.apply(plan, execution="int8")
         timing = time_model(deployed, x, reference=net, repeats=repeats, warmup=5, threads=1)
@@ -259,8 +517,18 @@ def compress(
     from search_spaces import Choice
 
     changed = sum(1 for choice in plan.choices.values() if choice != Choice())
-    typer.echo(f"{entry.model_id}: {plural(changed, 'layer')} compressed")
-    typer.echo(f"  quality ({q['metric']}): {q['before']:.4f} → {q['after']:.4f}")
+    typer.echo(f"{result['model']}: {plural(changed, 'layer')} compressed")
+    on = f" on {q['n']:,} examples" if "n" in q else ""
+    interval = q.get("interval_95")
+
+    def cell(when: str) -> str:
+        text = f"{q[when]:.4f}"
+        if interval is not None:
+            low, high = interval[when]
+            text += f" (95% {low:.4f}–{high:.4f})"
+        return text
+
+    typer.echo(f"  quality ({q['metric']}{on}): {cell('before')} → {cell('after')}")
     for key in ("params", "macs", "weight_bytes"):
         b, a = result[key]["before"], result[key]["after"]
         typer.echo(f"  {key:<13} {b:>12,} → {a:>12,}  ({a / b:.2f}×)")
@@ -296,19 +564,35 @@ def targets(json_output: JsonFlag = False) -> None:
 
 
 def predict(
-    model: Annotated[str, typer.Argument(help="Zoo model name.")],
     target: Annotated[str, typer.Option(help="Target name (see `hwsearch targets`).")],
+    model: ModelArgument = None,
+    model_option: ModelFlag = None,
     plan_file: PlanOption = None,
     uniform: UniformOption = None,
+    model_args: ModelArgsOpt = None,
+    weights: WeightsOpt = None,
+    input_shape: InputShapeOpt = None,
+    data: DataOpt = None,
+    evaluator: EvaluatorOpt = None,
+    eval_examples: EvalExamplesOpt = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Predict latency, energy, FPGA resources and weight bytes of a plan on a target, with provenance."""
     quiet_torch()
     from latency_models import Coster, catalogue
 
+    sources = source_fields(
+        model_args=model_args,
+        weights=weights,
+        input_shape=input_shape,
+        data=data,
+        evaluator=evaluator,
+        eval_examples=eval_examples,
+    )
+    name = _model_name(model, model_option)
     coster = Coster.active(catalogue(), target)  # an unknown target is checked before the model is built
     device = coster.target
-    prepared, plan = _prepared_and_plan(model, plan_file, uniform)
+    _, prepared, plan = _prepared_and_plan(_local_spec(name, device.name, sources), plan_file, uniform)
     model_id, layers = prepared.entry.model_id, prepared.layers
     # A fitted predictor replaces the prior; its interval and its validation travel with it.
     base, cost = coster.cost(layers, type(plan)()), coster.cost(layers, plan)
@@ -369,6 +653,12 @@ def search(
     abits: AbitsOpt = None,
     tokens: TokensOpt = None,
     concurrency: ConcurrencyOpt = None,
+    model_args: ModelArgsOpt = None,
+    weights: WeightsOpt = None,
+    input_shape: InputShapeOpt = None,
+    data: DataOpt = None,
+    evaluator: EvaluatorOpt = None,
+    eval_examples: EvalExamplesOpt = None,
     spec_file: Annotated[
         Path | None, typer.Option("--spec", help="A JobSpec JSON file instead of the flags above.")
     ] = None,
@@ -384,9 +674,17 @@ def search(
 ) -> None:
     """Search per-layer compression plans on an embedded Ray (or RAY_ADDRESS) and print the front."""
     quiet_torch()
-    from latency_models import catalogue, list_targets
+    from latency_models import catalogue, data_dir, list_targets
     from workers.search import JsonlSink, MemorySink, Trial, run_search
 
+    sources = source_fields(
+        model_args=model_args,
+        weights=weights,
+        input_shape=input_shape,
+        data=data,
+        evaluator=evaluator,
+        eval_examples=eval_examples,
+    )
     catalogue().load_targets()  # this machine's targets: an unknown one is one more field error
     spec = job_spec(
         spec_file,
@@ -399,6 +697,7 @@ def search(
         {"rank": rank, "keep": keep, "wbits": wbits, "abits": abits, "tokens": tokens},
         concurrency,
         known_targets=list_targets(),
+        sources=sources,
     )
     job_id = spec.fingerprint()
     sink: MemorySink = MemorySink()
@@ -419,6 +718,10 @@ def search(
     progress: dict[str, Any] = {"bar": None, "done": 0}  # typer's bar, opened at the first report
 
     def on_progress(p: dict[str, Any]) -> None:
+        # Where the model and the data came from, as the job records them (the API's "progress").
+        for key in ("source", "data"):
+            if p.get(key):
+                progress[key] = p[key]
         if json_output:
             return
         if progress["bar"] is None:
@@ -431,8 +734,11 @@ def search(
             progress["done"] += step
 
     try:
-        # A SearchError (bad input found once the search starts) reaches the app: exit 2.
-        result = run_search(spec, sink, job_id=job_id, resume=stored, on_progress=on_progress)
+        # A SearchError (bad input found once the search starts) reaches the app: exit 2. Registered
+        # datasets (--data ID) are this machine's (HWSEARCH_DATA_DIR).
+        result = run_search(
+            spec, sink, job_id=job_id, resume=stored, on_progress=on_progress, data_dir=data_dir()
+        )
     finally:
         if progress["bar"] is not None:
             progress["bar"].__exit__(None, None, None)
@@ -446,12 +752,14 @@ def search(
     front_rows = []
     for t, row in zip(result.front, summary["front"], strict=True):
         vs = against_reference(t.costs, ref_costs, names)
-        front_rows.append({**row, **vs, "is_reference": t.number == 0})
+        # quality_detail: n and the 95% interval of the quality, when the data gives them.
+        front_rows.append({**row, **vs, "is_reference": t.number == 0, "quality_detail": t.quality_detail})
     reference_row = None
     if reference is not None and ref_costs is not None:
         reference_row = {
             "number": 0,
             "quality": rounded(reference.quality),
+            "quality_detail": reference.quality_detail,
             **{f"latency_ms@{n}": ref_costs[n]["latency_ms"] for n in names},
             "weight_bytes": ref_costs[names[0]].get("weight_bytes"),
             "note": "trial 0: the uncompressed model, the reference of every ratio",
@@ -463,6 +771,8 @@ def search(
                 "front": [{**row, "quality": rounded(row["quality"])} for row in front_rows],
                 "hypervolume": result.hypervolume,
                 "trials": len(result.trials),
+                "source": progress.get("source"),
+                "data": progress.get("data") or None,
             }
         )
         return
@@ -492,3 +802,17 @@ def search(
             f"{t.costs[names[0]]['provenance']}{measured}"
             + (f"  uncompressed reference{on_front}" if t.number == 0 else "")
         )
+    if progress.get("source"):
+        from workers.zoo import ModelSource
+
+        typer.echo(f"source: {ModelSource.from_dict(progress['source']).describe()}")
+    if progress.get("data"):
+        data_record = progress["data"]
+        if "n_evaluation" in data_record:
+            where = data_record.get("dataset") or data_record.get("path")
+            typer.echo(
+                f"data: {where} ({data_record.get('kind')}): quality on {data_record['n_evaluation']:,} "
+                f"evaluation examples, {data_record.get('n_calibration', 0):,} kept for calibration"
+            )
+        if data_record.get("evaluator"):
+            typer.echo(f"evaluator: {data_record['evaluator']}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -22,8 +22,13 @@ from ._common import (
     BudgetEvalOpt,
     ConcurrencyOpt,
     ConstraintOpt,
+    DataOpt,
+    EvalExamplesOpt,
+    EvaluatorOpt,
+    InputShapeOpt,
     JsonFlag,
     KeepOpt,
+    ModelArgsOpt,
     ModelOpt,
     RankOpt,
     SeedOpt,
@@ -31,6 +36,7 @@ from ._common import (
     TargetOpt,
     TokensOpt,
     WbitsOpt,
+    WeightsOpt,
     error_text,
     fail,
     job_spec,
@@ -38,6 +44,7 @@ from ._common import (
     print_json,
     progress_bar,
     ratio_cell,
+    source_fields,
 )
 
 __all__ = ["Api", "cancel", "front", "schedule_app", "serve", "status", "submit", "token_app"]
@@ -64,10 +71,14 @@ class Api:
         try:
             r = self.client.request(method, f"/api/v1{path}", **kw)
         except httpx.HTTPError as exc:
-            fail(
-                f"HWSEARCH_URL={self.base}: the service does not answer ({exc}); "
-                "start it with `hwsearch serve`"
-            )
+            self.unreachable(exc)
+        return self.answer(r)
+
+    def unreachable(self, exc: Exception) -> NoReturn:
+        fail(f"HWSEARCH_URL={self.base}: the service does not answer ({exc}); start it with `hwsearch serve`")
+
+    def answer(self, r: Any) -> Any:
+        """The JSON (or text) of a response; an error status exits 2 with the service's message."""
         if r.status_code == 401:
             if self.has_token:
                 fail(
@@ -78,11 +89,17 @@ class Api:
             fail("the service needs a token: set HWSEARCH_TOKEN (create one with `hwsearch token create`)")
         if r.status_code >= 400:
             try:
-                detail = r.json().get("detail")
+                body = r.json()
             except ValueError:
-                detail = r.text
-            if isinstance(detail, list):
-                detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {error_text(e['msg'])}" for e in detail)
+                body = r.text
+            detail = body.get("detail", body) if isinstance(body, dict) else body
+            if isinstance(detail, list):  # FastAPI's validation errors: where, then what
+                detail = "; ".join(
+                    f"{'.'.join(map(str, e.get('loc', ())))}: {error_text(str(e.get('msg', e)))}"
+                    if isinstance(e, dict)
+                    else str(e)
+                    for e in detail
+                )
             fail(f"{r.status_code}: {detail}")
         if r.status_code == 204:
             return None
@@ -217,10 +234,27 @@ def submit(
     abits: AbitsOpt = None,
     tokens: TokensOpt = None,
     concurrency: ConcurrencyOpt = None,
+    model_args: ModelArgsOpt = None,
+    weights: WeightsOpt = None,
+    input_shape: InputShapeOpt = None,
+    data: DataOpt = None,
+    evaluator: EvaluatorOpt = None,
+    eval_examples: EvalExamplesOpt = None,
     detach: Annotated[bool, typer.Option(help="Print the job id and return at once.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Submit a search to the service; prints the job id, then follows it unless --detach."""
+    """Submit a search to the service; prints the job id, then follows it unless --detach.
+
+    --weights and a --data folder are read by the service's workers, under the folders it
+    allows (HWSEARCH_FILE_ROOTS); upload data with `hwsearch dataset add` instead."""
+    sources = source_fields(
+        model_args=model_args,
+        weights=weights,
+        input_shape=input_shape,
+        data=data,
+        evaluator=evaluator,
+        eval_examples=eval_examples,
+    )
     spec = job_spec(
         spec_file,
         model,
@@ -231,6 +265,7 @@ def submit(
         constraint,
         {"rank": rank, "keep": keep, "wbits": wbits, "abits": abits, "tokens": tokens},
         concurrency,
+        sources=sources,
     )
     api = Api()
     job = api.call("POST", "/jobs", json=spec.model_dump(mode="json"))
@@ -358,9 +393,23 @@ def schedule_add(
     abits: AbitsOpt = None,
     tokens: TokensOpt = None,
     concurrency: ConcurrencyOpt = None,
+    model_args: ModelArgsOpt = None,
+    weights: WeightsOpt = None,
+    input_shape: InputShapeOpt = None,
+    data: DataOpt = None,
+    evaluator: EvaluatorOpt = None,
+    eval_examples: EvalExamplesOpt = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Add a schedule; prints its id and next firing."""
+    sources = source_fields(
+        model_args=model_args,
+        weights=weights,
+        input_shape=input_shape,
+        data=data,
+        evaluator=evaluator,
+        eval_examples=eval_examples,
+    )
     spec = job_spec(
         spec_file,
         model,
@@ -371,6 +420,7 @@ def schedule_add(
         constraint,
         {"rank": rank, "keep": keep, "wbits": wbits, "abits": abits, "tokens": tokens},
         concurrency,
+        sources=sources,
     )
     body = {"name": name, "cron": cron, "timezone": timezone, "spec": spec.model_dump(mode="json")}
     sch = Api().call("POST", "/schedules", json=body)
