@@ -22,7 +22,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from .api import errors, jobs, ops, schedules, targets
+from .api import datasets, errors, jobs, models, ops, schedules, targets
 from .api.deps import body_components
 from .dashboard import LoginRequired, on_login_required
 from .dashboard import router as dashboard
@@ -92,7 +92,15 @@ def create_app(
     for exc_class, handler in errors.HANDLERS.items():
         app.exception_handler(exc_class)(handler)
     app.exception_handler(LoginRequired)(on_login_required)  # pages with reads closed: 401 + log-in form
-    for router in (dashboard, jobs.router, schedules.router, targets.router, ops.router):
+    for router in (
+        dashboard,
+        jobs.router,
+        schedules.router,
+        targets.router,
+        models.router,
+        datasets.router,
+        ops.router,
+    ):
         app.include_router(router)
 
     fastapi_openapi = app.openapi

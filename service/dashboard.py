@@ -9,6 +9,7 @@ Pages read through ``Store`` like the API, and fronts and job views through the 
 from __future__ import annotations
 
 import importlib.util
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
+
+from workers.model_refs import ZOO_MODELS
 
 from .api.deps import caller
 from .api.deps import get_store as _store
@@ -249,11 +252,29 @@ def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _table_context(job_id: str, view: dict[str, Any]) -> dict[str, Any]:
+def _quality_details(request: Request, job: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Trial number → its quality's n and 95% interval (``quality_detail``: n, low, high), for
+    the front's trials and the reference; trials without one (a zoo entry's own evaluation
+    written before intervals existed) are absent. The front comes from the front cache (the
+    view was just built from it), the reference from one row."""
+    store = _store(request)
+    rows = list(request.app.state.fronts.get(store, job))
+    if not any(int(t["number"]) == 0 for t in rows):
+        with suppress(NotFound):
+            rows.append(store.trial(job["id"], 0))
+    return {
+        int(t["number"]): t["quality_detail"]
+        for t in rows
+        if isinstance(t.get("quality_detail"), dict) and t["quality_detail"].get("low") is not None
+    }
+
+
+def _table_context(job_id: str, view: dict[str, Any], details: dict[int, dict[str, Any]]) -> dict[str, Any]:
     front = view["front"]
     reference = view["reference"]
     # The reference first (once, also when it is on the front), then the front, best quality first.
     rows = ([reference] if reference else []) + [p for p in front if not p["reference"]]
+    sizes = {int(d["n"]) for d in details.values() if d.get("n") is not None}
     return {
         "view": view,
         "rows": rows,
@@ -261,7 +282,47 @@ def _table_context(job_id: str, view: dict[str, Any]) -> dict[str, Any]:
         "job_id": job_id,
         "energy": [t for t in view["targets"] if any(p["energy_mj"].get(t) is not None for p in front)],
         "has_measured": any(p["measured_ms"] is not None for p in rows),
+        # Quality with its 95% interval where trials have one; n in the header when all share it.
+        "details": details,
+        "quality_n": next(iter(sizes)) if len(sizes) == 1 else None,
     }
+
+
+def _sources(job: dict[str, Any]) -> dict[str, Any]:
+    """Where the job's model and data come from, as its runner recorded them (progress
+    ``source`` and ``data``), else as its spec names them (a queued job)."""
+    progress = job.get("progress") or {}
+    spec = job.get("spec") or {}
+    source = progress.get("source") or {}
+    data = progress.get("data") or {}
+    spec_data = spec.get("data") or {}
+    sha = source.get("weights_sha256")
+    name = str(source.get("name") or spec.get("model") or job.get("model") or "")
+    kind = source.get("kind")
+    if kind is None:  # not recorded (yet): how the spec names it
+        kind = "zoo" if name.partition(":")[0] in ZOO_MODELS else "import" if ":" in name else "plugin"
+    model = {
+        "kind": kind,
+        "name": name,
+        "package": source.get("package"),
+        "version": source.get("version"),
+        "target": source.get("target"),
+        "weights": source.get("weights_path") or spec.get("weights"),
+        "weights_sha": sha[:12] if isinstance(sha, str) else None,
+    }
+    judged = None
+    if data or spec_data or spec.get("evaluator"):
+        judged = {
+            "dataset": data.get("dataset") or spec_data.get("dataset"),
+            "path": data.get("path") or spec_data.get("path"),
+            "kind": data.get("kind"),
+            "n_calibration": data.get("n_calibration"),
+            "n_evaluation": data.get("n_evaluation"),
+            "seed": data.get("seed"),
+            "evaluator": data.get("evaluator") or spec.get("evaluator"),
+        }
+    # A queued job's runner has not resolved its model and split its data yet.
+    return {"model": model, "data": judged, "pending": job.get("status") == "queued"}
 
 
 @pages.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -272,7 +333,8 @@ def job_page(request: Request, job_id: str, all: bool = False) -> Response:
         request,
         "job.html",
         {
-            **_table_context(job["id"], view),
+            **_table_context(job["id"], view, _quality_details(request, job)),
+            **_sources(job),
             "job": job,
             "summary": _job_summary(job),
             "knobs": KNOB_ROWS,
@@ -293,8 +355,12 @@ def job_view_json(request: Request, job_id: str, all: bool = False) -> dict[str,
     front's table as HTML (rendered by the same template as the page's)."""
     job = _store(request).get_job(job_id)
     view = request.app.state.views.get(_store(request), request.app.state.fronts, job, plot_all=all)
-    table = TEMPLATES.get_template("_front_table.html").render(_table_context(job["id"], view))
-    return {"job": _job_summary(job), "view": view, "table_html": table}
+    table = TEMPLATES.get_template("_front_table.html").render(
+        _table_context(job["id"], view, _quality_details(request, job))
+    )
+    # The model and data lines too: a queued job's runner records them when it starts.
+    sources = TEMPLATES.get_template("_job_sources.html").render(_sources(job))
+    return {"job": _job_summary(job), "view": view, "table_html": table, "sources_html": sources}
 
 
 MAX_COMPARED = 8
@@ -395,13 +461,21 @@ def schedules_page(request: Request) -> Response:
 @pages.get("/submit", response_class=HTMLResponse)
 def submit_page(request: Request) -> Response:
     from latency_models import list_targets
+    from workers.model_refs import list_plugins
     from workers.search import list_strategies
-    from workers.search._spec import ZOO_MODELS
 
+    datasets, _ = _store(request).list_datasets(limit=500)
     return TEMPLATES.TemplateResponse(
         request,
         "submit.html",
-        {"models": ZOO_MODELS, "targets": list_targets(), "strategies": list_strategies()},
+        {
+            "models": ZOO_MODELS,
+            # Installed plugins (from their metadata: nothing is imported), beside the zoo.
+            "plugins": list_plugins(),
+            "datasets": datasets,
+            "targets": list_targets(),
+            "strategies": list_strategies(),
+        },
     )
 
 

@@ -8,7 +8,8 @@
   ``/healthz`` is exempt (load balancers poll it);
 - :class:`BodyGuard`: a request with a body method under ``/api/v1`` needs a valid token before
   one byte of its body is read (401 otherwise), and every body is capped per route (413):
-  ``max_upload_bytes`` for measurement uploads, ``max_body_bytes`` for everything else, by
+  ``max_upload_bytes`` for measurement uploads, ``max_dataset_bytes`` for dataset uploads,
+  ``max_body_bytes`` for everything else, by
   Content-Length at once or, for a chunked body, as it streams.
 
 Why middlewares and not dependencies: FastAPI reads and parses a request's body before it runs
@@ -65,6 +66,7 @@ _HEADERS: list[tuple[bytes, bytes]] = [
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _API = "/api/v1/"
 _UPLOAD = re.compile(r"^/api/v1/targets/[^/]+/measurements/?$")
+_DATASET_UPLOAD = re.compile(r"^/api/v1/datasets/?$")
 #: Paths no rate limit applies to.
 EXEMPT = frozenset({"/healthz"})
 _NO_TOKEN = (
@@ -205,7 +207,8 @@ class BodyTooLarge(HTTPException):
         super().__init__(
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"the request body is over this route's limit of {limit_bytes} bytes "
-            "(HWSEARCH_MAX_UPLOAD_BYTES for measurement uploads, HWSEARCH_MAX_BODY_BYTES otherwise)",
+            "(HWSEARCH_MAX_UPLOAD_BYTES for measurement uploads, HWSEARCH_MAX_DATASET_BYTES for "
+            "dataset uploads, HWSEARCH_MAX_BODY_BYTES otherwise)",
         )
 
 
@@ -216,10 +219,15 @@ class BodyGuard:
         self.app = app
         self.max_body_bytes = settings.max_body_bytes
         self.max_upload_bytes = settings.max_upload_bytes
+        self.max_dataset_bytes = settings.max_dataset_bytes
 
     def limit_bytes(self, method: str, path: str) -> int:
         """The largest body ``method path`` may carry."""
-        return self.max_upload_bytes if method == "POST" and _UPLOAD.match(path) else self.max_body_bytes
+        if method == "POST" and _UPLOAD.match(path):
+            return self.max_upload_bytes
+        if method == "POST" and _DATASET_UPLOAD.match(path):
+            return self.max_dataset_bytes
+        return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -7,6 +7,7 @@ A wrong value stops start-up with a message that names the variable, the value a
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,9 @@ from search_spaces import InputError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_PACKAGE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: How many times its zip's size a dataset may unpack to (a zip bomb is refused as it unpacks).
+DATASET_UNPACK_FACTOR = 4
 
 
 class SettingsError(InputError):
@@ -44,6 +48,9 @@ VARIABLES = (
     "HWSEARCH_MAX_QUEUED_JOBS",
     "HWSEARCH_RATE_LIMIT",
     "HWSEARCH_STALL_S",
+    "HWSEARCH_MODEL_MODULES",
+    "HWSEARCH_FILE_ROOTS",
+    "HWSEARCH_MAX_DATASET_BYTES",
 )
 
 
@@ -72,6 +79,15 @@ class Settings:
     #: A running job whose evaluations have all been waiting this long (no trial finished: its
     #: evaluators lost and not replaceable) fails with the reason instead of hanging.
     stall_s: float = 900.0
+    #: The top-level packages a job's import paths (model factory, evaluator) may name; empty:
+    #: only zoo models and installed plugins (nothing sent over HTTP names other code).
+    model_modules: tuple[str, ...] = ()
+    #: The absolute folders whose files a job's ``weights`` and ``data.path`` may name; empty:
+    #: no path at all (registered datasets are used instead).
+    file_roots: tuple[str, ...] = ()
+    #: The largest dataset zip ``POST /api/v1/datasets`` accepts (413 beyond); its content may
+    #: unpack to at most ``DATASET_UNPACK_FACTOR`` times as much.
+    max_dataset_bytes: int = 512 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -107,7 +123,46 @@ class Settings:
             max_queued_jobs=_positive_int(env, "HWSEARCH_MAX_QUEUED_JOBS", 100),
             rate_limit_per_minute=_positive_int(env, "HWSEARCH_RATE_LIMIT", 1200),
             stall_s=_positive_int(env, "HWSEARCH_STALL_S", 900),
+            model_modules=_packages(env, "HWSEARCH_MODEL_MODULES"),
+            file_roots=_folders(env, "HWSEARCH_FILE_ROOTS"),
+            max_dataset_bytes=_positive_int(env, "HWSEARCH_MAX_DATASET_BYTES", 512 * 1024 * 1024),
         )
+
+
+def _items(env: Mapping[str, str], name: str, separators: str) -> list[str]:
+    raw = env.get(name) or ""
+    for sep in separators[1:]:
+        raw = raw.replace(sep, separators[0])
+    return [part.strip() for part in raw.split(separators[0]) if part.strip()]
+
+
+def _packages(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated top-level package names (``mypkg,otherpkg``), each an identifier."""
+    packages = _items(env, name, ",")
+    for package in packages:
+        if not _PACKAGE.fullmatch(package):
+            raise SettingsError(
+                name,
+                env.get(name),
+                f"{package!r} is not a top-level package name: comma-separated names such as "
+                "mypkg,otherpkg are required (no dots, no module paths)",
+            )
+    return tuple(dict.fromkeys(packages))
+
+
+def _folders(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Absolute folders separated by os.pathsep or commas, normalised (no '..', no trailing '/')."""
+    folders = []
+    for folder in _items(env, name, os.pathsep + ","):
+        if not os.path.isabs(folder) or ".." in Path(folder).parts or "\x00" in folder:
+            raise SettingsError(
+                name,
+                env.get(name),
+                f"{folder!r} is not an absolute folder path without '..': absolute folders separated "
+                f"by {os.pathsep!r} or ',' are required, e.g. /srv/models{os.pathsep}/srv/data",
+            )
+        folders.append(os.path.normpath(folder))
+    return tuple(dict.fromkeys(folders))
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:

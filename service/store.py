@@ -17,13 +17,13 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, literal, select, text, update
+from sqlalchemy import Text, cast, delete, func, literal, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .auth import ALL_SCOPES, Principal, check_owner
-from .db import FINISHED, ApiToken, Fit, Job, Schedule, TargetOwner, TrialRow, utcnow
+from .db import FINISHED, ApiToken, Dataset, Fit, Job, Schedule, TargetOwner, TrialRow, utcnow
 from .records import (
     aware,
     fit_dict,
@@ -544,6 +544,77 @@ class Store:
             s.execute(update(Fit).where(claimed).values(heartbeat_at=utcnow()))
             return bool(s.scalar(select(Fit.cancel_requested).where(Fit.id == fit_id)))
 
+    # ---- registered datasets ------------------------------------------------------------------
+    def create_dataset(self, manifest: dict[str, Any], *, owner: str | None) -> dict[str, Any]:
+        """Record a dataset stored by ``workers.datasets.register_dataset_zip`` (its manifest)."""
+        row = Dataset(
+            id=str(manifest["id"]),
+            name=str(manifest["name"]),
+            owner=owner,
+            kind=str(manifest["kind"]),
+            n_examples=int(manifest["n_examples"]),
+            size_bytes=int(manifest["size_bytes"]),
+            manifest=json_safe(manifest),
+            created_at=utcnow(),
+        )
+        with self.session() as s:
+            s.add(row)
+        return dataset_dict(row)
+
+    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        with self.session() as s:
+            row = s.get(Dataset, dataset_id)
+            if row is None:
+                raise NotFound(f"no dataset {dataset_id!r}")
+            return dataset_dict(row)
+
+    def list_datasets(
+        self, *, owner: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Datasets, newest first (``owner``'s only, when given), and how many there are."""
+        query = select(Dataset)
+        if owner is not None:
+            query = query.where(Dataset.owner == owner)
+        with self.session() as s:
+            total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+            order = (Dataset.created_at.desc(), Dataset.id)
+            rows = s.scalars(query.order_by(*order).limit(limit).offset(offset)).all()
+            return [dataset_dict(r) for r in rows], total
+
+    def dataset_users(self, dataset_id: str) -> list[str]:
+        """The queued or running jobs whose spec names dataset ``dataset_id`` (``data.dataset``)."""
+        with self.session() as s:
+            return self._dataset_users(s, dataset_id)
+
+    @staticmethod
+    def _dataset_users(s: Session, dataset_id: str) -> list[str]:
+        # The spec's text narrows the rows in SQL (on both databases); the JSON decides.
+        query = select(Job.id, Job.spec).where(
+            Job.status.in_(("queued", "running")), cast(Job.spec, Text).contains(dataset_id)
+        )
+        return [
+            job_id
+            for job_id, spec in s.execute(query.order_by(Job.created_at))
+            if ((spec or {}).get("data") or {}).get("dataset") == dataset_id
+        ]
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete the dataset's row; :class:`Conflict` naming the jobs when a queued or running
+        job uses it. The caller removes its files after (a row never points at missing files)."""
+        with self.session() as s:
+            row = s.get(Dataset, dataset_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"no dataset {dataset_id!r}")
+            users = self._dataset_users(s, dataset_id)
+            if users:
+                more = f" and {len(users) - 10} more" if len(users) > 10 else ""
+                raise Conflict(
+                    f"dataset {dataset_id} is used by the queued or running job(s) "
+                    f"{', '.join(users[:10])}{more}; cancel them or wait until they end, "
+                    "then delete the dataset"
+                )
+            s.delete(row)
+
     # ---- operations (/healthz, /metrics) ----------------------------------------------------------
     def ping(self) -> None:
         """A round trip to the database; raises what the driver raises when it does not answer."""
@@ -665,6 +736,33 @@ class Store:
         with self.session() as s:
             query = select(func.count()).where(Job.status == "queued", Job.owner == owner)
             return int(s.scalar(query) or 0)
+
+
+#: The manifest's fields a dataset shows (its ``content`` path is the service's own business).
+DATASET_FIELDS = (
+    "kind",
+    "n_examples",
+    "n_classes",
+    "classes",
+    "class_counts",
+    "files",
+    "size_bytes",
+    "zip_sha256",
+)
+
+
+def dataset_dict(row: Dataset) -> dict[str, Any]:
+    manifest = row.manifest or {}
+    return {
+        "id": row.id,
+        "name": row.name,
+        "owner": row.owner,
+        "created_at": aware(row.created_at),
+        **{k: manifest.get(k) for k in DATASET_FIELDS},
+        "kind": row.kind,
+        "n_examples": row.n_examples,
+        "size_bytes": row.size_bytes,
+    }
 
 
 def _sha256(token: str) -> str:

@@ -757,3 +757,61 @@ def test_a_newcomer_walks_the_demo(site: dict[str, Any], browser: Any) -> None:
     assert [n for n in names if n.endswith(REFERENCE)] == [f"{i}: {REFERENCE}" for i in ids]
     page.screenshot(path=str(SHOTS / "demo-3-compare.png"), full_page=True)
     assert errors == []
+
+
+def test_the_submit_form_offers_plugins_and_registered_datasets(
+    site: dict[str, Any], browser: Any, tmp_path: Path
+) -> None:
+    """The installed example plugin is offered beside the zoo (labelled with its package), a
+    dataset uploaded through the API is offered with "none" first, and the form puts the chosen
+    one into the JobSpec as data.dataset; a queued job's page says where its model and data
+    come from."""
+    import subprocess
+    import sys
+    import zipfile
+
+    import httpx
+
+    folder = tmp_path / "digits"
+    maker = ROOT / "examples/plugin/make_dataset.py"
+    subprocess.run(
+        [sys.executable, str(maker), str(folder), "--per-class", "3"], check=True, capture_output=True
+    )
+    archive = tmp_path / "digits.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(folder.rglob("*.png")):
+            z.write(path, path.relative_to(folder).as_posix())
+    r = httpx.post(
+        f"{site['url']}/api/v1/datasets",
+        params={"name": "my-digits"},
+        content=archive.read_bytes(),
+        headers={"Authorization": f"Bearer {site['token']}"},
+    )
+    assert r.status_code == 201, r.text
+    dataset = r.json()
+    page, errors = _open(browser, f"{site['url']}/submit")
+    plugin = page.locator("#model option[value='example-resnet']")
+    assert plugin.count() == 1 and "hwsearch-example-plugin" in plugin.inner_text()
+    assert page.locator("#model optgroup[label='zoo (built in)'] option").count() == 7
+    options = page.eval_on_selector_all("#dataset option", "os => os.map(o => [o.value, o.textContent])")
+    assert options[0] == ["", "none: the model's own evaluation"]
+    assert [o[0] for o in options[1:]] == [dataset["id"]] and "my-digits" in options[1][1]
+    page.fill("#token", site["token"])
+    page.select_option("#model", "example-resnet")
+    page.select_option("#dataset", dataset["id"])
+    page.fill("#targets", "zcu102")
+    page.fill("#budget", "4")
+    page.click("#submit")
+    page.wait_for_selector("#result a")
+    job_id = page.inner_text("#result a")
+    spec = httpx.get(f"{site['url']}/api/v1/jobs/{job_id}").json()["spec"]
+    assert spec["model"] == "example-resnet" and spec["data"]["dataset"] == dataset["id"]
+    page.goto(f"{site['url']}/jobs/{job_id}", wait_until="networkidle")
+    assert "plugin" in page.inner_text("#model-source")
+    assert dataset["id"] in page.inner_text("#data-source")
+    assert "split when the job starts" in page.inner_text("#data-source")
+    # The model's own evaluation when none is chosen.
+    page.goto(f"{site['url']}/jobs/{site['job']}", wait_until="networkidle")
+    assert page.inner_text("#data-source") == "Data: the model's own evaluation."
+    assert "zoo entry" in page.inner_text("#model-source")
+    assert errors == []

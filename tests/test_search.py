@@ -116,7 +116,7 @@ def test_hypervolume_known_values_and_reference() -> None:
 @pytest.fixture(scope="module")
 def problem() -> Problem:
     p = Problem.build(spec(constraints=["latency_ms<=0.0335"]))
-    ev = Evaluator("digits-cnn", None)
+    ev = Evaluator(spec().model_dump(mode="json"), None)
     p.reference_quality = ev.evaluate([Plan().to_dict()])[0]["quality"]
     p._evaluator = ev  # type: ignore[attr-defined]
     return p
@@ -397,7 +397,10 @@ def test_cli_search_json(ray_cluster: None) -> None:
     )
     assert out.exit_code == 0, out.output
     doc = json.loads(out.stdout)
-    assert set(doc) == {"reference", "front", "hypervolume", "trials"} and doc["trials"] == 9
+    assert (
+        set(doc) == {"reference", "front", "hypervolume", "trials", "source", "data"} and doc["trials"] == 9
+    )
+    assert doc["source"]["kind"] == "zoo" and doc["data"] is None
     assert doc["front"] and all(row["latency_ms@xeon-gold-6240"] <= 0.034 for row in doc["front"])
 
 
@@ -468,7 +471,7 @@ def test_spec_knows_exactly_the_zoo() -> None:
     from workers.zoo import list_models
 
     assert list(ZOO_MODELS) == list_models()
-    with pytest.raises(ValidationError, match="valid names: digits-cnn"):
+    with pytest.raises(ValidationError, match="zoo: digits-cnn, digits-vit"):
         spec(model="resnet-9000")
 
 

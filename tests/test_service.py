@@ -466,7 +466,13 @@ def test_the_compressed_model_of_a_trial_downloads_and_loads(tmp_path: Path, syn
         assert c.get(f"/api/v1/jobs/{job['id']}/trials/9/model").status_code == 404
         assert c.get("/api/v1/jobs/..%2F..%2Fetc/trials/3/model").status_code == 404
     with zipfile.ZipFile(io.BytesIO(r.content)) as z:
-        assert set(z.namelist()) == {"model.safetensors", "plan.json", "trial.json", "README.md"}
+        assert set(z.namelist()) == {
+            "model.safetensors",
+            "plan.json",
+            "trial.json",
+            "source.json",
+            "README.md",
+        }
         state = load(z.read("model.safetensors"))
         assert Plan.from_dict(json.loads(z.read("plan.json"))) == Plan.from_dict(plan)
         assert "load_state_dict" in z.read("README.md").decode()

@@ -5,6 +5,8 @@ object). All of it lives on ``app.state``, set by ``create_app``."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
@@ -18,7 +20,8 @@ from workers.search import JobSpec
 from ..auth import COOKIE, Principal, may_change
 from ..fronts import FrontCache
 from ..settings import Settings
-from ..store import Store
+from ..store import NotFound, Store
+from .errors import Invalid
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -136,22 +139,52 @@ def check_may_change(principal: Principal, owner: str | None, what: str) -> None
         )
 
 
-def validated(cat: Catalogue, model: type[M], data: Any, loc: tuple[Any, ...] = ("body",)) -> M:
-    """``data`` validated as ``model``, whose JobSpecs (the body itself or nested) must name
-    targets of the service's catalogue: every error, an unknown target among them, in one 422
-    placed under ``loc``. Routes take such bodies as ``Any`` because FastAPI's own validation
-    cannot pass the catalogue in (a JobSpec alone cannot know the user targets)."""
+def validation_context(cat: Catalogue, settings: Settings) -> dict[str, Any]:
+    """What a JobSpec is validated against in the service: the catalogue's targets, the
+    packages import paths may name (HWSEARCH_MODEL_MODULES) and the folders paths may lie in
+    (HWSEARCH_FILE_ROOTS)."""
     cat.load_targets()
+    return {
+        "targets": frozenset(list_targets()),
+        "model_modules": frozenset(settings.model_modules),
+        "file_roots": tuple(settings.file_roots),
+    }
+
+
+def validated(
+    cat: Catalogue, settings: Settings, model: type[M], data: Any, loc: tuple[Any, ...] = ("body",)
+) -> M:
+    """``data`` validated as ``model``, whose JobSpecs (the body itself or nested) must name
+    targets of the service's catalogue, and only the import paths and files its settings allow
+    (:func:`validation_context`): every error, an unknown target among them, in one 422 placed
+    under ``loc``. Routes take such bodies as ``Any`` because FastAPI's own validation cannot
+    pass the context in (a JobSpec alone cannot know the user targets)."""
     try:
-        return model.model_validate(data, context={"targets": frozenset(list_targets())})
+        return model.model_validate(data, context=validation_context(cat, settings))
     except ValidationError as exc:
         errors = [{**e, "loc": (*loc, *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors) from None
 
 
-def job_spec_of(cat: Catalogue, data: Any, loc: tuple[Any, ...] = ("body",)) -> JobSpec:
+def job_spec_of(cat: Catalogue, settings: Settings, data: Any, loc: tuple[Any, ...] = ("body",)) -> JobSpec:
     """``data`` validated as a JobSpec of the service's catalogue (see :func:`validated`)."""
-    return validated(cat, JobSpec, data, loc)
+    return validated(cat, settings, JobSpec, data, loc)
+
+
+def check_dataset(store: Store, spec: JobSpec | None, loc: tuple[Any, ...] = ("body",)) -> None:
+    """A 422 at ``loc + ("data", "dataset")`` when ``spec`` names a registered dataset that does
+    not exist (any owner's may be used: reads are shared, as jobs are)."""
+    if spec is None or spec.data is None or spec.data.dataset is None:
+        return
+    try:
+        store.get_dataset(spec.data.dataset)
+    except NotFound:
+        raise Invalid(
+            (*loc, "data", "dataset"),
+            f"no registered dataset {spec.data.dataset!r}; upload one with POST /api/v1/datasets "
+            "(`hwsearch dataset add`) and use its id (GET /api/v1/datasets lists them)",
+            spec.data.dataset,
+        ) from None
 
 
 #: The models of bodies validated with :func:`validated`, for the OpenAPI document's components.
@@ -174,6 +207,46 @@ def body_components() -> dict[str, Any]:
     )
     defs: dict[str, Any] = top.get("$defs", {})
     return defs
+
+
+def uploads_folder(settings: Settings) -> Path:
+    """The uploads folder, the owner's only (0700; one made by an older version is narrowed)."""
+    folder = settings.data_dir / "uploads"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_mode & 0o077:
+        folder.chmod(0o700)
+    return folder
+
+
+def check_declared_size(request: Request, limit: int, setting: str) -> None:
+    """413 at once when the request's Content-Length is over ``limit`` (``setting`` names it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"uploads are limited to {limit} bytes ({setting})"
+        )
+
+
+async def receive_to_file(request: Request, path: Path, limit: int, setting: str) -> int:
+    """Stream the request's body to a new private file ``path`` (0600; it must not exist) and
+    return its size; 413 as soon as it passes ``limit`` bytes (``setting`` names the cap). On
+    any error, the client going away included, the file is removed."""
+    check_declared_size(request, limit, setting)
+    out = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+    try:
+        with out:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(
+                        status.HTTP_413_CONTENT_TOO_LARGE, f"uploads are limited to {limit} bytes ({setting})"
+                    )
+                out.write(chunk)  # to the page cache: microseconds a chunk
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return size
 
 
 def target_of(cat: Catalogue, name: str) -> Target:

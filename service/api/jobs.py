@@ -25,6 +25,7 @@ from .deps import (
     StoreDep,
     Writer,
     body_schema,
+    check_dataset,
     check_may_change,
     job_spec_of,
 )
@@ -43,7 +44,8 @@ def create_job(
     principal: Writer,
     body: Annotated[Any, Body(include_in_schema=False)] = None,
 ) -> dict[str, Any]:
-    spec = job_spec_of(cat, body)
+    spec = job_spec_of(cat, settings, body)
+    check_dataset(store, spec)
     queued = store.queued_jobs(principal.owner)
     if queued >= settings.max_queued_jobs:
         raise HTTPException(
@@ -170,7 +172,8 @@ def _build_artifact(settings: Settings, job: dict[str, Any], trial: dict[str, An
 
     start_ray(settings.ray_address)
     task = ray.remote(num_cpus=1, max_retries=1)(export_compressed)
-    ray.get(task.remote(job["model"], trial, str(path), job["id"]), timeout=600)
+    # The whole spec: the model source (plugin, import path, weights) rebuilds as the job built it.
+    ray.get(task.remote(job["spec"], trial, str(path), job["id"]), timeout=600)
 
 
 def front_csv(job: dict[str, Any], rows: list[dict[str, Any]]) -> str:

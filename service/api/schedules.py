@@ -6,7 +6,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 
-from .deps import CatalogueDep, Read, StoreDep, Writer, body_schema, check_may_change, validated
+from .deps import (
+    CatalogueDep,
+    Read,
+    SettingsDep,
+    StoreDep,
+    Writer,
+    body_schema,
+    check_dataset,
+    check_may_change,
+    validated,
+)
 from .schemas import API, ScheduleIn, ScheduleUpdate
 
 router = APIRouter(prefix=API)
@@ -19,9 +29,10 @@ _Body = Annotated[Any, Body(include_in_schema=False)]
 
 @router.post("/schedules", status_code=201, openapi_extra=body_schema(ScheduleIn))
 def create_schedule(
-    store: StoreDep, cat: CatalogueDep, principal: Writer, data: _Body = None
+    store: StoreDep, cat: CatalogueDep, settings: SettingsDep, principal: Writer, data: _Body = None
 ) -> dict[str, Any]:
-    body = validated(cat, ScheduleIn, data)
+    body = validated(cat, settings, ScheduleIn, data)
+    check_dataset(store, body.spec, ("body", "spec"))
     return store.create_schedule(
         name=body.name,
         cron=body.cron,
@@ -44,10 +55,16 @@ def get_schedule(schedule_id: str, store: StoreDep) -> dict[str, Any]:
 
 @router.patch("/schedules/{schedule_id}", openapi_extra=body_schema(ScheduleUpdate))
 def update_schedule(
-    schedule_id: str, store: StoreDep, cat: CatalogueDep, principal: Writer, data: _Body = None
+    schedule_id: str,
+    store: StoreDep,
+    cat: CatalogueDep,
+    settings: SettingsDep,
+    principal: Writer,
+    data: _Body = None,
 ) -> dict[str, Any]:
     check_may_change(principal, store.get_schedule(schedule_id)["owner"], f"schedule {schedule_id}")
-    body = validated(cat, ScheduleUpdate, data)
+    body = validated(cat, settings, ScheduleUpdate, data)
+    check_dataset(store, body.spec, ("body", "spec"))
     changes = body.model_dump(exclude_unset=True, mode="json")
     return store.update_schedule(schedule_id, changes)
 

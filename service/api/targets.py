@@ -3,12 +3,11 @@ version is active, measurement uploads (each queues a fit) and the fits' reports
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from latency_models import (
@@ -21,9 +20,19 @@ from latency_models import list_targets as target_names
 from search_spaces import check_name
 
 from ..dispatcher import discard_upload
-from ..settings import Settings
 from ..store import Conflict, Store
-from .deps import CatalogueDep, Read, SettingsDep, StoreDep, Writer, check_may_change, target_of
+from .deps import (
+    CatalogueDep,
+    Read,
+    SettingsDep,
+    StoreDep,
+    Writer,
+    check_declared_size,
+    check_may_change,
+    receive_to_file,
+    target_of,
+    uploads_folder,
+)
 from .errors import Invalid, reported_at
 from .schemas import API, ActivateIn
 
@@ -109,9 +118,7 @@ async def upload_measurements(
     the 0700 uploads folder) and checked in a worker thread; a refused table leaves no file.
     The table is deleted once its fit has ended."""
     limit = settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"uploads are limited to {limit} bytes")
+    check_declared_size(request, limit, "HWSEARCH_MAX_UPLOAD_BYTES")
     # What needs no body is checked before the body is read.
     # ``cat`` (a dependency) registered the stored user targets, so they are among the names.
     if name not in target_names() and family is None:
@@ -124,33 +131,15 @@ async def upload_measurements(
         # Its fit may become the target's active predictor, for everyone who uses it.
         check_may_change(principal, await run_in_threadpool(store.target_owner, name), f"target {name!r}")
     fit_id = uuid.uuid4().hex[:16]
-    path = _uploads(settings) / f"{fit_id}.csv"
-    out = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+    path = uploads_folder(settings) / f"{fit_id}.csv"
+    await receive_to_file(request, path, limit, "HWSEARCH_MAX_UPLOAD_BYTES")
     try:
-        with out:
-            size = 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise HTTPException(
-                        status.HTTP_413_CONTENT_TOO_LARGE, f"uploads are limited to {limit} bytes"
-                    )
-                out.write(chunk)  # to the page cache: microseconds a chunk
         await run_in_threadpool(_check_table, path, settings.max_upload_rows)
         fit = await run_in_threadpool(_queue_fit, store, fit_id, name, family, kind, path, principal.owner)
     except BaseException:  # refused, failed, or the client went away: nothing half-written stays
         path.unlink(missing_ok=True)
         raise
     return _public_fit(fit)
-
-
-def _uploads(settings: Settings) -> Path:
-    """The uploads folder, the owner's only (0700; one made by an older version is narrowed)."""
-    folder = settings.data_dir / "uploads"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if folder.stat().st_mode & 0o077:
-        folder.chmod(0o700)
-    return folder
 
 
 def _check_table(path: Path, max_rows: int) -> None:

@@ -28,7 +28,7 @@ from search_spaces import Plan
 from ._errors import SearchError, SearchStalled
 from ._pareto import front_mask
 from ._problem import Problem
-from ._spec import JobSpec
+from ._spec import DEFAULT_STRATEGY, JobSpec
 from ._strategy import Observation, create_strategy
 from ._trial import Sink, Trial
 
@@ -197,7 +197,10 @@ class Evaluator:
         from ._entry import job_entry
 
         torch.set_num_threads(1)
-        entry = job_entry(JobSpec.model_validate(spec), data_dir=Path(data_dir) if data_dir else None)
+        # The strategy is the driver's business (and may be registered in its process only):
+        # the evaluator validates the spec with the default one, everything else as given.
+        job = JobSpec.model_validate({**spec, "strategy": DEFAULT_STRATEGY})
+        entry = job_entry(job, data_dir=Path(data_dir) if data_dir else None)
         self.prepared = prepare(entry)
 
     def pid(self) -> int:
