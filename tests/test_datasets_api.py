@@ -519,6 +519,48 @@ def test_the_example_plugin_is_searched_on_an_uploaded_dataset_and_its_page_show
             recorded = json.loads(z.read("source.json"))
         assert recorded["kind"] == "plugin" and recorded["package"] == PLUGIN_PACKAGE
         _check_job_page(base, job_id, dataset["id"], data)
+        _search_through_the_cli(base, token, digits["folder"], tmp_path)
+
+
+def _search_through_the_cli(base: str, token: str, folder: Path, tmp_path: Path) -> None:
+    """The same, as a user types it: the folder added with `hwsearch dataset add` (zipped and
+    streamed by the CLI), the plugin searched on it with `hwsearch submit`, followed to its end."""
+    hwsearch = str(Path(sys.executable).with_name("hwsearch"))
+    env = {**os.environ, "HWSEARCH_URL": base, "HWSEARCH_TOKEN": token}
+    added = subprocess.run(
+        [hwsearch, "dataset", "add", str(folder), "--name", "digits-cli", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert added.returncode == 0, added.stderr
+    dataset = json.loads(added.stdout)
+    assert dataset["n_examples"] == 60 and dataset["n_classes"] == 10
+    search = ["--target", "xeon-gold-6240", "--keep", "0.5,0.75", "--strategy", "random", "--budget", "3"]
+    submitted = subprocess.run(
+        [
+            hwsearch,
+            "submit",
+            "--model",
+            PLUGIN,
+            "--data",
+            dataset["id"],
+            *search,
+            "--concurrency",
+            "1",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
+    job = json.loads(submitted.stdout[submitted.stdout.index("{") :])
+    assert job["status"] == "succeeded" and job["evaluations"] == 3, job
+    assert job["progress"]["source"]["package"] == PLUGIN_PACKAGE
+    assert job["progress"]["data"]["dataset"] == dataset["id"]
 
 
 def _check_job_page(base: str, job_id: str, dataset_id: str, data: dict[str, Any]) -> None:
