@@ -45,7 +45,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
-from workers.model_refs import DOTTED, MODULES_SETTING, PLUGIN_GROUP
+from workers.model_refs import DOTTED, MODULES_SETTING, PLUGIN_GROUP, list_plugins
 from workers.model_refs import dist_of as _dist_of
 from workers.model_refs import hwsearch_version as _hwsearch_version
 from workers.model_refs import plugin_entry_points as _plugins
@@ -817,32 +817,17 @@ def list_model_sources(*, load: bool = False) -> list[dict[str, Any]]:
                 "description": cls.description,
             }
         )
-    for name, eps in sorted(_plugins().items()):
-        for ep in eps:
-            package, version = _dist_of(ep)
-            row: dict[str, Any] = {
-                "name": name,
-                "source": "plugin",
-                "package": package,
-                "version": version,
-                "task": None,
-                "metric": None,
-                "description": None,
-                "target": ep.value,
-            }
-            if name in MODELS:
-                row["error"] = f"shadowed by the zoo entry {name!r}; the plugin must use another name"
-            elif len(eps) > 1:
-                others = ", ".join(str(_dist_of(e)[0]) for e in eps if e is not ep)
-                row["error"] = f"also declared by {others}; uninstall one"
-            elif load:
-                try:
-                    obj = ep.load()
-                except Exception as error:
-                    row["error"] = f"does not load: {_quote(error)}"
-                else:
-                    for key in ("task", "metric", "description"):
-                        value = getattr(obj, key, None)
-                        row[key] = value if isinstance(value, str) else None
-            rows.append(row)
+    eps = {ep.value: ep for found in _plugins().values() for ep in found}
+    for plugin in list_plugins():  # from metadata; shadowed or doubled names carry an error
+        row: dict[str, Any] = {"task": None, "metric": None, "description": None, **plugin}
+        if load and "error" not in row:
+            try:
+                obj = eps[row["target"]].load()
+            except Exception as error:
+                row["error"] = f"does not load: {_quote(error)}"
+            else:
+                for key in ("task", "metric", "description"):
+                    value = getattr(obj, key, None)
+                    row[key] = value if isinstance(value, str) else None
+        rows.append(row)
     return rows
