@@ -478,3 +478,50 @@ def test_minilm_is_judged_on_the_users_sentences(tmp_path: Path) -> None:
     entry = job_entry(_spec(model="minilm-l6", data={"path": str(plain)}))
     prepared = prepare(entry)
     assert entry.evaluate(prepared.model).value == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_users_text_classifier_is_judged_through_its_tokenize_hook(on_path: Path, tmp_path: Path) -> None:
+    """A bare nn.Module whose module defines tokenize(texts): JSON lines with labels give accuracy."""
+    (on_path / "my_text.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            VOCAB = {"good": 0, "great": 1, "bad": 2, "awful": 3}
+
+
+            class BagOfWords(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.fc = nn.Linear(4, 2)
+                    with torch.no_grad():
+                        self.fc.weight.copy_(torch.tensor([[-1.0, -1.0, 1.0, 1.0], [1.0, 1.0, -1.0, -1.0]]))
+                        self.fc.bias.zero_()
+
+                def forward(self, x):
+                    return self.fc(x)
+
+
+            def build():
+                return BagOfWords().eval()
+
+
+            def tokenize(texts):
+                rows = torch.zeros(len(texts), 4)
+                for i, text in enumerate(texts):
+                    for word in text.split():
+                        if word in VOCAB:
+                            rows[i, VOCAB[word]] += 1
+                return rows
+            """
+        )
+    )
+    rows = [("good great", "pos"), ("awful bad", "neg"), ("great", "pos"), ("bad", "neg")] * 5
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in rows) + "\n")
+    spec = _spec(model="my_text:build", input_shape=[1, 4], data={"path": str(path)})
+    entry = job_entry(spec)
+    quality = entry.evaluate(prepare(entry).model)
+    # Labels numbered in sorted order (neg=0, pos=1); the hand-set weights classify every row.
+    assert quality.metric == "top1_accuracy" and quality.value == 1.0 and quality.extra["n"] == 15

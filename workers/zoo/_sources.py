@@ -16,6 +16,7 @@ A factory (plugin or import path) returns either a full entry (a ``ZooModel`` in
 subclass, used as is) or a bare ``nn.Module``, which ``UserModel`` adapts: its example input
 comes from ``input_shape`` (or an ``example_input()`` function beside the factory), its quality
 from an ``evaluate(model)`` function beside the factory (without one it says data is needed),
+its text hooks from ``tokenize(texts)`` / ``embed(model, inputs)`` there,
 its layers never to compress from ``ignore_layers(model)`` beside the factory, and its metric
 and task from ``METRIC`` / ``TASK`` strings there.
 
@@ -752,6 +753,10 @@ def _adapt_module(
     token_blocks = getattr(hooks, "TOKEN_BLOCKS", None) if hooks is not None else None
     if token_blocks is not None:
         entry.token_blocks = token_blocks
+    # Text data is tokenised (and, without labels, embedded) by the factory module's hooks.
+    for hook in ("tokenize", "embed"):
+        if (fn := _hook(hooks, hook)) is not None:
+            setattr(entry, hook, fn)
     setattr(entry, _SOURCE_ATTR, source)
     return entry
 
