@@ -8,39 +8,74 @@ package never initialises CUDA.
 from __future__ import annotations
 
 from ._accounting import Cost, count_cost
-from ._apply import apply
+from ._apply import CalibrationReport, apply
 from ._attention import AttentionBlock, SelfAttention, TokenBlocks, adapt_token_blocks, is_token_block
 from ._bench import Timing, time_callable, time_model
+from ._calibrate import InputStats, input_statistics, recalibrate_batchnorm
 from ._kept import kept_layers
-from ._lowrank import LowRankConv2d, LowRankLinear, full_rank, low_rank, singular_values
+from ._lowrank import (
+    LowRankConv2d,
+    LowRankLinear,
+    calibrate_low_rank,
+    full_rank,
+    low_rank,
+    low_rank_calibrated,
+    singular_values,
+)
 from ._prune import prune_channels
-from ._quant import QuantizedLayer, fake_quant_activation, fake_quant_weight, quantize, to_int8_dynamic
+from ._quant import (
+    LayerCalibration,
+    QuantConfig,
+    QuantizedLayer,
+    QuantReport,
+    fake_quant_activation,
+    fake_quant_weight,
+    fold_batchnorm,
+    quantize,
+    quantize_calibrated,
+    to_int8_dynamic,
+)
+from ._synthesize import SynthesizedInputs, can_synthesize, synthesize_inputs
 from ._tokens import add_token_pruning, prune_tokens
 from ._trace import trace
 
 __all__ = [
     "AttentionBlock",
+    "CalibrationReport",
     "Cost",
+    "InputStats",
+    "LayerCalibration",
     "LowRankConv2d",
     "LowRankLinear",
+    "QuantConfig",
+    "QuantReport",
     "QuantizedLayer",
     "SelfAttention",
+    "SynthesizedInputs",
     "Timing",
     "TokenBlocks",
     "adapt_token_blocks",
     "add_token_pruning",
     "apply",
+    "calibrate_low_rank",
+    "can_synthesize",
     "count_cost",
     "fake_quant_activation",
     "fake_quant_weight",
+    "fold_batchnorm",
     "full_rank",
+    "input_statistics",
     "is_token_block",
     "kept_layers",
     "low_rank",
+    "low_rank_calibrated",
     "prune_channels",
     "prune_tokens",
     "quantize",
+    "quantize_calibrated",
+    "recalibrate_batchnorm",
     "singular_values",
+    "synthesize_inputs",
     "time_callable",
     "time_model",
     "to_int8_dynamic",

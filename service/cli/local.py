@@ -434,6 +434,16 @@ def _quality_detail(quality: Any) -> dict[str, Any]:
     return out
 
 
+_NoCalibrateFlag = Annotated[
+    bool,
+    typer.Option(
+        "--no-calibrate",
+        help="Score the compressed model as it comes out of compression, without calibrating it "
+        "on the calibration data first (calibration is on by default).",
+    ),
+]
+
+
 def compress(
     model: ModelArgument = None,
     model_option: ModelFlag = None,
@@ -447,12 +457,23 @@ def compress(
     eval_examples: EvalExamplesOpt = None,
     measure: Annotated[bool, typer.Option(help="Also time both models on the host CPU.")] = False,
     repeats: Annotated[int, typer.Option(help="Timing rounds for --measure.", min=3)] = 30,
+    no_calibrate: _NoCalibrateFlag = False,
+    recovery_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--recovery-steps",
+            min=1,
+            help="Fine-tune the compressed model by distillation for N steps on the calibration data.",
+        ),
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Apply a plan; print quality before and after (with n and a 95% interval on data),
-    params, MACs, weight bytes (and latency)."""
+    params, MACs, weight bytes (and latency). The delivered model is calibrated on the
+    calibration data (unless --no-calibrate) and, with --recovery-steps, fine-tuned."""
     quiet_torch()
     from kernels import count_cost, time_model
+    from workers.recovery import RecoveryRecipe, judge_plan, recover_plan
 
     sources = source_fields(
         model_args=model_args,
@@ -467,15 +488,33 @@ def compress(
         fail("give exactly one of --plan PLAN.json or --uniform KEY=VALUE,...")
     entry, prepared, plan = _prepared_and_plan(_local_spec(name, "host-cpu", sources), plan_file, uniform)
     net, x = prepared.model, prepared.example_input
-    compressed = prepared.apply(plan)
-    before, after = prepared.entry.evaluate(net), prepared.entry.evaluate(compressed)
+    before = prepared.entry.evaluate(net)
+    plain = judge_plan(prepared, plan, calibrate=False)
+    delivered = plain if no_calibrate else judge_plan(prepared, plan, calibrate=True)
+    compressed, after = delivered.model, delivered.quality
+    how = delivered.calibration["how"]
+    recovery: dict[str, Any] | None = None
+    if recovery_steps is not None:
+        recovered = recover_plan(
+            prepared, plan, RecoveryRecipe(steps=recovery_steps), calibrate=not no_calibrate
+        )
+        compressed, after = recovered.model, recovered.quality
+        recovery = {k: v for k, v in recovered.record.items() if k not in ("weights", "quality_detail")}
+        how = recovered.record["how"]
     cost_before, cost_after = count_cost(net, x), count_cost(compressed, x)
     quality: dict[str, Any] = {
         "metric": before.metric,
         "before": rounded(before.value),
         "after": rounded(after.value),
+        "uncalibrated": rounded(plain.quality.value),
+        "how": how,
         "description": before.description,
     }
+    if not no_calibrate:
+        quality["calibrated"] = rounded(delivered.quality.value)
+        quality["calibration"] = delivered.calibration
+    if recovery is not None:
+        quality["recovery"] = recovery
     detail_before, detail_after = _quality_detail(before), _quality_detail(after)
     if "n" in detail_before:
         quality["n"] = detail_before["n"]
@@ -529,6 +568,7 @@ def compress(
         return text
 
     typer.echo(f"  quality ({q['metric']}{on}): {cell('before')} → {cell('after')}")
+    typer.echo(f"    {q['how']}; uncalibrated: {q['uncalibrated']:.4f}")
     for key in ("params", "macs", "weight_bytes"):
         b, a = result[key]["before"], result[key]["after"]
         typer.echo(f"  {key:<13} {b:>12,} → {a:>12,}  ({a / b:.2f}×)")
@@ -753,7 +793,16 @@ def search(
     for t, row in zip(result.front, summary["front"], strict=True):
         vs = against_reference(t.costs, ref_costs, names)
         # quality_detail: n and the 95% interval of the quality, when the data gives them.
-        front_rows.append({**row, **vs, "is_reference": t.number == 0, "quality_detail": t.quality_detail})
+        front_rows.append(
+            {
+                **row,
+                **vs,
+                "is_reference": t.number == 0,
+                "quality_detail": t.quality_detail,
+                "calibration": t.calibration,
+                "recovered": t.recovered,
+            }
+        )
     reference_row = None
     if reference is not None and ref_costs is not None:
         reference_row = {
@@ -796,12 +845,17 @@ def search(
             f"{t.costs[n]['latency_ms']:>16.4f}  {ratio_cell(vs[f'speedup@{n}']):>8}" for n in names
         )
         measured = f"  measured {t.measured['latency_ms']:.4f} ms" if t.measured else ""
+        if t.recovered is not None:
+            measured += f"  recovered {t.recovered['quality']:.4f} ({t.recovered['steps']} steps)"
         on_front = "" if t.number != 0 or any(f.number == 0 for f in result.front) else "  (not on the front)"
         typer.echo(
             f"{mark + str(t.number):>9}  {t.quality:>8.4f}  {cells}  {ratio_cell(vs['size_ratio']):>6}  "
             f"{t.costs[names[0]]['provenance']}{measured}"
             + (f"  uncompressed reference{on_front}" if t.number == 0 else "")
         )
+    how = next((t.calibration["how"] for t in result.front if t.number != 0 and t.calibration), None)
+    if how is not None:
+        typer.echo(f"quality: {how}")
     if progress.get("source"):
         from workers.zoo import ModelSource
 

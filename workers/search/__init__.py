@@ -13,19 +13,21 @@ from ._objectives import Objectives, against_reference, ratio
 from ._pareto import front_mask, hypervolume
 from ._problem import Problem
 from ._runner import SearchResult, ensure_ray, measure_on_host, run_search
-from ._spec import Budget, Constraint, JobSpec, SpaceSpec
+from ._spec import Budget, Constraint, FinetuneSpec, JobSpec, RecoverySpec, SpaceSpec
 from ._strategy import Observation, Strategy, create_strategy, list_strategies, register_strategy
 from ._trial import JsonlSink, MemorySink, Sink, Trial
 
 __all__ = [
     "Budget",
     "Constraint",
+    "FinetuneSpec",
     "JobSpec",
     "JsonlSink",
     "MemorySink",
     "Objectives",
     "Observation",
     "Problem",
+    "RecoverySpec",
     "SearchError",
     "SearchResult",
     "SearchStalled",

@@ -27,9 +27,15 @@ if TYPE_CHECKING:
     from torch import nn
 
     from workers.datasets import Dataset, Evaluator, ImportedEvaluator, Split
-    from workers.zoo import Quality
+    from workers.zoo import CalibrationSet, Quality
 
-__all__ = ["JudgedModel", "allowed_modules_from_env", "job_entry"]
+__all__ = ["MAX_CALIBRATION_INPUTS", "JudgedModel", "allowed_modules_from_env", "job_entry"]
+
+#: At most this many examples of the calibration split are used to calibrate a compressed model
+#: (the first ones of the seeded split): the sequential low-rank fit runs them as one batch, and a
+#: few dozen to a few hundred inputs is what calibration needs (SVD-LLM, GPTQ and AdaRound use
+#: 32-1024).
+MAX_CALIBRATION_INPUTS = 64
 
 
 def allowed_modules_from_env(env: os._Environ[str] | dict[str, str] | None = None) -> frozenset[str]:
@@ -200,6 +206,47 @@ class JudgedModel(ZooModel):
                 f"{width} classes",
             )
 
+    def calibration_set(self) -> CalibrationSet | None:
+        """Inputs from the calibration split (never evaluated on): at most
+        ``MAX_CALIBRATION_INPUTS`` images preprocessed as the evaluation's, or texts tokenised by
+        the source's ``tokenize`` hook. None with an evaluator alone (no data to calibrate on)
+        or text without a tokenizer."""
+        from workers.datasets import ImageDataset, ImagePreprocessing
+        from workers.zoo import CalibrationSet
+
+        if self.dataset is None or self.split is None or not self.split.calibration:
+            return None
+        indices = self.split.calibration[:MAX_CALIBRATION_INPUTS]
+        where = self._spec.data.describe() if self._spec.data is not None else "the data"
+        description = f"{len(indices)} examples of the calibration split of {where}"
+        import torch
+
+        if isinstance(self.dataset, ImageDataset):
+            values = _image_preprocessing(self.entry, self._spec, self.entry.example_input())
+            preprocessing = ImagePreprocessing.from_dict(values)
+            images = torch.stack(
+                [preprocessing(self.dataset.open(i), name=str(self.dataset.file_path(i))) for i in indices]
+            )
+            return CalibrationSet(
+                list(images.split(16)), len(indices), description, labels=self._labels(indices)
+            )
+        tokenize = getattr(self.entry, "tokenize", None)
+        if tokenize is None:
+            return None
+        texts = [self.dataset.texts[i] for i in indices]
+        batches = [_as_list(tokenize([text])) for text in texts]
+        if any(len(b) != 1 or not isinstance(b[0], torch.Tensor) for b in batches):
+            return None  # a tokenizer whose output is not one tensor per text: nothing to calibrate on
+        return CalibrationSet(
+            [b[0] for b in batches], len(indices), description, labels=self._labels(indices)
+        )
+
+    def _labels(self, indices: list[int]) -> torch.Tensor | None:
+        import torch
+
+        labels = getattr(self.dataset, "labels", None)
+        return None if labels is None else torch.tensor([labels[i] for i in indices], dtype=torch.long)
+
     def _make_evaluator(self) -> Evaluator | ImportedEvaluator:
         from workers.datasets import ImageDataset, ImagePreprocessing, make_evaluator
 
@@ -238,6 +285,11 @@ class JudgedModel(ZooModel):
             where = self._spec.data.describe() if self._spec.data is not None else "the data"
         n = f" on {estimate.n} examples" if estimate.n is not None else ""
         return Quality(estimate.value, estimate.metric, f"{estimate.metric}{n} of {where}", extra)
+
+
+def _as_list(inputs: Any) -> list[Any]:
+    """A tokenizer's output as a list of model inputs (a list of tensors, or one batch tensor)."""
+    return list(inputs) if isinstance(inputs, list | tuple) else [inputs]
 
 
 _METRICS = {

@@ -202,23 +202,28 @@ class Evaluator:
         job = JobSpec.model_validate({**spec, "strategy": DEFAULT_STRATEGY})
         entry = job_entry(job, data_dir=Path(data_dir) if data_dir else None)
         self.prepared = prepare(entry)
+        self.calibrate = job.recovery.calibrate
+        self.seed = job.seed
 
     def pid(self) -> int:
         return os.getpid()
 
     def evaluate(self, plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from workers.recovery import judge_plan
+
         out = []
         for data in plans:
             start = time.perf_counter()
             try:
-                model = self.prepared.apply(Plan.from_dict(data))
-                q = self.prepared.entry.evaluate(model)
+                judged = judge_plan(self.prepared, Plan.from_dict(data), calibrate=self.calibrate)
+                q = judged.quality
                 detail = {k: q.extra[k] for k in ("n", "low", "high") if k in q.extra}
                 out.append(
                     {
                         "quality": q.value,
                         "metric": q.metric,
                         "quality_detail": detail or None,
+                        "calibration": judged.calibration,
                         "eval_s": time.perf_counter() - start,
                     }
                 )
@@ -231,6 +236,23 @@ class Evaluator:
                     }
                 )
         return out
+
+    def recover(self, plan: dict[str, Any], recipe: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+        """The recovery stage for one front plan (``workers.recovery.recover_plan``): resumes
+        from the checkpoint a killed task left; returns the record, or ``{"error": ...}``."""
+        from workers.recovery import RecoveryRecipe, recover_plan
+
+        try:
+            done = recover_plan(
+                self.prepared,
+                Plan.from_dict(plan),
+                RecoveryRecipe(**recipe, seed=self.seed),
+                checkpoint=Path(checkpoint),
+                calibrate=self.calibrate,
+            )
+        except Exception as exc:  # a failing recovery keeps the screening result
+            return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=4)}
+        return done.record
 
 
 def _actor_class() -> Any:
@@ -344,6 +366,7 @@ def run_search(
                 violations=violations,
                 error=result.get("error"),
                 quality_detail=result.get("quality_detail"),
+                calibration=result.get("calibration"),
                 eval_s=float(result.get("eval_s", 0.0)),
                 predict_s=predict_s,
                 strategy=spec.strategy,
@@ -485,6 +508,16 @@ def run_search(
             if time.monotonic() >= deadline and not in_flight:
                 break
         cancelled = cancel.is_set()
+        finetune = spec.recovery.finetune
+        if finetune is not None and not cancelled:
+            front = _result(job_id, problem, trials, history, "running").front
+            recovered = _recover_front(
+                spec, problem, front, actors, job_id, data_dir, cancel, status, cls, spec_data, where
+            )
+            for number, outcome in recovered.items():
+                sink.on_recovery(job_id, number, outcome)
+                trials[number] = replace(trials[number], recovered=outcome)
+            cancelled = cancel.is_set()
     finally:
         for a in actors:
             ray.kill(a, no_restart=True)
@@ -502,6 +535,111 @@ def run_search(
         result = _result(job_id, problem, trials, history, result.status)
     status(result.status, hypervolume=result.hypervolume, front_size=len(result.front))
     return result
+
+
+def front_contributions(problem: Problem, front: Sequence[Trial]) -> list[tuple[Trial, float]]:
+    """Each front trial with its exclusive hypervolume contribution (what the front loses
+    without it), largest first: the plans the recovery stage spends its budget on."""
+    points = [problem.objectives(t.quality, t.costs) for t in front]  # type: ignore[arg-type]
+    whole = problem.goals.hypervolume(points)
+    out = [(t, whole - problem.goals.hypervolume(points[:i] + points[i + 1 :])) for i, t in enumerate(front)]
+    return sorted(out, key=lambda pair: (-pair[1], pair[0].number))
+
+
+def _recover_front(
+    spec: JobSpec,
+    problem: Problem,
+    front: Sequence[Trial],
+    actors: list[Any],
+    job_id: str,
+    data_dir: Path | None,
+    cancel: threading.Event,
+    status: Callable[..., None],
+    cls: Any,
+    spec_data: dict[str, Any],
+    where: str | None,
+) -> dict[int, dict[str, Any]]:
+    """Fine-tune the ``finetune.plans`` front plans that contribute most, on the evaluators.
+
+    Plans already recovered (a resumed job) are skipped; a plan whose task was killed resumes
+    from its checkpoint under ``<data dir>/recovery/<job>/<number>/``; an evaluator lost
+    mid-recovery is replaced and its plan given to another once. On cancel the driver stops
+    waiting (its caller kills the evaluators); finished recoveries are kept."""
+    import ray
+
+    from latency_models import data_dir as default_data_dir
+
+    finetune = spec.recovery.finetune
+    assert finetune is not None
+    root = data_dir if data_dir is not None else default_data_dir()
+    ranked = [t for t, _ in front_contributions(problem, front)]
+    chosen = ranked[: finetune.plans]
+    todo = [t for t in chosen if t.recovered is None and t.number != 0]
+    skipped = [t.number for t in chosen if t.number == 0]
+    recipe = {"steps": finetune.steps, "lr": finetune.lr, "batch": finetune.batch, "loss": finetune.loss}
+    info: dict[str, Any] = {
+        "asked": finetune.plans,
+        "front": len(front),
+        "plans": [t.number for t in chosen],
+        "done": len(chosen) - len(todo) - len(skipped),
+        "steps": finetune.steps,
+    }
+    if finetune.plans > len(front):
+        info["note"] = f"the front has {len(front)} plans; all of them are recovered, not {finetune.plans}"
+    if skipped:
+        info["skipped"] = "trial 0 is the uncompressed model: nothing to recover"
+    status("recovering", recovery=info)
+    results: dict[int, dict[str, Any]] = {}
+    waiting = list(todo)
+    in_flight: dict[Any, tuple[Any, Trial]] = {}
+    retried: set[int] = set()
+    while (waiting or in_flight) and not cancel.is_set():
+        busy = [v[0] for v in in_flight.values()]
+        for actor in [a for a in actors if all(a is not b for b in busy)]:
+            if not waiting:
+                break
+            trial = waiting.pop(0)
+            checkpoint = str(_recovery_dir(root, job_id, trial.number))
+            in_flight[actor.recover.remote(trial.plan, recipe, checkpoint)] = (actor, trial)
+        done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.2)
+        for ref in done:
+            actor, trial = in_flight.pop(ref)
+            try:
+                record = ray.get(ref)
+            except Exception as exc:  # the evaluator died beyond its retries
+                position = actors.index(actor)
+                actors[position] = cls.remote(spec_data, where)
+                if trial.number not in retried:
+                    retried.add(trial.number)
+                    waiting.insert(0, trial)  # resumes from its checkpoint
+                    continue
+                record = {"error": f"worker lost: {type(exc).__name__}: {exc}"}
+            if "error" in record:
+                logging.getLogger(__name__).warning(
+                    "job %s: recovering trial %d failed: %s", job_id, trial.number, record["error"]
+                )
+                info.setdefault("errors", {})[str(trial.number)] = record["error"]
+            else:
+                record["weights"] = _relative(record.get("weights"), root)
+                results[trial.number] = record
+            info["done"] = int(info["done"]) + 1
+            status("recovering", recovery=info)
+    return results
+
+
+def _recovery_dir(root: Path, job_id: str, number: int) -> Path:
+    from workers.recovery import recovery_dir
+
+    return recovery_dir(root, job_id, number)
+
+
+def _relative(path: str | None, root: Path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
 
 
 def _feasible(problem: Problem, trials: Iterable[Trial]) -> tuple[list[Trial], list[list[float]]]:

@@ -325,6 +325,40 @@ class DataSpec(BaseModel):
         return f"dataset {self.dataset}" if self.dataset else f"path {self.path}"
 
 
+#: Defaults of the recovery stage (``recovery.finetune``).
+DEFAULT_RECOVERY_PLANS = 3
+DEFAULT_RECOVERY_STEPS = 200
+DEFAULT_RECOVERY_LR = 1e-4
+DEFAULT_RECOVERY_BATCH = 16
+
+
+class FinetuneSpec(BaseModel):
+    """The recovery stage: after the search, the ``plans`` front plans that add most to the
+    front are fine-tuned by distillation from the uncompressed model on the calibration data,
+    ``steps`` optimiser steps of ``batch`` inputs at learning rate ``lr`` each, and scored again
+    on the evaluation data. ``loss``: ``"kd"`` (KL to the uncompressed model's outputs; no labels
+    needed) or ``"kd+ce"`` (plus cross-entropy on the labels of the job's labelled data)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    plans: int = Field(DEFAULT_RECOVERY_PLANS, ge=1, le=64)
+    steps: int = Field(DEFAULT_RECOVERY_STEPS, ge=1, le=100_000)
+    lr: float = Field(DEFAULT_RECOVERY_LR, gt=0, le=1)
+    batch: int = Field(DEFAULT_RECOVERY_BATCH, ge=1, le=1024)
+    loss: Literal["kd", "kd+ce"] = "kd"
+
+
+class RecoverySpec(BaseModel):
+    """How quality survives compression: ``calibrate`` (on by default) calibrates every
+    evaluated plan on the calibration data before it is scored; ``finetune`` (off by default)
+    adds the recovery stage for the front."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    calibrate: StrictBool = True
+    finetune: FinetuneSpec | None = None
+
+
 class JobSpec(BaseModel):
     """One search. ``model`` is a zoo id or plugin name (``hwsearch models``) or an import path
     ``module:factory`` (built with ``model_args``; ``weights`` loaded strictly on top;
@@ -358,6 +392,7 @@ class JobSpec(BaseModel):
     concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=64)
     plans_per_task: int = Field(4, ge=1, le=64)
     quality_examples: int | None = Field(None, ge=8, le=100_000)
+    recovery: RecoverySpec = RecoverySpec()
 
     @field_validator("constraints", mode="before")
     @classmethod
@@ -456,14 +491,33 @@ class JobSpec(BaseModel):
                 "quality_examples sizes a zoo model's own evaluation set; with data or an evaluator "
                 "use eval_examples instead"
             )
+        finetune = self.recovery.finetune
+        if finetune is not None:
+            if self.budget.evaluations is not None and finetune.plans > self.budget.evaluations:
+                raise ValueError(
+                    f"recovery.finetune.plans={finetune.plans} is more than the budget of "
+                    f"{self.budget.evaluations} evaluations can put on the front; give at most "
+                    f"{self.budget.evaluations}"
+                )
+            if finetune.loss == "kd+ce" and self.data is None:
+                raise ValueError(
+                    "recovery.finetune.loss='kd+ce' needs labelled data (data with classes), but the "
+                    "job has no data; use loss 'kd' or give data"
+                )
         return self
 
     def fingerprint(self) -> str:
         """12 hex digits naming the search this spec defines: everything but the budget and
         how it is run (concurrency, plans per task), so a resumed search may get more budget."""
-        exclude = {"budget", "concurrency", "plans_per_task"}
+        exclude: set[str] = {"budget", "concurrency", "plans_per_task", "recovery"}
         exclude |= {f for f in _LATER_FIELDS if getattr(self, f) == type(self).model_fields[f].default}
         search = self.model_dump_json(exclude=exclude)
+        # The recovery stage comes after the search and leaves it as it is; calibration changes
+        # every quality, so a search without it is another search (with it, the default, the
+        # fingerprint stays what it was before calibration existed).
+        if not self.recovery.calibrate:
+            search += '{"calibrate":false}'
+
         return hashlib.sha256(search.encode()).hexdigest()[:12]
 
     @property

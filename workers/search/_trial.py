@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,6 +35,13 @@ class Trial:
     measured: dict[str, Any] | None = None
     #: The quality's n and 95% interval (``{"n", "low", "high"}``) when its evaluator gives them.
     quality_detail: dict[str, float] | None = None
+    #: How the evaluated model was calibrated before it was scored: ``{"how": "calibrated on 32
+    #: crops of ..." | "uncalibrated", "n_inputs", "seconds", "synthetic", "steps", "notes"}``.
+    calibration: dict[str, Any] | None = None
+    #: The recovery stage's result for a front plan: ``{"quality", "quality_detail", "steps",
+    #: "lr", "batch", "loss", "n_calibration", "seconds", "weights"}`` (``weights``: the file of
+    #: the recovered state dict, relative to the data directory).
+    recovered: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,6 +62,10 @@ class Sink(Protocol):
 
     def on_measurement(self, job_id: str, number: int, measured: dict[str, Any]) -> None: ...
 
+    def on_recovery(self, job_id: str, number: int, recovered: dict[str, Any]) -> None:
+        """A front plan's recovered quality (``Trial.recovered``); idempotent per trial."""
+        ...
+
 
 class MemorySink:
     """Keeps everything in memory (tests, the CLI); thread-safe and idempotent."""
@@ -63,6 +74,7 @@ class MemorySink:
         self.trials: dict[tuple[str, int], Trial] = {}
         self.statuses: list[tuple[str, str, dict[str, Any]]] = []
         self.measurements: dict[tuple[str, int], dict[str, Any]] = {}
+        self.recoveries: dict[tuple[str, int], dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     def on_trial(self, trial: Trial) -> None:
@@ -76,6 +88,13 @@ class MemorySink:
     def on_measurement(self, job_id: str, number: int, measured: dict[str, Any]) -> None:
         with self._lock:
             self.measurements[(job_id, number)] = dict(measured)
+
+    def on_recovery(self, job_id: str, number: int, recovered: dict[str, Any]) -> None:
+        with self._lock:
+            self.recoveries[(job_id, number)] = dict(recovered)
+            trial = self.trials.get((job_id, number))
+            if trial is not None:
+                self.trials[(job_id, number)] = replace(trial, recovered=dict(recovered))
 
     def job_trials(self, job_id: str) -> list[Trial]:
         with self._lock:

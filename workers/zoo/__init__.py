@@ -7,7 +7,16 @@ tests/test_zoo_contract.py runs the contract on every registered entry.
 from __future__ import annotations
 
 from . import digits, efficientnet_lite0, fbnet, minilm, mobilenet_v2, nasbench201
-from ._base import Quality, ZooError, ZooModel, create_model, list_models, model_class, register_model
+from ._base import (
+    CalibrationSet,
+    Quality,
+    ZooError,
+    ZooModel,
+    create_model,
+    list_models,
+    model_class,
+    register_model,
+)
 from ._prepare import Prepared, prepare
 from ._sources import (
     MODULES_SETTING,
@@ -22,6 +31,7 @@ from ._sources import (
 __all__ = [
     "MODULES_SETTING",
     "PLUGIN_GROUP",
+    "CalibrationSet",
     "ModelSource",
     "Prepared",
     "Quality",

@@ -8,8 +8,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workers.zoo._base import Quality, ZooModel, device_of
-from workers.zoo._images import Normalization, calibration_images, photo
+from workers.zoo._base import CalibrationSet, Quality, ZooModel, device_of
+from workers.zoo._images import (
+    CALIBRATION_PHOTOS,
+    EVALUATION_PHOTOS,
+    Normalization,
+    calibration_images,
+    photo,
+)
 
 METRIC = "top1_agreement"
 
@@ -82,7 +88,7 @@ class ReferenceAgreement:
             metric=METRIC,
             description=(
                 "No labelled ImageNet data exists offline, so this is not accuracy: it is the "
-                f"fraction of {n} augmented real photos (from scikit-image and scikit-learn) on "
+                f"fraction of {n} augmented crops of real photos (from scikit-image and scikit-learn) on "
                 "which the compressed model's top-1 ImageNet class equals the uncompressed "
                 "model's (1.0 for the uncompressed model). The mean KL(uncompressed || "
                 "compressed) of the class distributions, in nats, is in the Python API's "
@@ -104,16 +110,41 @@ class ImageNetAgreementModel(ZooModel):
     task: ClassVar[str] = "image-classification (ImageNet-1k)"
     normalization: ClassVar[Normalization] = "imagenet"
     input_size: ClassVar[int] = 224
+    #: How many crops of the evaluation photos quality is measured on (``quality_examples``).
     n_calibration_images: ClassVar[int] = 256
+    #: How many crops of the calibration photos compressed models are calibrated on.
+    n_calibration_inputs: ClassVar[int] = 32
 
     def example_input(self) -> torch.Tensor:
         """A real photo (scikit-image's astronaut), normalised as the model expects."""
         return photo("astronaut", self.input_size, self.normalization)
 
     def calibration_images(self) -> torch.Tensor:
-        """The evaluation batch: augmented real photos, normalised as the model expects."""
+        """The evaluation batch: augmented crops of ``EVALUATION_PHOTOS``, normalised as the
+        model expects (the name is historical: these images are scored, never calibrated on)."""
         return calibration_images(
-            self.n_calibration_images, self.input_size, normalization=self.normalization
+            self.n_calibration_images,
+            self.input_size,
+            normalization=self.normalization,
+            sources=EVALUATION_PHOTOS,
+        )
+
+    def calibration_set(self) -> CalibrationSet:
+        """Crops of ``CALIBRATION_PHOTOS`` (other photos than the evaluation's), in batches of 16."""
+        images = calibration_images(
+            self.n_calibration_inputs,
+            self.input_size,
+            seed=1,
+            normalization=self.normalization,
+            sources=CALIBRATION_PHOTOS,
+        )
+        return CalibrationSet(
+            batches=list(images.split(16)),
+            n_inputs=int(images.shape[0]),
+            description=(
+                f"{images.shape[0]} crops of {len(CALIBRATION_PHOTOS)} photos "
+                f"({', '.join(CALIBRATION_PHOTOS)}) that the evaluation never uses"
+            ),
         )
 
     def evaluate(self, model: nn.Module) -> Quality:

@@ -22,6 +22,22 @@ class Quality:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Model inputs a compressed model is calibrated on, never the data it is scored on.
+
+    ``batches`` are inputs the model accepts as they are (``model(batch)``); ``n_inputs`` counts
+    examples; ``description`` says where they come from (quality descriptions quote it);
+    ``synthetic`` is True for inputs synthesised from the model's own statistics; ``labels``
+    (class indices, one per row of the batches in order) when the data is labelled."""
+
+    batches: list[torch.Tensor]
+    n_inputs: int
+    description: str
+    synthetic: bool = False
+    labels: torch.Tensor | None = None
+
+
 class ZooError(InputError):
     """A zoo model that does not exist, bad model arguments, or a missing weight package."""
 
@@ -40,6 +56,9 @@ class ZooModel(abc.ABC):
       reference-based metric it returns the best value (e.g. agreement 1.0).
     - ``ignore_layers(model)`` names layers never to compress (default: none); the output
       layer is never pruned in any case.
+    - ``calibration_set()`` returns inputs to calibrate compressed models on, disjoint from
+      what ``evaluate`` scores (default: None, no data of its own; a model with BatchNorm is
+      then calibrated on inputs synthesised from its statistics).
     - Class attributes ``name``, ``task``, ``metric`` and ``description`` document the entry;
       ``args`` lists the constructor's keyword arguments (e.g. ``arch``); an entry with
       arguments declares ``arg_pattern``, which every argument its parser accepts matches.
@@ -82,6 +101,10 @@ class ZooModel(abc.ABC):
 
     def ignore_layers(self, model: nn.Module) -> list[str]:
         return []
+
+    def calibration_set(self) -> CalibrationSet | None:
+        """Inputs to calibrate on, never overlapping the evaluation data (None: none of its own)."""
+        return None
 
 
 MODELS: Registry[type[ZooModel]] = Registry("model", ZooError)

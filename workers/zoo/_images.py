@@ -45,6 +45,11 @@ SKIMAGE_PHOTOS: tuple[str, ...] = (
 # Photos bundled inside the scikit-learn wheel (sklearn/datasets/images/).
 SKLEARN_PHOTOS: tuple[str, ...] = ("china", "flower")
 SOURCE_PHOTOS: tuple[str, ...] = SKIMAGE_PHOTOS + SKLEARN_PHOTOS
+# Compressed models are calibrated on crops of some photos and scored on crops of the others,
+# split by source photo (one in three, from the second): crops of one photo are too alike for
+# calibration on some of them to say anything about the rest.
+CALIBRATION_PHOTOS: tuple[str, ...] = SOURCE_PHOTOS[1::3]
+EVALUATION_PHOTOS: tuple[str, ...] = tuple(p for p in SOURCE_PHOTOS if p not in CALIBRATION_PHOTOS)
 
 # Standard ImageNet evaluation crop: resize the short side to size / 0.875, centre-crop size.
 _EVAL_CROP_FRACTION = 0.875
@@ -145,7 +150,11 @@ def photo(name: str, size: int = 224, normalization: Normalization = "imagenet")
 
 
 def calibration_images(
-    n: int = 256, size: int = 224, seed: int = 0, normalization: Normalization = "imagenet"
+    n: int = 256,
+    size: int = 224,
+    seed: int = 0,
+    normalization: Normalization = "imagenet",
+    sources: tuple[str, ...] = SOURCE_PHOTOS,
 ) -> torch.Tensor:
     """``n`` real photos as a deterministic n×3×size×size float32 batch for ImageNet models.
 
@@ -155,37 +164,45 @@ def calibration_images(
     (grey); from scikit-learn's ``load_sample_images``: china.jpg and flower.jpg. Grey photos are
     repeated over 3 channels.
 
-    Image ``i`` comes from source ``i % 13``, so the sources are equally represented. The first
-    13 images are the standard evaluation view (centre crop of 87.5 % of the short side); the
-    rest are RandomResizedCrop-style crops (area 20-100 % of the photo, aspect ratio 3/4-4/3)
-    drawn from ``numpy.random.default_rng(seed)``, each horizontally flipped with probability
-    1/2. Crops are resized with antialiased bilinear interpolation and normalised with
-    :func:`normalize` (``"imagenet"`` mean/std by default, ``"inception"`` for [-1, 1] models).
+    ``sources`` (default: all 13) limits the photos: the zoo scores models on
+    ``EVALUATION_PHOTOS`` and calibrates them on ``CALIBRATION_PHOTOS``, which never overlap.
+    Image ``i`` comes from source ``i % len(sources)``, so the sources are equally represented.
+    The first ``len(sources)`` images are the standard evaluation view (centre crop of 87.5 % of
+    the short side); the rest are RandomResizedCrop-style crops (area 20-100 % of the photo,
+    aspect ratio 3/4-4/3) drawn from ``numpy.random.default_rng(seed)``, each horizontally
+    flipped with probability 1/2. Crops are resized with antialiased bilinear interpolation and
+    normalised with :func:`normalize` (``"imagenet"`` mean/std by default, ``"inception"`` for [-1, 1]
+    models).
 
     The result is cached per argument tuple and shared between callers: do not modify it in
     place.
     """
     # Positional call so that f(256) and f(n=256) share one cache entry.
-    return _calibration_images(n, size, seed, normalization)
+    unknown = [s for s in sources if s not in SOURCE_PHOTOS]
+    if unknown or not sources:
+        raise ValueError(f"sources must be a non-empty subset of {SOURCE_PHOTOS}, but got {sources}")
+    return _calibration_images(n, size, seed, normalization, tuple(sources))
 
 
 # Each entry of the default size is 154 MB; a few (e.g. both normalizations) are plenty.
 @functools.lru_cache(maxsize=4)
-def _calibration_images(n: int, size: int, seed: int, normalization: Normalization) -> torch.Tensor:
-    return normalize(_calibration_crops(n, size, seed), normalization)
+def _calibration_images(
+    n: int, size: int, seed: int, normalization: Normalization, sources: tuple[str, ...]
+) -> torch.Tensor:
+    return normalize(_calibration_crops(n, size, seed, sources), normalization)
 
 
 # Models with different normalizations evaluate on the same crops: keep the latest [0, 1] batch
 # so that the second normalization does not redo the cropping and resizing.
-@functools.lru_cache(maxsize=1)
-def _calibration_crops(n: int, size: int, seed: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=2)
+def _calibration_crops(n: int, size: int, seed: int, sources: tuple[str, ...]) -> torch.Tensor:
     if n < 1 or size < 1:
         raise ValueError(f"calibration_images needs n >= 1 and size >= 1, got n={n}, size={size}")
     rng = np.random.default_rng(seed)
     out = torch.empty(n, 3, size, size, dtype=torch.float32)
     for i in range(n):
-        source = _photo_tensor(SOURCE_PHOTOS[i % len(SOURCE_PHOTOS)])
-        if i < len(SOURCE_PHOTOS):
+        source = _photo_tensor(sources[i % len(sources)])
+        if i < len(sources):
             crop = _center_crop(source, size)
         else:
             crop = _random_resized_crop(source, size, rng)

@@ -9,13 +9,14 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._base import ZooError, ZooModel
+from ._base import CalibrationSet, ZooError, ZooModel
 from ._sources import resolve_model
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from kernels import CalibrationReport
     from search_spaces import LayerSpec, Plan
 
 __all__ = ["Prepared", "prepare"]
@@ -41,11 +42,53 @@ class Prepared:
 
         return trace(self.model, self.example_input, ignore=self.ignore, coupling=self.coupling)
 
-    def apply(self, plan: Plan, *, execution: Literal["simulate", "int8"] = "simulate") -> nn.Module:
-        """A compressed copy of the model (``kernels.apply``), never touching ignored layers."""
+    @functools.cached_property
+    def calibration(self) -> CalibrationSet | None:
+        """What compressed copies are calibrated on: the entry's own calibration set (a job's
+        calibration split, the zoo's held-out photos or sentences), else, for a model with
+        weights and BatchNorm but no data, inputs synthesised from its BatchNorm statistics;
+        None when there is neither (then ``apply(calibrate=True)`` applies uncalibrated)."""
+        own = self.entry.calibration_set()
+        if own is not None or not getattr(self.entry, "has_weights", True):
+            return own
+        return synthesized_calibration(self.model, self.example_input)
+
+    def apply(
+        self,
+        plan: Plan,
+        *,
+        execution: Literal["simulate", "int8"] = "simulate",
+        calibrate: bool = False,
+        report: CalibrationReport | None = None,
+    ) -> nn.Module:
+        """A compressed copy of the model (``kernels.apply``), never touching ignored layers;
+        with ``calibrate``, calibrated on ``self.calibration`` when there is one (``report``
+        receives what calibration did; it stays empty without calibration data)."""
         from kernels import apply
 
-        return apply(self.model, plan, self.example_input, execution=execution, ignore=self.ignore)
+        batches = self.calibration.batches if calibrate and self.calibration is not None else None
+        return apply(
+            self.model,
+            plan,
+            self.example_input,
+            execution=execution,
+            ignore=self.ignore,
+            calibration=batches,
+            report=report,
+        )
+
+
+def synthesized_calibration(model: nn.Module, example_input: torch.Tensor) -> CalibrationSet | None:
+    """Inputs synthesised from ``model``'s BatchNorm statistics (ZeroQ), or None where that is
+    not possible (no BatchNorm, or inputs that are not floating point, such as token ids)."""
+    from kernels import can_synthesize, synthesize_inputs
+
+    if not can_synthesize(model, example_input):
+        return None
+    made = synthesize_inputs(model, example_input)
+    return CalibrationSet(
+        batches=list(made.batches), n_inputs=made.n_inputs, description=made.description, synthetic=True
+    )
 
 
 def adapt_blocks(entry: ZooModel, net: nn.Module) -> list[str]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from kernels import AttentionBlock, SelfAttention
 
-from ._base import Quality, ZooModel, register_model
+from ._base import CalibrationSet, Quality, ZooModel, register_model
 from ._cache import cached_state
 
 _SPLIT_SEED = 0
@@ -153,6 +153,16 @@ class _DigitsEntry(ZooModel):
 
     def evaluate(self, model: nn.Module) -> Quality:
         return Quality(_accuracy(model), self.metric, self.description)
+
+    def calibration_set(self) -> CalibrationSet:
+        """256 training images (the model saw them in training; the evaluation never does)."""
+        x_train = digits_split()[0]
+        images = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(1))[:256]]
+        return CalibrationSet(
+            batches=list(images.split(64)),
+            n_inputs=int(images.shape[0]),
+            description=f"{images.shape[0]} images of the digits training split (never evaluated on)",
+        )
 
 
 @register_model
