@@ -126,6 +126,48 @@ def test_quantised_recovery_stays_on_the_grid(digits: Prepared) -> None:
     assert all(not p.requires_grad for p in recovered.model.parameters())
 
 
+# ------------------------------------------------------------------------------------- CLI
+def _cli(*args: str) -> tuple[int, str, str]:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_compress_delivers_the_calibrated_or_recovered_model() -> None:
+    import json
+
+    code, out, err = _cli("compress", "digits-cnn", "--uniform", "rank=0.25", "--json")
+    assert code == 0, err
+    quality = json.loads(out)["quality"]
+    assert quality["after"] == quality["calibrated"] > quality["uncalibrated"] + 0.2
+    assert quality["how"].startswith("calibrated on 256 images")
+    code, out, err = _cli("compress", "digits-cnn", "--uniform", "rank=0.25", "--no-calibrate", "--json")
+    assert code == 0, err
+    plain = json.loads(out)["quality"]
+    assert plain["after"] == plain["uncalibrated"] and "calibrated" not in plain
+    assert plain["how"] == "uncalibrated"
+    code, out, err = _cli(
+        "compress", "digits-cnn", "--uniform", "rank=0.25", "--recovery-steps", "5", "--json"
+    )
+    assert code == 0, err
+    recovered = json.loads(out)["quality"]
+    assert recovered["recovery"]["steps"] == 5 and recovered["how"].startswith("recovered: 5 steps")
+    code, _, err = _cli("compress", "digits-cnn", "--uniform", "rank=0.25", "--recovery-steps", "0")
+    assert code == 2 and "--recovery-steps" in err
+
+
+def test_search_recovery_flags_reach_the_spec_or_fail_naming_them() -> None:
+    code, _, err = _cli("search", "--model", "digits-cnn", "--target", "cortex-a76", "--recovery-steps", "5")
+    assert code == 2 and "--recover-front" in err and "--recovery-steps" in err
+    code, _, err = _cli(
+        "search", "--model", "digits-cnn", "--target", "cortex-a76", "--budget", "4", "--recover-front", "5"
+    )
+    assert code == 2 and "recovery.finetune.plans" in err
+
+
 # ------------------------------------------------------------------------------- bad input
 def test_recovery_options_out_of_range_name_the_field() -> None:
     base: dict[str, Any] = {

@@ -471,13 +471,14 @@ def test_the_compressed_model_of_a_trial_downloads_and_loads(tmp_path: Path, syn
             "plan.json",
             "trial.json",
             "source.json",
+            "spec.json",
             "README.md",
         }
         state = load(z.read("model.safetensors"))
         assert Plan.from_dict(json.loads(z.read("plan.json"))) == Plan.from_dict(plan)
         assert "load_state_dict" in z.read("README.md").decode()
     prepared = prepare("digits-cnn")
-    rebuilt = prepared.apply(Plan.from_dict(plan))
+    rebuilt = prepared.apply(Plan.from_dict(plan), calibrate=True)
     rebuilt.load_state_dict(state)  # the README's recipe: every key and shape matches
     assert rebuilt.conv3.out_channels < prepared.model.conv3.out_channels
     with torch.no_grad():

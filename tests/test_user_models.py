@@ -405,7 +405,8 @@ def test_an_artifact_records_its_source_and_loads_with_the_users_factory(tmp_pat
     from safetensors.torch import load_file
 
     from workers.artifacts import export_compressed
-    from workers.zoo import resolve_model
+    from workers.search import JobSpec
+    from workers.search._entry import job_entry
 
     weights = tmp_path / "resnet.pt"
     torch.save(trained_resnet().state_dict(), weights)
@@ -418,14 +419,16 @@ def test_an_artifact_records_its_source_and_loads_with_the_users_factory(tmp_pat
         source = json.loads(z.read("source.json"))
         readme = z.read("README.md").decode()
         state = z.read("model.safetensors")
+        recorded_spec = json.loads(z.read("spec.json"))
     assert source["kind"] == "import" and source["name"] == "hwsearch_example_plugin.model:build_resnet"
     assert source["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert "resolve_model('hwsearch_example_plugin.model:build_resnet', weights=" in readme
-    assert "input_shape=(1, 1, 8, 8)" in readme
-    # The README's recipe: rebuild from the factory, apply the plan, load the weights.
+    assert 'job_entry(JobSpec.model_validate(json.load(open("spec.json"))))' in readme
+    assert recorded_spec["model"] == spec["model"] and recorded_spec["input_shape"] == [1, 1, 8, 8]
+    # The README's recipe: rebuild the job's entry from spec.json, apply the plan (calibrated, as
+    # the job judged it), load the weights.
     (tmp_path / "model.safetensors").write_bytes(state)
-    entry = resolve_model(spec["model"], weights=str(weights), input_shape=(1, 1, 8, 8))
-    rebuilt = prepare(entry).apply(Plan.from_dict(trial["plan"]))
+    entry = job_entry(JobSpec.model_validate(recorded_spec))
+    rebuilt = prepare(entry).apply(Plan.from_dict(trial["plan"]), calibrate=True)
     rebuilt.load_state_dict(load_file(str(tmp_path / "model.safetensors")))
     x = entry.example_input()
     with torch.no_grad():

@@ -22,63 +22,76 @@ Files: `plan.json` (the per-layer plan), `model.safetensors` (the weights of the
 model, as `kernels.apply(..., execution="simulate")` builds it: fake-quantized layers keep float
 weights plus their bit widths in the plan), `trial.json` (quality and predicted costs),
 `source.json` (where the model came from: zoo, plugin or import path, its arguments and the
-sha256 of the weights file it was built with).
+sha256 of the weights file it was built with), `spec.json` (the job's spec).
+
+The weights are those of the model as judged: {weights_are}.
 
 Load it with hwsearch installed{where}:
 
 ```python
+import json
 from safetensors.torch import load_file
 from search_spaces import Plan
-from workers.zoo import prepare, resolve_model
+from workers.search import JobSpec
+from workers.search._entry import job_entry
+from workers.zoo import prepare
 
 plan = Plan.from_json(open("plan.json").read())
-entry = resolve_model({resolve_args})
-model = prepare(entry).apply(plan)
+entry = job_entry(JobSpec.model_validate(json.load(open("spec.json"))))
+# The structure of the calibrated model (folded BatchNorms, static activation ranges) is rebuilt
+# by calibrating again{calibration_needs}; the weights below then replace what calibration chose.
+model = prepare(entry).apply(plan, calibrate={calibrate})
 model.load_state_dict(load_file("model.safetensors"))
 model.eval()
 ```
 
-Quality when built: {quality_metric} = {quality}.
+Quality when built: {quality_metric} = {quality} ({how}).
 """
 
 
-def _resolve_args(spec: dict[str, Any]) -> str:
-    """The arguments of ``resolve_model`` that rebuild the job's model, as Python source."""
-    args = [repr(spec["model"])]
-    if spec.get("model_args"):
-        args.append(f"model_args={spec['model_args']!r}")
-    if spec.get("weights"):
-        args.append("weights=" + repr(str(spec["weights"])))
-    if spec.get("input_shape"):
-        args.append(f"input_shape={tuple(spec['input_shape'])!r}")
-    return ", ".join(args)
-
-
 def export_compressed(
-    model: str | dict[str, Any], trial: dict[str, Any], path: str | Path, job_id: str = ""
+    model: str | dict[str, Any],
+    trial: dict[str, Any],
+    path: str | Path,
+    job_id: str = "",
+    data_dir: str | Path | None = None,
 ) -> Path:
-    """Build the compressed model of ``trial`` and write its zip to ``path`` (atomically).
+    """Build the compressed model of ``trial`` as it was judged and write its zip to ``path``
+    (atomically): calibrated on the job's calibration data unless the job turned calibration
+    off, and, for a recovered trial, with its recovered weights (``trial["recovered"]["weights"]``,
+    relative to ``data_dir``, default ``latency_models.data_dir()``).
 
-    ``model`` is the job's spec (a JobSpec dict: its model source, arguments, weights and input
-    shape) or a zoo model id."""
+    ``model`` is the job's spec (a JobSpec dict: its model source, arguments, weights, input
+    shape and data) or a zoo model id."""
     import torch
     from safetensors.torch import save as save_tensors
 
     from search_spaces import Plan
-    from workers.zoo import model_source, prepare, resolve_model
+    from workers.search import JobSpec
+    from workers.search._entry import job_entry
+    from workers.zoo import model_source, prepare
 
     torch.set_num_threads(1)
     spec: dict[str, Any] = {"model": model} if isinstance(model, str) else dict(model)
-    entry = resolve_model(
-        spec["model"],
-        model_args=spec.get("model_args") or None,
-        weights=spec.get("weights"),
-        input_shape=tuple(spec["input_shape"]) if spec.get("input_shape") else None,
-    )
-    source = model_source(entry)
+    root = Path(data_dir) if data_dir is not None else _default_data_dir()
+    job = JobSpec.model_validate({"targets": ["host-cpu"], **spec})
+    entry = job_entry(job, data_dir=root)
+    source = model_source(getattr(entry, "entry", entry))
     model_id = spec["model"]
     plan = Plan.from_dict(trial["plan"])
-    compressed = prepare(entry).apply(plan)
+    prepared = prepare(entry)
+    calibrate = job.recovery.calibrate
+    compressed = prepared.apply(plan, calibrate=calibrate)
+    calibrated = calibrate and prepared.calibration is not None
+    how = (trial.get("calibration") or {}).get("how") or ("calibrated" if calibrated else "uncalibrated")
+    weights_are = f"{how}"
+    recovered = trial.get("recovered") or {}
+    if recovered.get("weights"):
+        weights_file = root / str(recovered["weights"])
+        compressed.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+        how = recovered.get("how") or f"recovered: {recovered.get('steps')} steps"
+        weights_are = how
+    shown_quality = recovered.get("quality") if recovered.get("weights") else trial.get("quality")
     state = {k: v.detach().contiguous().clone() for k, v in compressed.state_dict().items()}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as z:
@@ -86,6 +99,7 @@ def export_compressed(
         z.writestr("plan.json", json.dumps(plan.to_dict(), indent=2))
         z.writestr("trial.json", json.dumps(trial, indent=2, default=str))
         z.writestr("source.json", json.dumps(source.to_dict(), indent=2))
+        z.writestr("spec.json", json.dumps(job.model_dump(mode="json"), indent=2))
         z.writestr(
             "README.md",
             README.format(
@@ -93,9 +107,15 @@ def export_compressed(
                 job_id=job_id,
                 number=trial.get("number"),
                 quality_metric=trial.get("quality_metric"),
-                quality=trial.get("quality"),
+                quality=(recovered.get("quality") if recovered.get("weights") else None)
+                or trial.get("quality"),
+                how=how,
+                weights_are=weights_are,
+                calibrate=calibrate,
+                calibration_needs=(
+                    " (on the job's data: it must be where spec.json says)" if job.data is not None else ""
+                ),
                 source=source.describe(),
-                resolve_args=_resolve_args(spec),
                 where=_where(source.kind, source.package),
             ),
         )
@@ -105,6 +125,12 @@ def export_compressed(
     tmp.write_bytes(buffer.getvalue())
     tmp.replace(out)
     return out
+
+
+def _default_data_dir() -> Path:
+    from latency_models import data_dir
+
+    return data_dir()
 
 
 def _where(kind: str, package: str | None) -> str:

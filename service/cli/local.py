@@ -27,7 +27,10 @@ from ._common import (
     KeepOpt,
     ModelArgsOpt,
     ModelOpt,
+    NoCalibrateOpt,
     RankOpt,
+    RecoverFrontOpt,
+    RecoveryStepsOpt,
     SeedOpt,
     StrategyOpt,
     TargetOpt,
@@ -41,6 +44,7 @@ from ._common import (
     progress_bar,
     quiet_torch,
     ratio_cell,
+    recovery_fields,
     rounded,
     source_fields,
 )
@@ -434,16 +438,6 @@ def _quality_detail(quality: Any) -> dict[str, Any]:
     return out
 
 
-_NoCalibrateFlag = Annotated[
-    bool,
-    typer.Option(
-        "--no-calibrate",
-        help="Score the compressed model as it comes out of compression, without calibrating it "
-        "on the calibration data first (calibration is on by default).",
-    ),
-]
-
-
 def compress(
     model: ModelArgument = None,
     model_option: ModelFlag = None,
@@ -457,7 +451,7 @@ def compress(
     eval_examples: EvalExamplesOpt = None,
     measure: Annotated[bool, typer.Option(help="Also time both models on the host CPU.")] = False,
     repeats: Annotated[int, typer.Option(help="Timing rounds for --measure.", min=3)] = 30,
-    no_calibrate: _NoCalibrateFlag = False,
+    no_calibrate: NoCalibrateOpt = False,
     recovery_steps: Annotated[
         int | None,
         typer.Option(
@@ -699,6 +693,9 @@ def search(
     data: DataOpt = None,
     evaluator: EvaluatorOpt = None,
     eval_examples: EvalExamplesOpt = None,
+    no_calibrate: NoCalibrateOpt = False,
+    recover_front: RecoverFrontOpt = None,
+    recovery_steps: RecoveryStepsOpt = None,
     spec_file: Annotated[
         Path | None, typer.Option("--spec", help="A JobSpec JSON file instead of the flags above.")
     ] = None,
@@ -725,6 +722,7 @@ def search(
         evaluator=evaluator,
         eval_examples=eval_examples,
     )
+    sources.update(recovery_fields(no_calibrate, recover_front, recovery_steps))
     catalogue().load_targets()  # this machine's targets: an unknown one is one more field error
     spec = job_spec(
         spec_file,
