@@ -188,7 +188,10 @@ COLOURS = {
     "limit": "#D55E00",
     "reference": "#000000",
     "front_2d": "#CC79A7",
+    "recovered": "#56B4E9",
 }
+#: The legend's name of the recovered plans' points (their quality after the recovery stage).
+RECOVERED_LABEL = "after recovery"
 #: The legend's name of trial 0, on every plot and first in the front's table.
 REFERENCE_LABEL = "reference (uncompressed)"
 
@@ -201,11 +204,14 @@ def previews(view: dict[str, Any]) -> dict[str, Markup]:
     points = [p for p in view["points"] if p["latency_ms"].get(target) is not None]
 
     def series(name: str, chosen: list[dict[str, Any]], symbol: str, size_px: float) -> Series:
-        colour = {"feasible": "other", REFERENCE_LABEL: "reference"}.get(name, name)
+        colour = {"feasible": "other", REFERENCE_LABEL: "reference", RECOVERED_LABEL: "recovered"}.get(
+            name, name
+        )
+        quality = "quality_recovered" if name == RECOVERED_LABEL else "quality"
         return Series(
             name,
             [p["latency_ms"][target] for p in chosen],
-            [p["quality"] for p in chosen],
+            [p[quality] for p in chosen],
             COLOURS[colour],
             symbol,
             size_px,
@@ -216,6 +222,8 @@ def previews(view: dict[str, Any]) -> dict[str, Markup]:
         series("infeasible", [p for p in points if not p["feasible"]], "x", 3.5),
         series("front", [p for p in points if p["front"]], "circle", 5),
         series(REFERENCE_LABEL, [p for p in points if p["reference"]], "star", 4),
+        # The recovered plans once more, at their quality after the recovery stage.
+        series(RECOVERED_LABEL, [p for p in points if "quality_recovered" in p], "triangle-up", 5),
     ]
     limits = [c for c in view["constraints"] if c["metric"] == "latency_ms" and c["target"] in (None, target)]
     empty = "no trial has been evaluated successfully" if view["n_trials"] else "no trial yet"
@@ -249,33 +257,60 @@ def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
         "active": job["status"] in ("queued", "running"),
         # The searched layers (name, kind, full rank), reported by the search once it runs.
         "layers": (job.get("progress") or {}).get("layers") or [],
+        # While the recovery stage runs: {"plans", "done", "current", "step", "steps"}.
+        "recovery": (job.get("progress") or {}).get("recovery"),
     }
 
 
-def _quality_details(request: Request, job: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Trial number → its quality's n and 95% interval (``quality_detail``: n, low, high), for
-    the front's trials and the reference; trials without one (a zoo entry's own evaluation
-    written before intervals existed) are absent. The front comes from the front cache (the
-    view was just built from it), the reference from one row."""
+def _front_trials(request: Request, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trials of the front's table: the front's (from the front cache: the view was just
+    built from it) and the reference (one row)."""
     store = _store(request)
     rows = list(request.app.state.fronts.get(store, job))
     if not any(int(t["number"]) == 0 for t in rows):
         with suppress(NotFound):
             rows.append(store.trial(job["id"], 0))
+    return rows
+
+
+def _quality_details(trials: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Trial number → its quality's n and 95% interval (``quality_detail``: n, low, high);
+    trials without one (a zoo entry's own evaluation written before intervals existed) are
+    absent."""
     return {
         int(t["number"]): t["quality_detail"]
-        for t in rows
+        for t in trials
         if isinstance(t.get("quality_detail"), dict) and t["quality_detail"].get("low") is not None
     }
 
 
-def _table_context(job_id: str, view: dict[str, Any], details: dict[int, dict[str, Any]]) -> dict[str, Any]:
+def _calibration_hows(trials: list[dict[str, Any]]) -> dict[int, str]:
+    """Trial number → how its quality was obtained (its calibration's ``how``: "calibrated on 32
+    crops of …", "uncalibrated"); trials stored before calibration existed are absent."""
+    return {
+        int(t["number"]): str(t["calibration"]["how"])
+        for t in trials
+        if isinstance(t.get("calibration"), dict) and t["calibration"].get("how")
+    }
+
+
+def _table_context(
+    job_id: str,
+    view: dict[str, Any],
+    details: dict[int, dict[str, Any]],
+    hows: dict[int, str] | None = None,
+) -> dict[str, Any]:
     front = view["front"]
     reference = view["reference"]
     # The reference first (once, also when it is on the front), then the front, best quality first.
     rows = ([reference] if reference else []) + [p for p in front if not p["reference"]]
     sizes = {int(d["n"]) for d in details.values() if d.get("n") is not None}
     return {
+        # Screening and recovered quality side by side when the job asked for a recovery stage
+        # or has a recovered plan; how each quality was obtained when trials say so.
+        "recovery": view.get("recovery") is not None or any("quality_recovered" in p for p in rows),
+        "recovered_front": set(view.get("front_recovered") or []),
+        "hows": hows or {},
         "view": view,
         "rows": rows,
         "reference_label": REFERENCE_LABEL,
@@ -329,11 +364,12 @@ def _sources(job: dict[str, Any]) -> dict[str, Any]:
 def job_page(request: Request, job_id: str, all: bool = False) -> Response:
     job = _store(request).get_job(job_id)
     view = request.app.state.views.get(_store(request), request.app.state.fronts, job, plot_all=all)
+    trials = _front_trials(request, job)
     return TEMPLATES.TemplateResponse(
         request,
         "job.html",
         {
-            **_table_context(job["id"], view, _quality_details(request, job)),
+            **_table_context(job["id"], view, _quality_details(trials), _calibration_hows(trials)),
             **_sources(job),
             "job": job,
             "summary": _job_summary(job),
@@ -342,6 +378,7 @@ def job_page(request: Request, job_id: str, all: bool = False) -> Response:
             "preview": previews(view),
             "colours": COLOURS,
             "reference_label": REFERENCE_LABEL,
+            "recovered_label": RECOVERED_LABEL,
             # The cancel button only for those whose token may cancel it (owner or admin).
             "can_cancel": job["status"] in ("queued", "running")
             and may_change(caller(request), job["owner"]),
@@ -355,8 +392,9 @@ def job_view_json(request: Request, job_id: str, all: bool = False) -> dict[str,
     front's table as HTML (rendered by the same template as the page's)."""
     job = _store(request).get_job(job_id)
     view = request.app.state.views.get(_store(request), request.app.state.fronts, job, plot_all=all)
+    trials = _front_trials(request, job)
     table = TEMPLATES.get_template("_front_table.html").render(
-        _table_context(job["id"], view, _quality_details(request, job))
+        _table_context(job["id"], view, _quality_details(trials), _calibration_hows(trials))
     )
     # The model and data lines too: a queued job's runner records them when it starts.
     sources = TEMPLATES.get_template("_job_sources.html").render(_sources(job))

@@ -104,6 +104,9 @@ class TrialRow(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON)  # the whole workers.search.Trial
     # SQL NULL until the front is measured (so COUNT(measured) counts measured trials).
     measured: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: The recovery stage's result for a front plan (``Trial.recovered``: recovered quality and its
+    #: recipe), SQL NULL until the plan is recovered; stored after the trial, like ``measured``.
+    recovered: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -45,7 +45,8 @@ MAX_REQUEUES = 3
 
 
 class DbSink:
-    """``workers.search.Sink`` on the database: trials idempotent, status and progress on the job.
+    """``workers.search.Sink`` on the database: trials idempotent, status and progress on the job,
+    host measurements and recovered qualities on their trials.
 
     Every write presents the runner's claim ``generation``: once another claim took the job
     over, the write raises ``Fenced`` and the search stops, so one job never has two live
@@ -63,6 +64,10 @@ class DbSink:
 
     def on_measurement(self, job_id: str, number: int, measured: dict[str, Any]) -> None:
         self.store.add_measurement(job_id, number, measured, generation=self.generation)
+
+    def on_recovery(self, job_id: str, number: int, recovered: dict[str, Any]) -> None:
+        """A front plan's recovered quality, stored beside its screening quality (once)."""
+        self.store.add_recovery(job_id, number, recovered, generation=self.generation)
 
 
 def execute_fit(database_url: str, fit_id: str, data_dir: str | None = None) -> str:

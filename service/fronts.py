@@ -25,11 +25,23 @@ from workers.search import JobSpec, Objectives, ratio
 
 from .store import Store
 
-__all__ = ["MAX_PLOTTED", "FrontCache", "ViewCache", "axis_keys", "front_2d", "front_of", "job_view", "point"]
+__all__ = [
+    "MAX_PLOTTED",
+    "FrontCache",
+    "ViewCache",
+    "axis_keys",
+    "front_2d",
+    "front_of",
+    "front_recovered_of",
+    "job_view",
+    "point",
+    "recovered_quality",
+]
 
 #: Trials off the front that a job page plots at most (thinned evenly by number); the front is whole.
 MAX_PLOTTED = 2000
-#: Trial versions as ``Store.trials_version`` gives them: (trials, newest row id, measured).
+#: Trial versions as ``Store.trials_version`` gives them: (trials, newest row id, measurements and
+#: recoveries stored).
 Version = tuple[int, int, int]
 
 
@@ -49,6 +61,50 @@ def front_of(job: Mapping[str, Any], trials: list[dict[str, Any]]) -> list[dict[
     return cast("list[dict[str, Any]]", Objectives.from_trials(spec, trials).front(trials))
 
 
+def recovered_quality(t: Mapping[str, Any]) -> float | None:
+    """The quality of trial ``t`` after the recovery stage (``t["recovered"]["quality"]``), or
+    None where it was not recovered."""
+    recovered = t.get("recovered")
+    if not isinstance(recovered, Mapping) or recovered.get("quality") is None:
+        return None
+    return float(recovered["quality"])
+
+
+def front_recovered_of(job: Mapping[str, Any], trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The front of ``job`` on recovered quality: each trial judged on its quality after the
+    recovery stage where it has one (its screening quality elsewhere), best quality first.
+
+    The rows are copies of the trials with ``quality`` the quality the front was taken on,
+    ``quality_source`` ("recovered" or "screening"), ``quality_screening`` (the search's own
+    quality) and ``quality_detail`` the shown quality's interval (``quality_screening_detail``
+    the screening one's). A recovered plan's feasibility is judged again on its recovered quality
+    (a quality constraint may now hold or fail); the others keep the search's verdict.
+    """
+    spec = _spec(job)
+    goals = Objectives(spec)  # only violations: independent of the reference
+    judged: list[dict[str, Any]] = []
+    for t in trials:
+        recovered = recovered_quality(t)
+        row = {
+            **t,
+            "quality_screening": t.get("quality"),
+            "quality_screening_detail": t.get("quality_detail"),
+        }
+        if recovered is None:
+            row["quality_source"] = "screening"
+        else:
+            detail = (t.get("recovered") or {}).get("quality_detail")
+            ok = t.get("status") == "ok" and not goals.violations(recovered, t.get("costs") or {})
+            row |= {
+                "quality": recovered,
+                "quality_source": "recovered",
+                "quality_detail": detail,
+                "feasible": ok,
+            }
+        judged.append(row)
+    return cast("list[dict[str, Any]]", Objectives.from_trials(spec, judged).front(judged))
+
+
 class FrontCache:
     """Fronts derived from the trials, recomputed only when a job's trials changed.
 
@@ -65,8 +121,28 @@ class FrontCache:
 
     def __init__(self, max_jobs: int = 256) -> None:
         self._cache: dict[str, tuple[Version, list[dict[str, Any]]]] = {}
+        self._recovered: dict[str, tuple[Version, tuple[list[dict[str, Any]], list[int]]]] = {}
         self._lock = threading.Lock()
         self.max_jobs = max_jobs
+
+    def get_recovered(self, store: Store, job: dict[str, Any]) -> tuple[list[dict[str, Any]], list[int]]:
+        """(the front on recovered quality, ``front_recovered_of``; the numbers of the job's
+        recovered trials), under the same key as ``get``. A job without a recovered trial has
+        the screening front (its rows marked "screening") and reads no trial beyond it; with
+        one, every trial is read once per change of the key (recoveries come after the search)."""
+        key = store.trials_version(job["id"])
+        with self._lock:
+            hit = self._recovered.get(job["id"])
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        numbers = store.recovered_numbers(job["id"])
+        trials = store.trials(job["id"])[0] if numbers else self.get(store, job)
+        value = (front_recovered_of(job, trials), numbers)
+        with self._lock:
+            if len(self._recovered) >= self.max_jobs:
+                self._recovered.pop(next(iter(self._recovered)))
+            self._recovered[job["id"]] = (key, value)
+        return value
 
     def get(
         self,
@@ -101,6 +177,9 @@ def point(
 ) -> dict[str, Any]:
     """One trial as the job and compare pages plot it: costs per target (latency with its
     interval, energy where the target has a power figure), weight bytes, the host measurement.
+    A recovered trial also has ``quality_recovered``, its interval (``quality_recovered_detail``)
+    and the recipe (``recovery``: steps, lr, batch, loss, n_calibration, seconds, metric); the
+    others have none of these keys (a job page holds thousands of points).
 
     With ``reference`` (trial 0, the uncompressed model, stored), ``speedup`` per target is the
     reference's latency over this trial's and ``size_ratio`` this trial's weight bytes over the
@@ -109,7 +188,7 @@ def point(
     measured = t.get("measured") or {}
     ref = {name: (reference or {}).get("costs", {}).get(name, {}) for name in targets}
     weight_bytes = costs[targets[0]].get("weight_bytes")
-    return {
+    out: dict[str, Any] = {
         "number": t["number"],
         "quality": t["quality"],
         "latency_ms": {n: c.get("latency_ms") for n, c in costs.items()},
@@ -124,6 +203,17 @@ def point(
         "speedup": {n: ratio(ref[n].get("latency_ms"), c.get("latency_ms")) for n, c in costs.items()},
         "size_ratio": ratio(weight_bytes, ref[targets[0]].get("weight_bytes")),
     }
+    recovered = recovered_quality(t)
+    if recovered is not None:
+        rec = t["recovered"]
+        out["quality_recovered"] = recovered
+        out["quality_recovered_detail"] = rec.get("quality_detail")
+        out["recovery"] = {k: rec.get(k) for k in RECIPE}
+    return out
+
+
+#: The recovery stage's recipe as a recovered trial records it (``Trial.recovered``).
+RECIPE = ("steps", "lr", "batch", "loss", "n_calibration", "seconds", "metric")
 
 
 def axis_keys(targets: list[str], trials: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
@@ -230,7 +320,11 @@ def job_view(
     # the page highlights is always plotted.
     axes = axis_keys(targets, ok)
     fronts_2d_by_axis = fronts_2d(ok, axes)
+    # Recovered plans (a few front plans) and the front on recovered quality are always plotted.
+    recovered = [int(t["number"]) for t in ok if recovered_quality(t) is not None]
+    front_recovered = [int(t["number"]) for t in front_recovered_of(job, ok)] if recovered else []
     keep = {n for numbers in fronts_2d_by_axis.values() for n in numbers} | {0}
+    keep |= set(recovered) | set(front_recovered)
     rest = [t for t in ok if t["number"] not in on_front]
     if max_plotted is not None and len(rest) > max_plotted:
         step = len(rest) / max_plotted
@@ -261,6 +355,12 @@ def job_view(
         "provenance": provenance,
         "constraints": [c.model_dump() for c in spec.constraints],
         "failures": [{"error": e, "count": n} for e, n in errors.most_common(5)],
+        # The recovery stage: the trials recovered, the front on recovered quality (numbers, best
+        # recovered-or-screening quality first), the spec's recipe (None: no recovery asked).
+        "recovered": recovered,
+        "front_recovered": front_recovered,
+        "recovery": None if spec.recovery.finetune is None else spec.recovery.finetune.model_dump(),
+        "calibrate": spec.recovery.calibrate,
     }
 
 

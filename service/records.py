@@ -44,12 +44,22 @@ def job_dict(job: Job) -> dict[str, Any]:
 
 
 def trial_dict(row: TrialRow) -> dict[str, Any]:
-    return merged_trial(row.data, row.measured)
+    return merged_trial(row.data, row.measured, row.recovered)
 
 
-def merged_trial(data: dict[str, Any], measured: dict[str, Any] | None) -> dict[str, Any]:
-    # A measurement stored after the trial (the host-cpu front) wins over the trial's own.
-    return {**data, "measured": measured if measured is not None else data.get("measured")}
+def merged_trial(
+    data: dict[str, Any], measured: dict[str, Any] | None, recovered: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A stored trial as the API gives it: the trial's own fields (``Trial.to_dict()``) with what
+    was stored after it winning over the trial's own: ``measured`` (the host-cpu front) and
+    ``recovered`` (the recovery stage). ``calibration`` and ``recovered`` are always present
+    (None in trials stored before they existed)."""
+    return {
+        **data,
+        "calibration": data.get("calibration"),
+        "measured": measured if measured is not None else data.get("measured"),
+        "recovered": recovered if recovered is not None else data.get("recovered"),
+    }
 
 
 def new_job(

@@ -287,6 +287,7 @@ class Store:
             "feasible": bool(trial.get("feasible")),
             "data": json_safe(trial),
             "measured": json_safe(trial.get("measured")),
+            "recovered": json_safe(trial.get("recovered")),
             "created_at": utcnow(),
         }
         if self.engine.dialect.name == "postgresql":
@@ -310,6 +311,34 @@ class Store:
                 .values(measured=json_safe(measured))
             )
 
+    def add_recovery(
+        self, job_id: str, number: int, recovered: dict[str, Any], generation: int | None = None
+    ) -> bool:
+        """Store the recovery stage's result for trial ``number`` (``Trial.recovered``: recovered
+        quality and recipe) beside its screening quality. Idempotent as ``add_trial`` is: the
+        first result stays (a resumed runner that reports a plan again changes nothing, and the
+        version the front caches are keyed on, ``trials_version``, counts each recovery once).
+        Returns whether this call stored it (False: already recovered, or no such trial). Given
+        the runner's ``generation``, a fenced runner's write is refused (:class:`Fenced`)."""
+        with self.session() as s:
+            self._fence(s, job_id, generation)
+            done = s.execute(
+                update(TrialRow)
+                .where(TrialRow.job_id == job_id, TrialRow.number == number, TrialRow.recovered.is_(None))
+                .values(recovered=json_safe(recovered))
+            )
+            return bool(done.rowcount)  # type: ignore[attr-defined]
+
+    def recovered_numbers(self, job_id: str) -> list[int]:
+        """Numbers of the job's trials that have a recovered quality, in order."""
+        query = (
+            select(TrialRow.number)
+            .where(TrialRow.job_id == job_id, TrialRow.recovered.is_not(None))
+            .order_by(TrialRow.number)
+        )
+        with self.session() as s:
+            return [int(n) for n in s.scalars(query)]
+
     def trials(
         self, job_id: str, *, limit: int | None = None, offset: int = 0
     ) -> tuple[list[dict[str, Any]], int]:
@@ -319,20 +348,20 @@ class Store:
             total = s.scalar(select(func.count()).where(TrialRow.job_id == job_id)) or 0
             # Two columns, not ORM objects: a 10,000-trial job decodes in about half the time.
             query = (
-                select(TrialRow.data, TrialRow.measured)
+                select(TrialRow.data, TrialRow.measured, TrialRow.recovered)
                 .where(TrialRow.job_id == job_id)
                 .order_by(TrialRow.number)
                 .offset(offset)
             )
             if limit is not None:
                 query = query.limit(limit)
-            return [merged_trial(data, measured) for data, measured in s.execute(query)], total
+            return [merged_trial(*row) for row in s.execute(query)], total
 
     def trials_added(
         self, job_id: str, old: tuple[int, int, int], new: tuple[int, int, int]
     ) -> list[dict[str, Any]] | None:
         """The trials written between two ``trials_version`` values, or None when the versions
-        differ by more than added trials (a new measurement) or the added rows cannot be told by
+        differ by more than added trials (a new measurement or recovery) or the added rows cannot be told by
         their ids (a row committed late with an id below ``old``'s newest): then read them all.
 
         Rows with ids in ``(old newest, new newest]`` were not there at ``old``; they are all
@@ -341,18 +370,19 @@ class Store:
         if not (new[0] > old[0] and new[1] > old[1] and new[2] == old[2]):
             return None
         query = (
-            select(TrialRow.data, TrialRow.measured)
+            select(TrialRow.data, TrialRow.measured, TrialRow.recovered)
             .where(TrialRow.job_id == job_id, TrialRow.id > old[1], TrialRow.id <= new[1])
             .order_by(TrialRow.number)
         )
         with self.session() as s:
-            added = [merged_trial(data, measured) for data, measured in s.execute(query)]
+            added = [merged_trial(*row) for row in s.execute(query)]
         return added if len(added) == new[0] - old[0] else None
 
     def trials_version(self, job_id: str) -> tuple[int, int, int]:
-        """(trials, newest trial row id, trials with a measurement): changes with every write."""
-        measured = func.count(TrialRow.measured)
-        query = select(func.count(), func.coalesce(func.max(TrialRow.id), 0), measured)
+        """(trials, newest trial row id, measurements and recoveries stored): changes with every
+        write (a measurement or a recovery is written once per trial, so the count grows)."""
+        later = func.count(TrialRow.measured) + func.count(TrialRow.recovered)
+        query = select(func.count(), func.coalesce(func.max(TrialRow.id), 0), later)
         with self.session() as s:
             count, newest, n_measured = s.execute(query.where(TrialRow.job_id == job_id)).one()
             return int(count), int(newest), int(n_measured)

@@ -25,7 +25,8 @@ LEFT, RIGHT, TOP, BOTTOM = 64, 16, 36, 84
 
 @dataclass(frozen=True)
 class Series:
-    """Points of one legend entry. ``symbol``: "circle", "circle-open", "x", "star" or "line"."""
+    """Points of one legend entry. ``symbol``: "circle", "circle-open", "x", "star",
+    "triangle-up" or "line"."""
 
     name: str
     xs: Sequence[float]
@@ -78,6 +79,12 @@ def _marker(symbol: str, x: float, y: float, r: float, colour: str) -> str:
             angle = math.pi / 5 * k - math.pi / 2
             corners.append(f"{x + radius * math.cos(angle):.1f},{y + radius * math.sin(angle):.1f}")
         return f'<polygon points="{" ".join(corners)}" fill="{colour}" stroke="#fff" stroke-width=".8"/>'
+    if symbol == "triangle-up":  # a recovered plan's quality after the recovery stage
+        top, base = y - 1.4 * r, y + 0.9 * r
+        return (
+            f'<polygon points="{x:.1f},{top:.1f} {x - 1.2 * r:.1f},{base:.1f} {x + 1.2 * r:.1f},{base:.1f}"'
+            f' fill="{colour}" stroke="#000" stroke-width=".5"/>'
+        )
     if symbol == "circle-open":
         return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="none" stroke="{colour}"/>'
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="{colour}" stroke="#000" stroke-width=".5"/>'

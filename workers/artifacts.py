@@ -107,8 +107,7 @@ def export_compressed(
                 job_id=job_id,
                 number=trial.get("number"),
                 quality_metric=trial.get("quality_metric"),
-                quality=(recovered.get("quality") if recovered.get("weights") else None)
-                or trial.get("quality"),
+                quality=shown_quality,
                 how=how,
                 weights_are=weights_are,
                 calibrate=calibrate,

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 
 from workers.search import JobSpec, against_reference
 
+from ..fronts import recovered_quality
 from ..settings import Settings
 from ..store import Conflict, NotFound, Store
 from .deps import (
@@ -117,7 +118,10 @@ async def trial_model(
     if trial.get("status") != "ok":
         raise Conflict(f"trial {number} failed; it has no model")
     root = (settings.data_dir / "artifacts").resolve()
-    path = (root / job["id"] / f"trial-{int(number)}.zip").resolve()
+    # A recovered trial's zip holds its recovered weights: cached under a name of its own, so a
+    # zip built before the recovery stage is not handed out after it.
+    name = f"trial-{int(number)}{'-recovered' if trial.get('recovered') else ''}.zip"
+    path = (root / job["id"] / name).resolve()
     if not path.is_relative_to(root):  # ids come from the database, but never trust a path
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such artifact")
     if not path.exists():
@@ -137,20 +141,30 @@ def front(
     fronts: FrontsDep,
     format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
 ) -> Any:
+    """The front on screening quality (the search's own, ``front``) and, "both ways", on
+    recovered quality where the recovery stage recovered a plan (``front_recovered``; its rows
+    say ``quality_source`` and keep ``quality_screening``); ``recovered_trials`` are the numbers
+    of the recovered trials (empty: the front is the same both ways)."""
     job = store.get_job(job_id)
     rows = fronts.get(store, job)
     if format == "csv":
         return PlainTextResponse(front_csv(job, rows), media_type="text/csv")
+    recovered_rows, recovered = fronts.get_recovered(store, job)
     reference = _reference(store, job_id)
     ref_costs = reference["costs"] if reference is not None else None
+
+    def with_ratios(row: dict[str, Any]) -> dict[str, Any]:  # a copy: rows are the cache's own
+        return {**row, **against_reference(row["costs"], ref_costs, job["targets"])}
+
     return {
         "job_id": job_id,
         "objectives": JobSpec.model_validate(job["spec"]).objectives,
         "targets": job["targets"],
         "hypervolume": job["hypervolume"],
         "reference": reference,
-        # Copies: the rows are the front cache's own dicts.
-        "front": [{**row, **against_reference(row["costs"], ref_costs, job["targets"])} for row in rows],
+        "front": [with_ratios(row) for row in rows],
+        "front_recovered": [with_ratios(row) for row in recovered_rows],
+        "recovered_trials": recovered,
     }
 
 
@@ -177,7 +191,8 @@ def _build_artifact(settings: Settings, job: dict[str, Any], trial: dict[str, An
 
 
 def front_csv(job: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """The front as CSV: number, quality, latency per target, weight bytes, provenance, plan (JSON)."""
+    """The front as CSV: number, quality, latency per target, weight bytes, provenance, plan
+    (JSON), and the recovered quality (empty where the plan was not recovered)."""
     out = io.StringIO()
     targets = job["targets"]
     writer = csv.writer(out)
@@ -188,6 +203,7 @@ def front_csv(job: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "weight_bytes",
         "provenance",
         "plan",
+        "quality_recovered",
     ]
     writer.writerow(header)
     for t in rows:
@@ -200,6 +216,7 @@ def front_csv(job: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 costs[targets[0]].get("weight_bytes"),
                 costs[targets[0]].get("provenance"),
                 json.dumps(t["plan"], separators=(",", ":")),
+                recovered_quality(t),
             ]
         )
     return out.getvalue()

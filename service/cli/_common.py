@@ -34,7 +34,10 @@ __all__ = [
     "KeepOpt",
     "ModelArgsOpt",
     "ModelOpt",
+    "NoCalibrateOpt",
     "RankOpt",
+    "RecoverFrontOpt",
+    "RecoveryStepsOpt",
     "SeedOpt",
     "StrategyOpt",
     "TargetOpt",
@@ -52,6 +55,7 @@ __all__ = [
     "progress_bar",
     "quiet_torch",
     "ratio_cell",
+    "recovery_fields",
     "rounded",
     "source_fields",
 ]
@@ -197,6 +201,56 @@ WbitsOpt = Annotated[str | None, typer.Option(help="Weight bit widths offered, e
 AbitsOpt = Annotated[str | None, typer.Option(help="Activation bit widths offered, e.g. 8.")]
 TokensOpt = Annotated[str | None, typer.Option(help="Token keep rates offered, e.g. 0.5,0.7.")]
 ConcurrencyOpt = Annotated[int | None, typer.Option(help="Ray evaluator actors.  [default: 2]", min=1)]
+# Quality that survives compression (issue 17): ``recovery_fields`` turns these into JobSpec.recovery.
+NoCalibrateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-calibrate",
+        help="Judge plans straight after compression, without calibrating them on the calibration "
+        "data (calibration is on by default).",
+    ),
+]
+RecoverFrontOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--recover-front",
+        help="After the search, fine-tune the K front plans that add most to the front by "
+        "distillation and judge them again (the recovery stage; off by default).",
+    ),
+]
+RecoveryStepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--recovery-steps",
+        help="Optimiser steps per recovered plan (with --recover-front).  [default: 200]",
+    ),
+]
+
+
+def recovery_fields(
+    no_calibrate: bool, recover_front: int | None, recovery_steps: int | None
+) -> dict[str, Any]:
+    """The JobSpec field of ``--no-calibrate``, ``--recover-front K`` and ``--recovery-steps N``:
+    ``{}`` when all are left at their defaults (the JobSpec's own defaults apply: calibration on,
+    no recovery stage), else ``{"recovery": {"calibrate": False?, "finetune": {"plans": K,
+    "steps": N?}}}`` with only what was given. The JobSpec checks the numbers (naming
+    ``recovery.finetune.plans`` / ``.steps``); ``--recovery-steps`` without ``--recover-front``
+    exits 2 here, naming both flags."""
+    if recovery_steps is not None and recover_front is None:
+        fail(
+            f"--recovery-steps {recovery_steps} needs --recover-front K: the steps are those of each "
+            "recovered front plan; give --recover-front K (e.g. --recover-front 3), or drop "
+            "--recovery-steps"
+        )
+    recovery: dict[str, Any] = {}
+    if no_calibrate:
+        recovery["calibrate"] = False
+    if recover_front is not None:
+        finetune: dict[str, Any] = {"plans": recover_front}
+        if recovery_steps is not None:
+            finetune["steps"] = recovery_steps
+        recovery["finetune"] = finetune
+    return {"recovery": recovery} if recovery else {}
 
 
 def _floats(text: str | None, flag: str) -> list[float]:
@@ -313,12 +367,15 @@ def job_spec(
     concurrency: int | None,
     known_targets: Collection[str] | None = None,
     sources: Mapping[str, Any] | None = None,
+    recovery: Mapping[str, Any] | None = None,
 ) -> Any:
     """The JobSpec of a spec file or of the search flags; bad input exits 2 naming every field
     wrong at once. Flags not given are left out, so the JobSpec's defaults apply (the API's).
     ``known_targets``, when given, are the only valid target names (a local catalogue).
     ``sources`` are the fields of the model and data flags (``source_fields``); with a spec
-    file they are not allowed (the file says where its model and data come from)."""
+    file they are not allowed (the file says where its model and data come from).
+    ``recovery`` is ``recovery_fields(...)``: with a spec file too, what its flags give
+    replaces those keys of the file's ``recovery`` (``calibrate``, ``finetune``)."""
     from pydantic import ValidationError
 
     from workers.search import JobSpec
@@ -333,6 +390,9 @@ def job_spec(
                 data = json.loads(spec_file.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 fail(f"--spec: {spec_file}: a readable JobSpec JSON file is required ({exc})")
+            if recovery and isinstance(data, dict):
+                given = data.get("recovery")
+                data["recovery"] = {**(given if isinstance(given, dict) else {}), **recovery["recovery"]}
             return JobSpec.model_validate(data, context=context)
         if not model or not target:
             fail("--model and --target are required (or a JobSpec file)")
@@ -353,6 +413,7 @@ def job_spec(
         }
         data.update({key: value for key, value in given.items() if value is not None})
         data.update(sources or {})
+        data.update(recovery or {})
         return JobSpec.model_validate(data, context=context)
     except ValidationError as exc:
         fail(_validation_message(exc))

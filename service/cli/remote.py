@@ -30,7 +30,10 @@ from ._common import (
     KeepOpt,
     ModelArgsOpt,
     ModelOpt,
+    NoCalibrateOpt,
     RankOpt,
+    RecoverFrontOpt,
+    RecoveryStepsOpt,
     SeedOpt,
     StrategyOpt,
     TargetOpt,
@@ -44,6 +47,7 @@ from ._common import (
     print_json,
     progress_bar,
     ratio_cell,
+    recovery_fields,
     source_fields,
 )
 
@@ -240,6 +244,9 @@ def submit(
     data: DataOpt = None,
     evaluator: EvaluatorOpt = None,
     eval_examples: EvalExamplesOpt = None,
+    no_calibrate: NoCalibrateOpt = False,
+    recover_front: RecoverFrontOpt = None,
+    recovery_steps: RecoveryStepsOpt = None,
     detach: Annotated[bool, typer.Option(help="Print the job id and return at once.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -266,6 +273,7 @@ def submit(
         {"rank": rank, "keep": keep, "wbits": wbits, "abits": abits, "tokens": tokens},
         concurrency,
         sources=sources,
+        recovery=recovery_fields(no_calibrate, recover_front, recovery_steps),
     )
     api = Api()
     job = api.call("POST", "/jobs", json=spec.model_dump(mode="json"))
@@ -357,9 +365,17 @@ def front(
         lat = "  ".join(
             f"{t['costs'][n]['latency_ms']:.4f} ms@{n} ({ratio_cell(t.get(f'speedup@{n}'))})" for n in targets
         )
-        typer.echo(
-            f"{t['number']:>7}  quality {t['quality']:.4f}  {lat}  size {ratio_cell(t.get('size_ratio'))}"
+        recovered = t.get("recovered") or {}
+        after = (
+            f"  recovered {recovered['quality']:.4f} ({recovered.get('steps')} steps)"
+            if recovered.get("quality") is not None
+            else ""
         )
+        size = ratio_cell(t.get("size_ratio"))
+        typer.echo(f"{t['number']:>7}  quality {t['quality']:.4f}  {lat}  size {size}{after}")
+    if doc.get("recovered_trials"):
+        numbers = ", ".join(str(t["number"]) for t in doc.get("front_recovered") or [])
+        typer.echo(f"on recovered quality the front is trials {numbers}")
 
 
 def cancel(job_id: Annotated[str, typer.Argument(help="A job id.")]) -> None:
@@ -399,6 +415,9 @@ def schedule_add(
     data: DataOpt = None,
     evaluator: EvaluatorOpt = None,
     eval_examples: EvalExamplesOpt = None,
+    no_calibrate: NoCalibrateOpt = False,
+    recover_front: RecoverFrontOpt = None,
+    recovery_steps: RecoveryStepsOpt = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Add a schedule; prints its id and next firing."""
@@ -421,6 +440,7 @@ def schedule_add(
         {"rank": rank, "keep": keep, "wbits": wbits, "abits": abits, "tokens": tokens},
         concurrency,
         sources=sources,
+        recovery=recovery_fields(no_calibrate, recover_front, recovery_steps),
     )
     body = {"name": name, "cron": cron, "timezone": timezone, "spec": spec.model_dump(mode="json")}
     sch = Api().call("POST", "/schedules", json=body)
