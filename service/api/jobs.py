@@ -186,8 +186,9 @@ def _build_artifact(settings: Settings, job: dict[str, Any], trial: dict[str, An
 
     start_ray(settings.ray_address)
     task = ray.remote(num_cpus=1, max_retries=1)(export_compressed)
-    # The whole spec: the model source (plugin, import path, weights) rebuilds as the job built it.
-    ray.get(task.remote(job["spec"], trial, str(path), job["id"]), timeout=600)
+    # The whole spec: the model source (plugin, import path, weights) rebuilds as the job built it;
+    # a recovered trial's weights lie under the service's data directory.
+    ray.get(task.remote(job["spec"], trial, str(path), job["id"], str(settings.data_dir)), timeout=600)
 
 
 def front_csv(job: dict[str, Any], rows: list[dict[str, Any]]) -> str:

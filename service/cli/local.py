@@ -485,17 +485,19 @@ def compress(
     before = prepared.entry.evaluate(net)
     plain = judge_plan(prepared, plan, calibrate=False)
     delivered = plain if no_calibrate else judge_plan(prepared, plan, calibrate=True)
-    compressed, after = delivered.model, delivered.quality
+    after = delivered.quality
     how = delivered.calibration["how"]
     recovery: dict[str, Any] | None = None
     if recovery_steps is not None:
         recovered = recover_plan(
             prepared, plan, RecoveryRecipe(steps=recovery_steps), calibrate=not no_calibrate
         )
-        compressed, after = recovered.model, recovered.quality
+        after = recovered.quality
         recovery = {k: v for k, v in recovered.record.items() if k not in ("weights", "quality_detail")}
         how = recovered.record["how"]
-    cost_before, cost_after = count_cost(net, x), count_cost(compressed, x)
+    # Costs of the plan's structure (as `predict` counts them): calibration folds BatchNorm into
+    # the convolutions (a bias each), which is a deployment detail, not a cost of the plan.
+    cost_before, cost_after = count_cost(net, x), count_cost(plain.model, x)
     quality: dict[str, Any] = {
         "metric": before.metric,
         "before": rounded(before.value),
@@ -722,7 +724,6 @@ def search(
         evaluator=evaluator,
         eval_examples=eval_examples,
     )
-    sources.update(recovery_fields(no_calibrate, recover_front, recovery_steps))
     catalogue().load_targets()  # this machine's targets: an unknown one is one more field error
     spec = job_spec(
         spec_file,
@@ -736,6 +737,7 @@ def search(
         concurrency,
         known_targets=list_targets(),
         sources=sources,
+        recovery=recovery_fields(no_calibrate, recover_front, recovery_steps),
     )
     job_id = spec.fingerprint()
     sink: MemorySink = MemorySink()
