@@ -486,6 +486,8 @@ def test_the_example_plugin_is_searched_on_an_uploaded_dataset_and_its_page_show
             "data": {"dataset": dataset["id"]},
             "budget": {"evaluations": 4},
             "concurrency": 1,
+            # The recovery stage on labelled data: distillation plus the labels' cross-entropy.
+            "recovery": {"finetune": {"plans": 1, "steps": 20, "lr": 1e-3, "batch": 8, "loss": "kd+ce"}},
         }
         r = client.post("/api/v1/jobs", json=spec, headers=_auth(token))
         assert r.status_code == 201, r.text
@@ -511,6 +513,24 @@ def test_the_example_plugin_is_searched_on_an_uploaded_dataset_and_its_page_show
             assert 0 <= detail["low"] <= t["quality"] <= detail["high"] <= 1
         reference = next(t for t in trials if t["number"] == 0)
         assert reference["quality"] > 0.5  # the trained plugin recognises the digits
+        # Every compressed plan was calibrated on the calibration split before it was scored.
+        for t in trials:
+            if t["number"] > 0:
+                assert t["calibration"]["how"].startswith(
+                    f"calibrated on {data['n_calibration']} examples of the calibration split"
+                ), t["calibration"]
+        (recovered,) = [t for t in trials if t["recovered"] is not None]
+        record = recovered["recovered"]
+        assert record["steps"] == 20 and record["loss"] == "kd+ce" and 0 <= record["quality"] <= 1
+        assert record["quality_detail"]["n"] == data["n_evaluation"]
+        assert (data_dir / record["weights"]).exists()
+        front = client.get(f"/api/v1/jobs/{job_id}/front").json()
+        assert recovered["number"] in front["recovered_trials"]
+        r = client.get(f"/api/v1/jobs/{job_id}/trials/{recovered['number']}/model", timeout=300)
+        assert r.status_code == 200, r.text
+        with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+            assert "recovered: 20 steps" in z.read("README.md").decode()
+            assert json.loads(z.read("trial.json"))["recovered"]["weights"] == record["weights"]
         # A trial's compressed model is rebuilt from the job's whole spec: the plugin, recorded.
         compressed = next(t for t in trials if t["number"] > 0)
         r = client.get(f"/api/v1/jobs/{job_id}/trials/{compressed['number']}/model", timeout=300)

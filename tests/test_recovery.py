@@ -267,7 +267,7 @@ def test_search_recovers_the_front_and_survives_a_killed_evaluator(ray_cluster: 
         recovery = p.get("recovery")
         if recovery and not killed:
             # Kill the evaluator process recovering the first plan once it has a checkpoint.
-            state = tmp_path / "recovery" / "rk" / str(recovery["plans"][0]) / "state.pt"
+            state = tmp_path / "recovery" / "rk" / str(recovery["trials"][0]) / "state.pt"
             threading.Thread(target=_kill_when, args=(state, pids["evaluators"], killed), daemon=True).start()
             killed.append(-1)
 
@@ -282,7 +282,7 @@ def test_search_recovers_the_front_and_survives_a_killed_evaluator(ray_cluster: 
         assert record["steps"] == 300 and record["quality"] > 0
         assert (tmp_path / record["weights"]).exists()
         assert trial.calibration is not None and trial.calibration["how"].startswith("calibrated on")
-    assert any(p.get("status") == "recovering" for p in statuses)
+    assert any(p.get("status") == "running" and p.get("phase") == "recovery" for p in statuses)
     assert len(killed) == 2, "the evaluator was not killed mid-recovery"
     # The killed task resumed from its checkpoint instead of starting again.
     assert max(r["resumed_from_step"] for r in recovered.values()) > 0
@@ -310,7 +310,7 @@ def test_cancel_during_recovery_keeps_the_screening_and_resumes(ray_cluster: Non
     def on_progress(p: dict[str, Any]) -> None:
         recovery = p.get("recovery")
         if recovery and not cancel.is_set():
-            state = tmp_path / "recovery" / "rc" / str(recovery["plans"][0]) / "state.pt"
+            state = tmp_path / "recovery" / "rc" / str(recovery["trials"][0]) / "state.pt"
 
             def later() -> None:
                 deadline = time.monotonic() + 120

@@ -580,7 +580,8 @@ def _recover_front(
     info: dict[str, Any] = {
         "asked": finetune.plans,
         "front": len(front),
-        "plans": [t.number for t in chosen],
+        "plans": len(chosen),
+        "trials": [t.number for t in chosen],
         "done": len(chosen) - len(todo) - len(skipped),
         "steps": finetune.steps,
     }
@@ -588,7 +589,7 @@ def _recover_front(
         info["note"] = f"the front has {len(front)} plans; all of them are recovered, not {finetune.plans}"
     if skipped:
         info["skipped"] = "trial 0 is the uncompressed model: nothing to recover"
-    status("recovering", recovery=info)
+    status("running", phase="recovery", recovery=info)
     results: dict[int, dict[str, Any]] = {}
     waiting = list(todo)
     in_flight: dict[Any, tuple[Any, Trial]] = {}
@@ -607,8 +608,12 @@ def _recover_front(
             try:
                 record = ray.get(ref)
             except Exception as exc:  # the evaluator died beyond its retries
+                # Replaced where a CPU is free (as in the search); else the others go on.
                 position = actors.index(actor)
-                actors[position] = cls.remote(spec_data, where)
+                if ray.available_resources().get("CPU", 0.0) >= 1 or len(actors) == 1:
+                    actors[position] = cls.remote(spec_data, where)
+                else:
+                    actors.pop(position)
                 if trial.number not in retried:
                     retried.add(trial.number)
                     waiting.insert(0, trial)  # resumes from its checkpoint
@@ -623,7 +628,11 @@ def _recover_front(
                 record["weights"] = _relative(record.get("weights"), root)
                 results[trial.number] = record
             info["done"] = int(info["done"]) + 1
-            status("recovering", recovery=info)
+            status("running", phase="recovery", recovery=info)
+        if not actors:  # every evaluator lost and none could be replaced
+            for trial in waiting:
+                info.setdefault("errors", {})[str(trial.number)] = "no evaluator left to recover it"
+            break
     return results
 
 
