@@ -35,7 +35,7 @@ from ._quant import (
     quantize_calibrated,
     to_int8_dynamic,
 )
-from ._synthesize import SynthesizedInputs, can_synthesize, synthesize_inputs
+from ._synthesize import SynthesizedInputs, batchnorm_statistics_loss, can_synthesize, synthesize_inputs
 from ._tokens import add_token_pruning, prune_tokens
 from ._trace import trace
 
@@ -57,6 +57,7 @@ __all__ = [
     "adapt_token_blocks",
     "add_token_pruning",
     "apply",
+    "batchnorm_statistics_loss",
     "calibrate_low_rank",
     "can_synthesize",
     "count_cost",

@@ -86,25 +86,30 @@ def test_judge_plan_says_how_quality_was_obtained(digits: Prepared) -> None:
 
 def test_recovery_improves_and_resumes_exactly(digits: Prepared, tmp_path: Path) -> None:
     plan = uniform_plan(digits.layers, parse_uniform("rank=0.25"))
-    recipe = RecoveryRecipe(steps=40, lr=3e-3, batch=32, checkpoint_every=10)
+    # Held-out KD loss rises for the first few dozen steps at this rate before it falls (measured:
+    # 5.00 at the start, best 3.58 at step 170): 200 steps.
+    recipe = RecoveryRecipe(steps=200, lr=3e-3, batch=32, checkpoint_every=50)
     whole = recover_plan(digits, plan, recipe, checkpoint=tmp_path / "whole")
     calibrated = judge_plan(digits, plan).quality.value
     assert whole.quality.value > calibrated
     assert (tmp_path / "whole" / "weights.pt").exists() and (tmp_path / "whole" / "result.json").exists()
-    assert whole.record["steps"] == 40 and whole.record["resumed_from_step"] == 0
-    assert whole.record["how"].startswith("recovered: 40 steps of distillation")
+    assert whole.record["steps"] == 200 and whole.record["resumed_from_step"] == 0
+    assert whole.record["how"].startswith("recovered: 200 steps of distillation")
+    # The kept checkpoint is the best on the held-out fifth of the calibration inputs.
+    assert whole.record["n_holdout"] == 51 and whole.record["best_step"] > 0
+    assert whole.record["holdout_loss_best"] < whole.record["holdout_loss_start"]
 
     calls = {"n": 0}
 
-    def stop_after_20() -> bool:
+    def stop_after_100() -> bool:
         calls["n"] += 1
-        return calls["n"] > 20
+        return calls["n"] > 100
 
-    with pytest.raises(RecoveryCancelled, match="step 20 of 40"):
-        recover_plan(digits, plan, recipe, checkpoint=tmp_path / "cut", should_stop=stop_after_20)
+    with pytest.raises(RecoveryCancelled, match="step 100 of 200"):
+        recover_plan(digits, plan, recipe, checkpoint=tmp_path / "cut", should_stop=stop_after_100)
     assert (tmp_path / "cut" / "state.pt").exists() and not (tmp_path / "cut" / "weights.pt").exists()
     resumed = recover_plan(digits, plan, recipe, checkpoint=tmp_path / "cut")
-    assert resumed.record["resumed_from_step"] == 20
+    assert resumed.record["resumed_from_step"] == 100
     for (name, a), (_, b) in zip(
         whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
     ):

@@ -47,6 +47,8 @@ __all__ = [
 #: Metrics whose model outputs are class logits (distilled by KL divergence); any other output
 #: (an embedding, a regression) is distilled by cosine distance plus mean squared error.
 LOGIT_METRICS = frozenset({"top1_accuracy", "top1_agreement"})
+#: Below this many calibration inputs nothing is held out to pick the best checkpoint.
+MIN_HOLDOUT_INPUTS = 10
 #: Distillation temperature (Hinton et al., 2015); KL is scaled by T² so gradients keep their size.
 KD_TEMPERATURE = 2.0
 
@@ -98,7 +100,7 @@ class RecoveryRecipe:
     cosine decay), ``loss`` ``"kd"`` or ``"kd+ce"``, checkpointed every ``checkpoint_every``."""
 
     steps: int = 200
-    lr: float = 1e-4
+    lr: float = 1e-3
     batch: int = 16
     loss: str = "kd"
     seed: int = 0
@@ -195,6 +197,10 @@ def _kd_loss(student: torch.Tensor, teacher: torch.Tensor, logits: bool) -> torc
     return cosine + F.mse_loss(s, r) / r.pow(2).mean().clamp_min(1e-12)
 
 
+def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def _finalize(model: nn.Module) -> None:
     from kernels import QuantizedLayer
 
@@ -249,9 +255,32 @@ def recover_plan(
     offsets = [0]
     for b in batches:
         offsets.append(offsets[-1] + (int(b.shape[0]) if b.dim() > 0 else 1))
+    # One input in five (rows of stacked inputs, or whole inputs of different shapes) is held
+    # out of the fine-tuning: the distillation loss on them picks the checkpoint that is kept,
+    # so that recovery on a few dozen inputs cannot end worse than it started (overfitting).
+    n_units = int(stacked.shape[0]) if stacked is not None else len(batches)
+    held = list(range(4, n_units, 5)) if n_units >= MIN_HOLDOUT_INPUTS else []
+    trained = torch.tensor([i for i in range(n_units) if i not in set(held)])
+    with torch.no_grad():
+        if stacked is not None:
+            held_targets = [_output(teacher(stacked[held]))] if held else []
+        else:
+            held_targets = [_output(teacher(batches[i])) for i in held]
     params = [p for p in student.parameters() if p.is_floating_point()]
     for p in params:
         p.requires_grad_(True)
+
+    def holdout_loss() -> float:
+        """KD loss on the held-out inputs, through the quantisation-aware path (as trained)."""
+        with torch.enable_grad():  # quantised layers apply their grid on this path only
+            if stacked is not None:
+                return float(_kd_loss(_output(student(stacked[held])).detach(), held_targets[0], logits))
+            losses = [
+                float(_kd_loss(_output(student(batches[i])).detach(), t, logits))
+                for i, t in zip(held, held_targets, strict=True)
+            ]
+            return sum(losses) / len(losses)
+
     optimizer = torch.optim.Adam(params, lr=recipe.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.steps)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -265,6 +294,10 @@ def recover_plan(
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         step = resumed_from = int(state["step"])
+        best = state["best"]
+    else:
+        best = {"step": 0, "loss": holdout_loss() if held else None, "state": _copy_state(student)}
+    start_loss = best["loss"] if resumed_from == 0 else None
 
     def save() -> None:
         if state_path is not None:
@@ -275,6 +308,7 @@ def recover_plan(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "generator": generator.get_state(),
+                    "best": best,
                 },
                 state_path,
             )
@@ -289,12 +323,12 @@ def recover_plan(
                 save()
                 raise RecoveryCancelled(f"recovery stopped at step {step} of {recipe.steps}")
             if stacked is not None:
-                index = torch.randint(
-                    0, stacked.shape[0], (min(recipe.batch, stacked.shape[0]),), generator=generator
-                )
+                index = trained[
+                    torch.randint(0, len(trained), (min(recipe.batch, len(trained)),), generator=generator)
+                ]
                 chunks = [(_augment(stacked[index], generator), index)]
             else:  # inputs of different shapes (sentences): one per forward, gradients summed
-                picks = torch.randint(0, len(batches), (recipe.batch,), generator=generator).tolist()
+                picks = trained[torch.randint(0, len(trained), (recipe.batch,), generator=generator)].tolist()
                 chunks = [(batches[i], torch.arange(offsets[i], offsets[i + 1])) for i in picks]
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
@@ -315,9 +349,17 @@ def recover_plan(
             if on_step is not None:
                 on_step(step, total)
             if step % recipe.checkpoint_every == 0 or step == recipe.steps:
+                if held:
+                    loss_now = holdout_loss()
+                    if loss_now < best["loss"]:
+                        best = {"step": step, "loss": loss_now, "state": _copy_state(student)}
+                else:
+                    best = {"step": step, "loss": None, "state": None}
                 save()
     finally:
         teacher.train(teacher_was_training)
+    if best["state"] is not None and best["step"] != step:
+        student.load_state_dict(best["state"])
     for p in params:
         p.requires_grad_(False)
     _finalize(student)
@@ -337,6 +379,10 @@ def recover_plan(
         "calibration": data.description,
         "synthetic": data.synthetic,
         "final_loss": last_loss,
+        "n_holdout": len(held),
+        "holdout_loss_start": start_loss,
+        "holdout_loss_best": best["loss"],
+        "best_step": best["step"] if held else step,
         "resumed_from_step": resumed_from,
         "seconds": round(time.perf_counter() - start, 3),
         "weights": weights,

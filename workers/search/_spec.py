@@ -328,7 +328,7 @@ class DataSpec(BaseModel):
 #: Defaults of the recovery stage (``recovery.finetune``).
 DEFAULT_RECOVERY_PLANS = 3
 DEFAULT_RECOVERY_STEPS = 200
-DEFAULT_RECOVERY_LR = 1e-4
+DEFAULT_RECOVERY_LR = 1e-3
 DEFAULT_RECOVERY_BATCH = 16
 
 
