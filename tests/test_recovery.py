@@ -131,6 +131,47 @@ def test_quantised_recovery_stays_on_the_grid(digits: Prepared) -> None:
     assert all(not p.requires_grad for p in recovered.model.parameters())
 
 
+def test_a_model_without_data_is_calibrated_on_inputs_synthesised_from_its_batchnorm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's model judged by an evaluator alone (no data to split): its compressed copies are
+    calibrated on inputs synthesised from its BatchNorm statistics, and the quality says so."""
+    from hwsearch_example_plugin.model import trained_resnet
+
+    from workers.search._entry import job_entry
+
+    (tmp_path / "score_only.py").write_text(
+        "import torch\n"
+        "from hwsearch_example_plugin.data import digits, normalise\n"
+        "_X, _Y = digits('test')\n"
+        "_X, _Y = torch.from_numpy(normalise(_X)), torch.from_numpy(_Y)\n"
+        "def accuracy(model):\n"
+        "    with torch.no_grad():\n"
+        "        return float((model(_X).argmax(1) == _Y).float().mean())\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    weights = tmp_path / "resnet.pt"
+    torch.save(trained_resnet().state_dict(), weights)
+    spec = JobSpec.model_validate(
+        {
+            "model": "hwsearch_example_plugin.model:build_resnet",
+            "weights": str(weights),
+            "input_shape": [1, 1, 8, 8],
+            "evaluator": "score_only:accuracy",
+            "targets": ["cortex-a76"],
+        }
+    )
+    prepared = prepare(job_entry(spec))
+    data = prepared.calibration
+    assert data is not None and data.synthetic and data.n_inputs == 32
+    assert "synthesised from" in data.description and "BatchNorm" in data.description
+    plan = uniform_plan(prepared.layers, parse_uniform("wbits=2,abits=4"))
+    judged = judge_plan(prepared, plan)
+    assert judged.calibration["synthetic"] is True and "synthesised" in judged.calibration["how"]
+    # Measured: 0.737 against 0.128 uncalibrated (2-bit weights need calibrated scales).
+    assert judged.quality.value > judge_plan(prepared, plan, calibrate=False).quality.value + 0.3
+
+
 # ------------------------------------------------------------------------------------- CLI
 def _cli(*args: str) -> tuple[int, str, str]:
     from typer.testing import CliRunner
