@@ -128,7 +128,8 @@ def test_normalization_and_architecture_match_the_weights(
     """With the entry's normalisation every BN layer sees its training statistics; the other
     normalisation visibly mismatches already at the stem."""
     entry, model = zoo[name]
-    crops = _images._calibration_crops(N_EVAL, 224, 0, SOURCE_PHOTOS)[: len(SOURCE_PHOTOS)]  # the centre crops
+    # The centre crops of every source photo.
+    crops = _images._calibration_crops(N_EVAL, 224, 0, SOURCE_PHOTOS)[: len(SOURCE_PHOTOS)]
     own = _bn_variance_log_ratios(model, normalize(crops, entry.normalization), stem_only=False)
     assert abs(own[0]) < 0.5, own[0]
     # Measured: mean |log ratio| 0.10 (efficientnet-lite0) and 0.13 (mobilenet-v2) over all BN
