@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 import torch
+from processes import free_port
 from pydantic import ValidationError
 
 from kernels import CalibrationReport, apply
@@ -263,12 +263,6 @@ def test_batchnorm_reestimation_is_skipped_and_said_without_batchnorm() -> None:
 
 
 # ---------------------------------------------------------------------------- on real Ray
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
     import ray
@@ -278,7 +272,7 @@ def ray_cluster() -> Iterator[None]:
         ray.shutdown()
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2, "gcs_server_port": _free_port(), "include_dashboard": False},
+        head_node_args={"num_cpus": 2, "gcs_server_port": free_port(), "include_dashboard": False},
     )
     ray.init(address=cluster.address, log_to_driver=False)
     yield
