@@ -37,6 +37,7 @@ from service.records import new_job
 from service.settings import Settings
 from service.store import Fenced, Store
 from workers.search import Trial
+from workers.search._spec import DEFAULT_RECOVERY_LR
 
 TARGET = "xeon-gold-6240"
 SPEC: dict[str, Any] = {
@@ -46,7 +47,10 @@ SPEC: dict[str, Any] = {
     "strategy": "random",
     "budget": {"evaluations": 6},
 }
-RECOVERY = {"calibrate": True, "finetune": {"plans": 2, "steps": 10, "lr": 1e-4, "batch": 16, "loss": "kd"}}
+RECOVERY = {
+    "calibrate": True,
+    "finetune": {"plans": 2, "steps": 10, "lr": DEFAULT_RECOVERY_LR, "batch": 16, "loss": "kd"},
+}
 HOW = "calibrated on 32 crops of 8 source photos (BatchNorm re-estimated)"
 #: (number, screening quality, latency ms): 0 is the uncompressed model; the screening front is
 #: 0, 2, 1 (3 is dominated by 2, 4 by 1).
