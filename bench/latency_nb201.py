@@ -39,9 +39,13 @@ of the 6 edge ops (the anchor; NAS-Bench-201 specific); 3 calibrated prior, per 
 squared error (3a), by a robust loss on log(predicted/measured) (3b) or by NNLS on squared
 relative error (3d); 3c one scale of the total prior + constant; 4 LightGBM on the aggregated
 features predicting log latency, alone (4a) or on the residual of 3b (4b); 5 the same with the
-graph features: 5a = 3b + graph, 5b = LightGBM on the residual of 5a; L1/L2 the project's own
-``latency_models`` predictors (calibrated-prior, boosted-residual) on
-``latency_models.network_features``, composed the same way.
+graph features: 5a = 3b + graph, 5b = LightGBM on the residual of 5a. The library's own
+predictors (``latency_models``' calibrated-prior, boosted-residual, ...) are not rows of this
+study: bench/latency.py is the one source of their numbers (same devices and protocols, features
+from the library's own pipeline), so the two tables cannot drift apart again. (This study's
+former "L1/L2" rows were computed once with latency_models as of commit c4de5d5 and went stale:
+on fpga its L1 ranked 0.900, exactly the uncalibrated library prior, where the library since the
+robust calibrated prior ranks 1.000.)
 
 0-5 are the study's own methods (``StudyPredictor`` subclasses), the experimental variants
 docs/latency_nb201.md reports, not copies of ``latency_models``' predictors: they read the
@@ -52,7 +56,7 @@ from a shifted NNLS start; ``latency_models.CalibratedPrior`` fits fixed columns
 to one scale of the prior when leave-one-out prefers it and adds a held-out interval. (Issue
 18 is to promote what the study recommends into the library.) What is the same thing as the
 library's is imported: ``plan_gemms``, the families' estimates and their batching, the GEMM
-groups, ``network_features``, ``metrics`` and the L1/L2 predictors.
+groups and ``metrics``.
 
 Protocols: (a) HELP's: pool = indices 0-899, test = 900-1899, each trimmed to its own 10-90 %
 latency band (as HELP's loader does: sort, keep [int(0.1 n), int(0.9 n))) = 720 / 800 networks;
@@ -106,7 +110,7 @@ IntArray = npt.NDArray[np.int64]
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latency_nb201.json"
 CACHE_DIR = Path(tempfile.gettempdir()) / "hwsearch_latency_nb201"
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: no lm:* columns (the library rows moved to bench/latency.py)
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,10 @@ def trace_and_count_adds(arch: str) -> tuple[list[LayerSpec], int]:
     counter = _AddCounter()
     with torch.no_grad(), counter:
         prepared.model(prepared.example_input)
-    return prepared.layers, counter.adds
+    # The study composes the GEMM and pooling layers; the graph entries ``trace`` now records
+    # (elementwise work, liveness) are the library's own version of this study's graph
+    # features, checked against the genotype in tests/test_graph_trace.py.
+    return [layer for layer in prepared.layers if layer.kind is not LayerKind.ELEMENTWISE], counter.adds
 
 
 @dataclass(frozen=True)
@@ -428,39 +435,6 @@ def build_feature_tables(
     return FeatureTables(columns=LAYER_COLUMNS + GRAPH_COLUMNS, features=features)
 
 
-LM_PREFIX = "lm:"
-
-
-def repo_features(layers: Sequence[LayerSpec], device: Device) -> Array:
-    """``latency_models.network_features`` of an inventory on the device's target and batch."""
-    target = latency_models.get_target(device.target)
-    return np.asarray(latency_models.network_features(target, list(layers), Plan(), batch=device.batch))
-
-
-def add_repo_features(tables: FeatureTables, archs: Sequence[str], templates: Templates) -> FeatureTables:
-    """Append latency_models' own network features (columns ``lm:<name>``), composed like ours.
-
-    They are sums over layers too (count, MACs, bytes, prior per GEMM kind; pooling count;
-    totals), except ``batch``, which is set afterwards. Checked against the traced inventories
-    in :func:`verify_composition`.
-    """
-    names = list(latency_models.FEATURE_NAMES)
-    op_index = np.array([[OPS.index(op) for op in flat_ops(parse_arch(a))] for a in archs], dtype=np.int64)
-    shared = [s.layer for s in templates.slots if s.layer is not None]
-    features: dict[str, Array] = {}
-    for device in DEVICES:
-        per = np.zeros((len(OPS), N_EDGES, len(names)))
-        for (op, _cell, edge), layers in templates.edge_layers.items():
-            per[OPS.index(op), edge, :] += repo_features(layers, device)
-        x = np.tile(repo_features(shared, device), (len(archs), 1))
-        for e in range(N_EDGES):
-            x += per[op_index[:, e], e, :]
-        if "batch" in names:
-            x[:, names.index("batch")] = device.batch
-        features[device.name] = np.concatenate([tables.features[device.name], x], axis=1)
-    return FeatureTables(columns=tables.columns + tuple(LM_PREFIX + n for n in names), features=features)
-
-
 def cell_shapes(templates: Templates) -> dict[int, tuple[int, int]]:
     """Channels and spatial size of every cell, read from its traced conv layers."""
     shapes: dict[int, tuple[int, int]] = {}
@@ -516,15 +490,11 @@ def verify_composition(
             fast = tables.features[device.name][k, : len(LAYER_COLUMNS)]
             if not np.allclose(direct, fast, rtol=1e-9, atol=1e-12):
                 raise AssertionError(f"arch {k} on {device.name}: composed features differ from traced")
-            lm_cols = [i for i, c in enumerate(tables.columns) if c.startswith(LM_PREFIX)]
-            if lm_cols and not np.allclose(
-                repo_features(traced, device), tables.features[device.name][k, lm_cols], rtol=1e-9, atol=1e-12
-            ):
-                raise AssertionError(f"arch {k} on {device.name}: composed latency_models features differ")
             # The whole-network prior also equals one predict() over the traced inventory.
             if device.batch != 1:
                 continue
-            whole = latency_models.predict(latency_models.get_target(device.target), traced, Plan())
+            gemm_layers = [layer for layer in traced if layer.kind in GEMM_KINDS]
+            whole = latency_models.predict(latency_models.get_target(device.target), gemm_layers, Plan())
             gemm_prior = sum(
                 direct[LAYER_COLUMNS.index(f"{c}:prior_ms")] for c in LAYER_CLASSES if c != "pooling"
             )
@@ -536,8 +506,7 @@ def verify_composition(
         "layers_checked": checked_layers,
         "fields_compared": "all LayerSpec fields (name, kind, channels, kernel, stride, groups, hw, "
         "tokens, macs, params, bias, ...); features on every device; prior vs latency_models.predict; "
-        "eltwise:count vs tensor adds counted in a forward pass; latency_models.network_features "
-        "(lm:*) of the traced inventory",
+        "eltwise:count vs tensor adds counted in a forward pass",
         "seconds": round(time.perf_counter() - start, 2),
         "result": "identical",
     }
@@ -553,7 +522,7 @@ class StudyPredictor(abc.ABC):
     table (and their op one-hot), ``predict`` their latency in ms.
 
     Not ``latency_models.Predictor``, which takes rows of ``latency_models.FEATURE_NAMES`` and
-    returns an 80 % interval too; :class:`LibraryPredictor` adapts one for the comparison.
+    returns an 80 % interval too (bench/latency.py reports the library's predictors).
     """
 
     @abc.abstractmethod
@@ -620,7 +589,7 @@ def informative(x: Array) -> list[int]:
 
 class StudyCalibratedPrior(StudyPredictor):
     """The study's calibrated prior (3a, 3b, 3d, 5a), the variant docs/latency_nb201.md compares
-    with ``latency_models.CalibratedPrior`` (L1; see the module docstring for the differences).
+    with ``latency_models.CalibratedPrior`` (see the module docstring for the differences).
 
     nn-Meter-style decomposition: latency = Σ_class (a·prior + b·MACs + c·count) + overhead.
 
@@ -693,25 +662,6 @@ class PriorScale(StudyPredictor):
 
     def predict(self, x: Array, onehot: Array) -> Array:
         return self.inner.predict(self._x(x), onehot)
-
-
-class LibraryPredictor(StudyPredictor):
-    """A ``latency_models`` learned predictor (``create_predictor(kind)``) on its own features."""
-
-    def __init__(self, columns: Sequence[str], kind: str) -> None:
-        self.cols = [i for i, c in enumerate(columns) if c.startswith(LM_PREFIX)]
-        self.model = latency_models.create_predictor(kind)
-
-    def fit(self, x: Array, onehot: Array, y: Array) -> StudyPredictor:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.model.fit(x[:, self.cols], y)
-        return self
-
-    def predict(self, x: Array, onehot: Array) -> Array:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return np.asarray(self.model.predict(x[:, self.cols])[0])
 
 
 def lgbm_params(n: int, residual: bool) -> dict[str, Any]:
@@ -814,14 +764,6 @@ METHODS: tuple[Method, ...] = (
         "graph_log_lgbm",
         "5b LightGBM on residual of 5a (+graph)",
         lambda c: StudyBoosted(c, base=StudyCalibratedPrior(c, extra=True), extra=True),
-    ),
-    Method(
-        "lm_calibrated",
-        "L1 latency_models calibrated-prior",
-        lambda c: LibraryPredictor(c, "calibrated-prior"),
-    ),
-    Method(
-        "lm_boosted", "L2 latency_models boosted-residual", lambda c: LibraryPredictor(c, "boosted-residual")
     ),
 )
 
@@ -958,7 +900,7 @@ def cached_tables(
             columns = tuple(str(c) for c in saved["columns"])
             features = {d.name: np.asarray(saved[d.name], dtype=np.float64) for d in DEVICES}
         return FeatureTables(columns=columns, features=features), f"cache {path}"
-    tables = add_repo_features(build_feature_tables(archs, templates), archs, templates)
+    tables = build_feature_tables(archs, templates)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {"columns": np.asarray(tables.columns), **tables.features}
     np.savez(path, **arrays)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 from search_spaces import LayerKind, LayerSpec
 
 from ._attention import AttentionBlock, attention_linears, has_cls_token, is_token_block, probabilities_module
+from ._graph import GraphRecorder
 
 _POOLING = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -32,10 +34,14 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 def _record_forward(
-    model: nn.Module, example_input: torch.Tensor, heads: dict[nn.Module, int] | None = None
-) -> tuple[list[tuple[str, nn.Module, Any, Any]], Any]:
+    model: nn.Module,
+    example_input: torch.Tensor,
+    heads: dict[nn.Module, int] | None = None,
+    graph: bool = False,
+) -> tuple[list[tuple[str, nn.Module, Any, Any]], Any, GraphRecorder | None]:
     """Run the model once, recording (name, module, input, output) of the layers we care about
-    and, into ``heads``, the head count of each marked user block (from its probabilities)."""
+    and, into ``heads``, the head count of each marked user block (from its probabilities);
+    with ``graph``, also the whole dataflow graph of the pass (a GraphRecorder)."""
     calls: list[tuple[str, nn.Module, Any, Any]] = []
     seen: set[str] = set()
     handles = []
@@ -55,18 +61,30 @@ def _record_forward(
 
         return fn
 
+    traced: dict[nn.Module, str] = {}
+    blocks: dict[nn.Module, str] = {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear, *_POOLING)) or is_token_block(module):
             handles.append(module.register_forward_hook(hook(name)))
+            traced.setdefault(module, name)
+            if is_token_block(module):
+                blocks.setdefault(module, name)
         if (source := probabilities_module(module)) is not None:
             handles.append(source.register_forward_hook(heads_of(module)))
+    recorder = GraphRecorder(model, traced, blocks) if graph else None
     try:
         with torch.no_grad():
-            output = model(example_input)
+            if recorder is None:
+                output = model(example_input)
+            else:
+                with recorder:
+                    output = model(example_input)
     finally:
         for h in handles:
             h.remove()
-    return calls, output
+        if recorder is not None:
+            recorder.remove_hooks()
+    return calls, output, recorder
 
 
 def _coupled_groups(
@@ -118,7 +136,12 @@ def _coupled_groups(
 
 
 def trace(
-    model: nn.Module, example_input: torch.Tensor, ignore: Iterable[str] = (), *, coupling: bool = True
+    model: nn.Module,
+    example_input: torch.Tensor,
+    ignore: Iterable[str] = (),
+    *,
+    coupling: bool = True,
+    graph: bool = True,
 ) -> list[LayerSpec]:
     """The layer inventory of ``model`` in execution order.
 
@@ -128,12 +151,18 @@ def trace(
     but offer no knobs; the last Conv2d/Linear to run (the output layer) is never pruned.
     ``coupling=False`` skips the dependency graph (about 10× faster): shapes and MACs only,
     no groups and nothing marked prunable, for costing many architectures.
+
+    ``graph=True`` also records the rest of the forward pass (kernels/_graph.py): the
+    non-GEMM work (adds, activations, unfolded norms, concatenations, copies, functional
+    pooling) as knob-free ``elementwise`` LayerSpecs, listed after the layers, whose ``extra``
+    holds ``op_class``, ``count``, ``bytes``, ``ops`` and ``live``; and a layer none of whose
+    outputs reaches the model output gets ``extra["live"] = False`` (live layers carry no mark).
     """
     was_training = model.training
     model.eval()
     try:
         heads: dict[nn.Module, int] = {}
-        calls, _ = _record_forward(model, example_input, heads)
+        calls, output, recorder = _record_forward(model, example_input, heads, graph)
         ignored = set(ignore)
         blocks = [(n, m) for n, m in model.named_modules() if is_token_block(m)]
         unsafe: set[nn.Module] = set()
@@ -246,4 +275,8 @@ def trace(
                     and not isinstance(module.padding, str),
                 )
             )
-    return specs
+    if recorder is None:
+        return specs
+    dead = recorder.dead_layers(output)
+    specs = [replace(s, extra={**s.extra, "live": False}) if s.name in dead else s for s in specs]
+    return specs + recorder.specs(output, {s.name for s in specs})

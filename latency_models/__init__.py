@@ -39,12 +39,14 @@ from ._predictor import (
     BoostedResidual,
     CalibratedPrior,
     Predictor,
+    ScaledPrior,
     create_predictor,
     list_predictors,
     load_predictor,
     register_predictor,
 )
 from ._report import Metrics, metrics, proxy_baselines
+from ._select import AUTO, Selection, auto_kinds, select_predictor
 from ._target import (
     FAMILIES,
     FpgaResources,
@@ -54,9 +56,11 @@ from ._target import (
     load_target_file,
     register_target,
 )
+from ._transfer import TransferPredictor, loo_transfer_spearman
 
 __all__ = [
     "ANALYTIC",
+    "AUTO",
     "FAMILIES",
     "FEATURE_NAMES",
     "BatchPredictor",
@@ -76,9 +80,13 @@ __all__ = [
     "Predictor",
     "PriorEstimate",
     "RooflineFamily",
+    "ScaledPrior",
+    "Selection",
     "Target",
     "TargetFamily",
     "TooManyRows",
+    "TransferPredictor",
+    "auto_kinds",
     "catalogue",
     "check_measurements",
     "create_family",
@@ -92,6 +100,7 @@ __all__ = [
     "list_targets",
     "load_predictor",
     "load_target_file",
+    "loo_transfer_spearman",
     "measurement_format",
     "metrics",
     "network_features",
@@ -104,4 +113,5 @@ __all__ = [
     "register_family",
     "register_predictor",
     "register_target",
+    "select_predictor",
 ]

@@ -18,7 +18,7 @@ import numpy.typing as npt
 from search_spaces import GEMM_KINDS, KNOBS, LayerKind, Space
 
 from ._family import create_family
-from ._gemm import Gemms
+from ._gemm import Gemms, graph_work
 from ._target import Target
 
 Array = npt.NDArray[np.float64]
@@ -52,6 +52,8 @@ class BatchPredictor:
         self.block_of = [index.get(layer.block, -1) if layer.block else -1 for layer in layers]
         self.max_tokens = max([layers[b].tokens for b in self.blocks], default=1)
         self._tables: list[Array | None] = [self._table(i) for i in range(len(layers))]
+        # Pooling and non-GEMM graph work: memory-bound and the same under every plan.
+        self._graph_ms = float(self.family.estimate_graph(target, graph_work(layers)).sum())
         # Element strides of each table, so a look-up is one gather from the flat table.
         self._strides = [[st // 8 for st in t.strides] if t is not None else [] for t in self._tables]
 
@@ -181,7 +183,7 @@ class BatchPredictor:
         """Analytic-prior latency (ms) of each encoded plan."""
         idx = np.asarray(encoded, dtype=np.int64).reshape(len(encoded), len(self.space.layers), len(KNOBS))
         tokens = self._tokens_in(idx)
-        total = np.zeros(len(idx))
+        total = np.full(len(idx), self._graph_ms)
         zero = np.zeros(len(idx), dtype=np.int64)
         for i, table in enumerate(self._tables):
             if table is None:

@@ -144,6 +144,13 @@ class Catalogue:
         path = self._folder(target) / "ACTIVE"
         return path.read_text().strip() if path.exists() else None
 
+    def learned_targets(self) -> list[str]:
+        """Targets with an active learned predictor (the sources a transfer can borrow from), sorted."""
+        folder = self.root / "predictors"
+        if not folder.exists():
+            return []
+        return sorted(p.name for p in folder.iterdir() if is_name(p.name) and (p / "ACTIVE").exists())
+
     def predictor(self, target: str) -> tuple[Predictor, dict[str, Any]] | None:
         """The active predictor of ``target`` and its report, or None when it has none."""
         version = self.active_version(target)

@@ -12,7 +12,6 @@ from typing import Any
 from search_spaces import LayerSpec, Plan
 
 from ._catalogue import Catalogue
-from ._features import network_features
 from ._predict import ANALYTIC, predict
 from ._predictor import Predictor
 from ._target import Target
@@ -28,6 +27,19 @@ def learned_provenance(report: dict[str, Any]) -> str:
     scores = (f", validation MAPE {100 * mape:.1f}%" if mape is not None else "") + (
         f", Spearman {rho:.2f}" if rho is not None and rho == rho else ""  # rho != rho: NaN
     )
+    selection = report.get("selection")
+    if isinstance(selection, dict) and selection.get("chosen"):
+        rho_cv = selection.get("spearman")
+        source = report.get("transfer", {}).get("source") if selection["chosen"] == "transfer" else None
+        scores += (
+            f"; {selection['chosen']}"
+            + (f" from {source}" if source else "")
+            + (
+                f" chosen by {selection.get('folds')}-fold cross-validation, held-out Spearman {rho_cv:.2f}"
+                if rho_cv is not None
+                else " chosen by cross-validation"
+            )
+        )
     if report.get("format") == "layer":
         return (
             f"learned (fitted on {report.get('n_fit')} layer measurements"
@@ -64,7 +76,9 @@ class Coster:
             "macs": p.macs,
         }
         if self.learned is not None:
-            mid, lo, hi = self.learned[0].predict(network_features(self.target, layers, plan)[None, :])
+            predictor = self.learned[0]
+            # the predictor's own rows: a transfer appends its source's prediction
+            mid, lo, hi = predictor.predict(predictor.features(self.target, layers, plan)[None, :])
             out.update(latency_ms=float(mid[0]), latency_low_ms=float(lo[0]), latency_high_ms=float(hi[0]))
         if self.target.power_w is not None:
             out["energy_mj"] = self.target.power_w * out["latency_ms"]

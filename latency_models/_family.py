@@ -11,7 +11,7 @@ import numpy.typing as npt
 from search_spaces import Registry
 
 from ._errors import LatencyModelError
-from ._gemm import Gemms
+from ._gemm import GRAPH_CLASSES, Gemms, GraphWork
 from ._target import Target
 
 Array = npt.NDArray[np.float64]
@@ -40,6 +40,17 @@ class TargetFamily(abc.ABC):
 
     @abc.abstractmethod
     def estimate(self, target: Target, gemms: Gemms) -> PriorEstimate: ...
+
+    def estimate_graph(self, target: Target, work: GraphWork) -> Array:
+        """Latency (ms) of each non-GEMM entry (pooling, adds, activations...): a memory
+        roofline, its bytes at the memory bandwidth, plus the target's dispatch overhead once
+        per op the entry folds. These ops do next to no arithmetic per byte, so bandwidth
+        bounds them on every family that does not override this."""
+        return np.asarray(
+            work.bytes / (target.memory_bandwidth_gb_s * 1e9) * 1e3
+            + work.count * target.dispatch_overhead_ms,
+            dtype=np.float64,
+        )
 
 
 def _operand_bits(gemms: Gemms) -> Array:
@@ -138,6 +149,15 @@ class FpgaFamily(TargetFamily):
         )
         bram = int(np.max(np.ceil(tile_bits / 36864.0)))
         return PriorEstimate(latency_ms=latency_ms, dsp=dsp, lut=lut, bram36=bram)
+
+    def estimate_graph(self, target: Target, work: GraphWork) -> Array:
+        """Non-GEMM work on the accelerator. Activations run in the GEMM core's output stage as
+        results stream out (N3H-Core applies ReLU there), so they cost nothing; adds,
+        pooling, concatenation, copies and unfolded norms run on the fabric as separate
+        streaming passes: DDR bytes at the memory bandwidth plus the per-layer overhead once
+        per op, as a GEMM layer pays it."""
+        fused = work.op_class == GRAPH_CLASSES.index("activation")
+        return np.where(fused, 0.0, super().estimate_graph(target, work))
 
 
 FAMILIES_REGISTRY: Registry[TargetFamily] = Registry("family", LatencyModelError)

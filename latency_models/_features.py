@@ -23,7 +23,7 @@ import numpy.typing as npt
 from search_spaces import LayerKind, LayerSpec, Plan, SpaceError
 
 from ._family import create_family
-from ._gemm import Gemms, plan_gemms
+from ._gemm import GRAPH_CLASSES, Gemms, GraphWork, graph_work, plan_gemms
 from ._measurements import LayerMeasurement, choice_error
 from ._target import Target
 
@@ -37,6 +37,19 @@ FEATURE_NAMES: tuple[str, ...] = (
     "prior_ms",
     "batch",
 )
+#: Non-GEMM work of the whole graph (kernels' graph trace; pooling layers too), appended after
+#: the GEMM features so that the historical names keep their columns: per op class its op
+#: count, bytes and memory-roofline prior; then the dead work (GEMMs of layers and graph ops
+#: none of whose outputs reaches the model output): its GEMM plus op count, GEMM MACs and prior.
+#: The dead work is also inside the per-group and per-class columns (it runs all the same).
+GRAPH_PER_CLASS: tuple[str, ...] = ("count", "bytes", "prior_ms")
+GRAPH_FEATURES: tuple[str, ...] = (
+    *(f"graph_{c}_{f}" for c in GRAPH_CLASSES for f in GRAPH_PER_CLASS),
+    "graph_dead_count",
+    "graph_dead_macs",
+    "graph_dead_prior_ms",
+)
+FEATURE_NAMES = (*FEATURE_NAMES, *GRAPH_FEATURES)
 
 
 def _group_of(layer: LayerSpec) -> int:
@@ -61,7 +74,10 @@ def network_features(
     Batch scales MACs, bytes of activations and the prior (weights are read once per batch).
     """
     gemms = plan_gemms(layers, plan)
-    prior = create_family(target.family).estimate(target, _batched(gemms, batch)).latency_ms
+    family = create_family(target.family)
+    prior = family.estimate(target, _batched(gemms, batch)).latency_ms
+    work = _batched_work(graph_work(layers), batch)
+    work_prior = family.estimate_graph(target, work)
     kinds = np.array([_group_of(layers[i]) for i in gemms.layer], dtype=np.int64)
     macs = gemms.macs * batch
     moved = gemms.weight_bytes + (gemms.in_bytes + gemms.out_bytes) * batch
@@ -72,7 +88,19 @@ def network_features(
         row[base : base + 4] = (mask.sum(), macs[mask].sum(), moved[mask].sum(), prior[mask].sum())
     tail = len(GROUPS) * len(PER_GROUP)
     row[tail] = sum(1 for layer in layers if layer.kind is LayerKind.POOLING)
-    row[tail + 1 : tail + 5] = (macs.sum(), moved.sum(), prior.sum(), batch)
+    row[tail + 1 : tail + 5] = (macs.sum(), moved.sum(), prior.sum() + work_prior.sum(), batch)
+    base = FEATURE_NAMES.index(GRAPH_FEATURES[0])
+    for c in range(len(GRAPH_CLASSES)):
+        mask = work.op_class == c
+        at = base + c * len(GRAPH_PER_CLASS)
+        row[at : at + 3] = (work.count[mask].sum(), work.bytes[mask].sum(), work_prior[mask].sum())
+    dead_gemm = np.array([layers[i].extra.get("live", True) is False for i in gemms.layer], dtype=bool)
+    dead_work = ~work.live
+    row[FEATURE_NAMES.index("graph_dead_count") :] = (
+        dead_gemm.sum() + work.count[dead_work].sum(),
+        macs[dead_gemm].sum(),
+        prior[dead_gemm].sum() + work_prior[dead_work].sum(),
+    )
     return row
 
 
@@ -87,6 +115,11 @@ def layer_features(target: Target, rows: Sequence[LayerMeasurement]) -> npt.NDAr
         except SpaceError as exc:
             raise choice_error(i + 2, exc) from None
     return out
+
+
+def _batched_work(work: GraphWork, batch: int) -> GraphWork:
+    """The same non-GEMM work for ``batch`` examples: bytes scale, op counts do not."""
+    return work if batch == 1 else replace(work, bytes=work.bytes * batch)
 
 
 def _batched(gemms: Gemms, batch: int) -> Gemms:

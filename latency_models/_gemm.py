@@ -102,3 +102,53 @@ def plan_gemms(layers: Iterable[LayerSpec], plan: Plan) -> Gemms:
         in_bytes=table[:, 7],
         out_bytes=table[:, 8],
     )
+
+
+#: Op classes of non-GEMM work (kernels' graph trace), in feature order.
+GRAPH_CLASSES: tuple[str, ...] = ("elementwise", "activation", "norm", "concat", "copy", "pooling")
+
+
+@dataclass(frozen=True)
+class GraphWork:
+    """The non-GEMM entries of an inventory: one per pooling or elementwise LayerSpec.
+
+    ``op_class`` indexes ``GRAPH_CLASSES``; ``count`` is the number of ops the entry folds
+    (each pays the target's dispatch overhead); ``bytes`` the float32 bytes they read and write
+    at batch 1; ``live`` False for dead work (it still runs, so it is still priced). The work is
+    the same under every plan: pruning a coupled group shrinks the adds on it, which this
+    ignores (a small over-estimate for pruned plans).
+    """
+
+    layer: npt.NDArray[np.int64]
+    op_class: npt.NDArray[np.int64]
+    count: Array
+    bytes: Array
+    live: npt.NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return len(self.layer)
+
+
+def graph_work(layers: Iterable[LayerSpec]) -> GraphWork:
+    """The pooling and elementwise entries of ``layers`` as memory-bound work."""
+    rows: list[tuple[int, int, float, float, bool]] = []
+    for index, layer in enumerate(layers):
+        live = layer.extra.get("live", True) is not False
+        if layer.kind is LayerKind.POOLING:
+            ih, iw = layer.input_hw
+            oh, ow = layer.output_hw
+            moved = 4.0 * (layer.in_channels * ih * iw + layer.out_channels * oh * ow)
+            rows.append((index, GRAPH_CLASSES.index("pooling"), 1.0, moved, live))
+        elif layer.kind is LayerKind.ELEMENTWISE:
+            cls = str(layer.extra.get("op_class", "elementwise"))
+            cls_index = GRAPH_CLASSES.index(cls) if cls in GRAPH_CLASSES else 0
+            count = float(layer.extra.get("count", 1))
+            moved = float(layer.extra.get("bytes", 0.0))
+            rows.append((index, cls_index, count, moved, live))
+    return GraphWork(
+        layer=np.array([r[0] for r in rows], dtype=np.int64),
+        op_class=np.array([r[1] for r in rows], dtype=np.int64),
+        count=np.array([r[2] for r in rows], dtype=np.float64),
+        bytes=np.array([r[3] for r in rows], dtype=np.float64),
+        live=np.array([r[4] for r in rows], dtype=bool),
+    )

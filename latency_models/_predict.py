@@ -11,7 +11,7 @@ import numpy.typing as npt
 from search_spaces import LayerSpec, Plan, plan_cost
 
 from ._family import create_family
-from ._gemm import plan_gemms
+from ._gemm import graph_work, plan_gemms
 from ._target import Target
 
 ANALYTIC = "analytic prior (uncalibrated)"
@@ -43,9 +43,13 @@ def predict(target: Target, layers: Iterable[LayerSpec], plan: Plan) -> CostPred
     """Predict the cost of ``plan`` over the inventory ``layers`` on ``target``."""
     inventory = list(layers)
     gemms = plan_gemms(inventory, plan)
-    estimate = create_family(target.family).estimate(target, gemms)
+    family = create_family(target.family)
+    estimate = family.estimate(target, gemms)
     per_layer = np.zeros(len(inventory))
     np.add.at(per_layer, gemms.layer, estimate.latency_ms)
+    # Pooling and the graph's non-GEMM work (adds, activations...): the memory-roofline term.
+    work = graph_work(inventory)
+    np.add.at(per_layer, work.layer, family.estimate_graph(target, work))
     totals = plan_cost(inventory, plan)
     latency = float(per_layer.sum())
     feasible = True
@@ -78,7 +82,8 @@ def predict_latency_ms(
 ) -> npt.NDArray[np.float64]:
     """Predicted latency (ms) of each plan; one prior evaluation per plan."""
     family = create_family(target.family)
+    graph_ms = float(family.estimate_graph(target, graph_work(layers)).sum())  # plan-independent
     out = np.empty(len(plans))
     for i, plan in enumerate(plans):
-        out[i] = float(family.estimate(target, plan_gemms(layers, plan)).latency_ms.sum())
+        out[i] = float(family.estimate(target, plan_gemms(layers, plan)).latency_ms.sum()) + graph_ms
     return out

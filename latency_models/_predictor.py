@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,13 +16,14 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import nnls
 
-from search_spaces import Registry
+from search_spaces import LayerSpec, Plan, Registry
 
 from ._errors import LatencyModelError
-from ._features import FEATURE_NAMES, GROUPS, PER_GROUP
+from ._features import FEATURE_NAMES, GROUPS, PER_GROUP, network_features
+from ._target import Target
 
 Array = npt.NDArray[np.float64]
-FORMAT_VERSION = 2  # 2: calibrated prior with MACs and pooling columns
+FORMAT_VERSION = 3  # 3: graph features (GRAPH_FEATURES) appended; prior_ms includes non-GEMM work
 
 
 class Predictor(abc.ABC):
@@ -41,6 +42,14 @@ class Predictor(abc.ABC):
     """
 
     kind: ClassVar[str]
+    #: The fewest training rows the kind is worth fitting on (model choice skips it below).
+    min_rows: ClassVar[int] = 3
+
+    def features(self, target: Target, layers: Sequence[LayerSpec], plan: Plan, batch: int = 1) -> Array:
+        """The row this predictor predicts from for ``plan`` over ``layers`` on ``target``:
+        ``network_features`` (a kind that needs more, such as a transfer from another target's
+        predictor, appends its own columns)."""
+        return network_features(target, layers, plan, batch)
 
     @abc.abstractmethod
     def fit(self, features: Array, latency_ms: Array) -> Predictor: ...
@@ -53,6 +62,11 @@ class Predictor(abc.ABC):
             "cannot be fitted from a per-layer table (it is not additive over layers); "
             "use calibrated-prior or a per-network table",
         )
+
+    def fit_point(self, features: Array, latency_ms: Array) -> Predictor:
+        """Fit the point prediction only, without the interval's own held-out folds: what
+        cross-validation (``select_predictor``) needs from each fold. Default: ``fit``."""
+        return self.fit(features, latency_ms)
 
     @abc.abstractmethod
     def predict(self, features: Array) -> tuple[Array, Array, Array]: ...
@@ -126,8 +140,24 @@ def _calibration_design(features: Array) -> Array:
         for name in ("prior_ms", "macs", "count"):
             cols.append(features[:, base + PER_GROUP.index(name)])
     cols.append(features[:, FEATURE_NAMES.index("pooling_count")])
+    # The graph features, as the study's 5a uses them (docs/latency_nb201.md): the memory-bound
+    # work's prior as one column, the elementwise op count, and dead layers' count and prior.
+    # Few columns on purpose: below 3 rows per coefficient every fit runs leave-one-out, and
+    # one column per graph class (14) made fits 3-4x slower for no measured gain.
+    cols.append(features[:, _GRAPH_PRIOR].sum(axis=1))
+    cols += [features[:, FEATURE_NAMES.index(name)] for name in _GRAPH_DESIGN]
     cols.append(np.ones(len(features)))
     return np.stack(cols, axis=1)
+
+
+#: The memory-roofline prior of every graph class (elementwise, activation, norm, ...).
+_GRAPH_PRIOR = [
+    i
+    for i, n in enumerate(FEATURE_NAMES)
+    if n.startswith("graph_") and n.endswith("_prior_ms") and n != "graph_dead_prior_ms"
+]
+#: The other graph columns a calibrated prior combines.
+_GRAPH_DESIGN = ("graph_elementwise_count", "graph_dead_count", "graph_dead_prior_ms")
 
 
 _PRIOR_COLS = [3 * g for g in range(len(GROUPS))]
@@ -228,6 +258,9 @@ class CalibratedPrior(Predictor):
     def fit(self, features: Array, latency_ms: Array) -> CalibratedPrior:
         return self._fit(features, latency_ms, constant=True)
 
+    def fit_point(self, features: Array, latency_ms: Array) -> CalibratedPrior:
+        return self._fit(features, latency_ms, constant=True, interval=False)
+
     def fit_layers(self, features: Array, latency_ms: Array) -> CalibratedPrior:
         """Fit on one-layer rows with the constant held at 0: a layer's own fixed cost goes to
         its kind's per-GEMM term, which sums over a network; a per-layer table says nothing of
@@ -283,6 +316,77 @@ class CalibratedPrior(Predictor):
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> CalibratedPrior:
+        out = cls()
+        out.coef = np.asarray(state["coef"], dtype=np.float64)
+        out.log_q = (float(state["log_q"][0]), float(state["log_q"][1]))
+        return out
+
+
+@register_predictor
+class ScaledPrior(Predictor):
+    """Latency = s · analytic prior + c (s > 0, c ≥ 0): the prior's own order with its scale fitted.
+
+    It ranks plans exactly as the analytic prior does, so model choice (``select_predictor``)
+    falls back to it when no learned kind ranks held-out rows better than the prior: the
+    target keeps the prior's order and gets milliseconds for its constraints. Fitted like the
+    calibrated prior (robust soft-L1 loss on the log ratio, from a non-negative least-squares
+    start); the 80% interval from 5-fold held-out log ratios (training ones below 10 rows).
+    """
+
+    kind = "scaled-prior"
+    min_rows = 2
+
+    def __init__(self) -> None:
+        self.coef: Array = np.array([1.0, 0.0])
+        self.log_q: tuple[float, float] = (0.0, 0.0)
+
+    @staticmethod
+    def _design(features: Array) -> Array:
+        prior = np.asarray(features, dtype=np.float64)[:, FEATURE_NAMES.index("prior_ms")]
+        return np.stack([prior, np.ones(len(prior))], axis=1)
+
+    def fit(self, features: Array, latency_ms: Array) -> ScaledPrior:
+        return self._fit(features, latency_ms, constant=True)
+
+    def fit_point(self, features: Array, latency_ms: Array) -> ScaledPrior:
+        return self._fit(features, latency_ms, constant=True, interval=False)
+
+    def fit_layers(self, features: Array, latency_ms: Array) -> ScaledPrior:
+        """One scale of the prior with no constant: additive over layers."""
+        return self._fit(features, latency_ms, constant=False)
+
+    def _fit(
+        self, features: Array, latency_ms: Array, *, constant: bool, interval: bool = True
+    ) -> ScaledPrior:
+        x = self._design(features)
+        y = np.asarray(latency_ms, dtype=np.float64)
+        coef = _robust_fit(x if constant else x[:, :1], y, constant)
+        # A zero scale would predict one value for every plan and rank none of them.
+        self.coef = np.array([max(float(coef[0]), 1e-12), float(coef[1]) if constant else 0.0])
+        if not interval:
+            return self
+        if len(y) >= MIN_ROWS_HELD_OUT_INTERVAL:
+
+            def fold(x_tr: Array, y_tr: Array, x_te: Array) -> Array:
+                return ScaledPrior()._fit(x_tr, y_tr, constant=constant, interval=False).predict(x_te)[0]
+
+            self.log_q = _interval_log_q(
+                _held_out_log_ratios(fold, np.asarray(features, dtype=np.float64), y)
+            )
+        else:
+            self.log_q = _interval_log_q(np.log(y / np.maximum(x @ self.coef, 1e-9)))
+        return self
+
+    def predict(self, features: Array) -> tuple[Array, Array, Array]:
+        mid = np.maximum(self._design(features) @ self.coef, 1e-6)
+        lo, hi = self.log_q
+        return mid, mid * np.exp(min(lo, 0.0)), mid * np.exp(max(hi, 0.0))
+
+    def state(self) -> dict[str, Any]:
+        return {"coef": self.coef.tolist(), "log_q": list(self.log_q)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ScaledPrior:
         out = cls()
         out.coef = np.asarray(state["coef"], dtype=np.float64)
         out.log_q = (float(state["log_q"][0]), float(state["log_q"][1]))
@@ -346,6 +450,11 @@ class BoostedResidual(Predictor):
 
             self.log_q = _interval_log_q(_held_out_log_ratios(fold, x, y))
         return self
+
+    def fit_point(self, features: Array, latency_ms: Array) -> BoostedResidual:
+        x = np.asarray(features, dtype=np.float64)
+        y = np.asarray(latency_ms, dtype=np.float64)
+        return self._fit_point(x, y, trees=len(y) >= self.min_rows, base_interval=False)
 
     def _fit_point(self, x: Array, y: Array, *, trees: bool, base_interval: bool) -> BoostedResidual:
         """The calibrated prior and, with ``trees``, the trees on its log residuals."""

@@ -45,6 +45,14 @@ class LayerSpec:
     names the attention block a layer belongs to; ``cls_token`` says whether an attention
     block's token 0 is a classification token (never pruned).
     ``prunable``/``decomposable`` say whether the channel-keep and rank knobs make sense.
+
+    ``pooling`` and ``elementwise`` entries have no MACs and never offer knobs. An
+    ``elementwise`` entry (kernels.trace with ``graph=True``) folds the non-GEMM ops one module
+    ran: ``extra`` holds ``op_class`` (elementwise, activation, norm, concat, copy, pooling),
+    ``count`` (ops), ``bytes`` (float32 bytes read and written at batch 1), ``ops`` (aten op
+    name → count) and ``live``. ``extra["live"] = False`` on any entry marks dead work: none of
+    its outputs reaches the model output, or it computes a constant; absent means live, so
+    stored inventories without the mark still load.
     """
 
     name: str

@@ -75,7 +75,7 @@ def test_contract_the_80_percent_interval_covers_held_out_rows(kind: str, n_trai
 
 #: The kinds whose ``fit_layers`` must give a model additive over layers (the catalogue fits them
 #: from per-layer tables). Every other registered kind must refuse a per-layer table.
-ADDITIVE = ("calibrated-prior", "boosted-residual")
+ADDITIVE = ("calibrated-prior", "boosted-residual", "scaled-prior")
 
 
 def _layer_table(seed: int = 0) -> tuple[Space, np.random.Generator, np.ndarray, np.ndarray]:

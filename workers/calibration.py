@@ -10,7 +10,7 @@ catalogue and the report live in ``latency_models``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from latency_models import (
+    AUTO,
     FEATURE_NAMES,
     Catalogue,
     LatencyModelError,
@@ -25,18 +26,22 @@ from latency_models import (
     NetworkMeasurement,
     Predictor,
     Target,
+    TransferPredictor,
     catalogue,
     create_predictor,
     get_target,
     layer_features,
     list_targets,
+    loo_transfer_spearman,
     measurement_format,
     metrics,
     network_features,
     proxy_baselines,
     read_layer_measurements,
     read_network_measurements,
+    select_predictor,
 )
+from latency_models._select import FALLBACK
 from search_spaces import LayerSpec, SpaceError
 
 #: The built-in target a new target of each family starts from (its specs, renamed).
@@ -55,20 +60,29 @@ class Table:
 def _inventory(
     model_id: str, needs_coupling: bool, cache: dict[tuple[str, bool], list[LayerSpec]]
 ) -> list[LayerSpec]:
+    """``model_id``'s inventory: from ``cache`` (this table's), else from the data dir's
+    persistent inventory cache (workers/_inventories.py), which traces only what it lacks, so
+    fitting and validating on the same networks again does not rebuild and trace each one."""
     key = (model_id, needs_coupling)
     if key not in cache:
-        from workers.zoo import prepare
+        from workers._inventories import default_cache
 
-        cache[key] = prepare(model_id, coupling=needs_coupling).layers
+        cache[key] = default_cache().get(model_id, needs_coupling)
     return cache[key]
 
 
-def features_of(target: Target, rows: Sequence[NetworkMeasurement]) -> Table:
-    """Feature rows of measured networks; an unknown model or a bad plan names its CSV row."""
+def features_of(
+    target: Target, rows: Sequence[NetworkMeasurement], predictor: Predictor | None = None
+) -> Table:
+    """Feature rows of measured networks; an unknown model or a bad plan names its CSV row.
+
+    ``predictor``: build the rows it predicts from (``Predictor.features``; a transfer appends
+    its source's prediction), default ``network_features``."""
     from workers.zoo import ZooError
 
     cache: dict[tuple[str, bool], list[LayerSpec]] = {}
-    out = np.zeros((len(rows), len(FEATURE_NAMES)))
+    width = len(FEATURE_NAMES) + (_extra_columns(predictor) if predictor is not None else 0)
+    out = np.zeros((len(rows), width))
     for i, row in enumerate(rows):
         line = i + 2
         needs_coupling = any(c.keep < 1.0 for c in row.plan.choices.values())
@@ -77,10 +91,20 @@ def features_of(target: Target, rows: Sequence[NetworkMeasurement]) -> Table:
         except ZooError as exc:
             raise MeasurementError(f"row {line}, column 'model'", row.model, str(exc)) from None
         try:
-            out[i] = network_features(target, layers, row.plan.validate(layers), row.batch)
+            plan = row.plan.validate(layers)
+            out[i] = (
+                network_features(target, layers, plan, row.batch)
+                if predictor is None
+                else predictor.features(target, layers, plan, row.batch)
+            )
         except SpaceError as exc:
             raise MeasurementError(f"row {line}, column 'plan'", exc.field, f"{exc}") from None
     return Table(out, np.array([r.latency_ms for r in rows]), [r.model for r in rows])
+
+
+def _extra_columns(predictor: Predictor) -> int:
+    """How many columns ``predictor.features`` appends to ``FEATURE_NAMES`` (0 or a transfer's 1)."""
+    return 1 if isinstance(predictor, TransferPredictor) else 0
 
 
 def layer_table(target: Target, source: str | Path) -> Table:
@@ -94,12 +118,13 @@ def layer_table(target: Target, source: str | Path) -> Table:
     )
 
 
-def read_table(target: Target, source: str | Path) -> Table:
+def read_table(target: Target, source: str | Path, predictor: Predictor | None = None) -> Table:
     """Either format, told apart by the header (``model`` → per network, ``kind`` → per layer),
-    validated in full; a bad row raises MeasurementError naming its row and column."""
+    validated in full; a bad row raises MeasurementError naming its row and column.
+    ``predictor``: per-network rows as it predicts from them (see ``features_of``)."""
     if measurement_format(source) == "layer":
         return layer_table(target, source)
-    return features_of(target, read_network_measurements(source))
+    return features_of(target, read_network_measurements(source), predictor)
 
 
 def _new_target(name: str, family: str | None) -> Target:
@@ -134,9 +159,10 @@ def ensure_target(name: str, family: str | None, *, cat: Catalogue | None = None
     return cat.add_target(_new_target(name, family))
 
 
-def _fitted(kind: str, table: Table) -> Predictor:
-    """A new ``kind`` predictor fitted on ``table``: additive over layers for a per-layer table."""
-    predictor = create_predictor(kind)
+def _fitted(kind: str, table: Table, factory: Callable[[], Predictor] | None = None) -> Predictor:
+    """A new ``kind`` predictor (from ``factory`` when given) fitted on ``table``: additive
+    over layers for a per-layer table."""
+    predictor = create_predictor(kind) if factory is None else factory()
     if table.format == "layer":
         return predictor.fit_layers(table.features, table.latency_ms)
     return predictor.fit(table.features, table.latency_ms)
@@ -147,7 +173,8 @@ def fit(
     measurements: str | Path,
     *,
     family: str | None = None,
-    kind: str = "boosted-residual",
+    kind: str = AUTO,
+    source: str | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
     budget_ms: float | None = None,
@@ -156,6 +183,13 @@ def fit(
     """Fit a new predictor version for a target from a per-network or per-layer CSV into ``cat``
     (default: the data dir's catalogue); returns the report.
 
+    ``kind`` "auto" (the default) chooses the kind by k-fold cross-validation on the rows
+    (``select_predictor``: the best held-out Spearman; the prior's order with a fitted scale when
+    no learned kind ranks better); the report's ``selection`` holds the table. ``source``
+    (``--from``): a target of the catalogue with a learned predictor, or "auto" (the one whose
+    corrected predictions rank these rows best by leave-one-out), that a transfer predictor
+    borrows from; the transfer then competes with the other kinds.
+
     The report comes from a held-out ``test_fraction`` of the rows (networks or layers, with
     MACs-proxy and linear baselines on the same split); the stored model is then refitted on
     all rows. Everything (the table, the target, the fits) is checked and computed before
@@ -163,31 +197,182 @@ def fit(
     """
     if not 0.0 <= test_fraction < 1.0:
         raise LatencyModelError("--test-fraction", test_fraction, "a fraction in [0, 1) is required")
-    create_predictor(kind)  # an unknown kind fails here, before any work
+    if kind != AUTO:
+        create_predictor(kind)  # an unknown kind fails here, before any work
+    if kind == "transfer" and source is None:
+        raise LatencyModelError(
+            "--kind", kind, "a transfer needs a source: pass --from TARGET or --from auto"
+        )
     cat = cat or catalogue()  # registers the stored user targets (reads only)
     existing = target_name in list_targets()
     target = cat.target(target_name) if existing else _new_target(target_name, family)
-    table = read_table(target, measurements)
-    if len(table.latency_ms) < 3:
-        unit = "layers" if table.format == "layer" else "networks"
-        raise MeasurementError(
-            "measurements", len(table.latency_ms), f"at least 3 measured {unit} are required"
+    transfer: dict[str, Any] | None = None
+    factories: dict[str, Callable[[], Predictor]] = {}
+    if source is not None:
+        if measurement_format(measurements) == "layer":
+            raise LatencyModelError(
+                "--from", source, "a transfer needs a per-network table (its source predicts whole networks)"
+            )
+        rows = read_network_measurements(measurements)
+        _check_rows(len(rows), "network")
+        table, factory, transfer = _transfer_source(cat, source, target, rows)
+        factories["transfer"] = factory
+    else:
+        table = read_table(target, measurements)
+    _check_rows(len(table.latency_ms), table.format)
+    selection = None
+    chosen = kind
+    if kind == AUTO:
+        selection = select_predictor(
+            table.features,
+            table.latency_ms,
+            candidates=factories,
+            seed=seed,
+            names=table.models,
+            per_layer=table.format == "layer",
         )
-    report = validate_split(
-        target, table, kind=kind, test_fraction=test_fraction, seed=seed, budget_ms=budget_ms
-    )
-    predictor = _fitted(kind, table)
+        chosen = selection.chosen
+    report, activate, why = _validated(target, table, chosen, factories, test_fraction, seed, budget_ms)
+    if kind == AUTO and not activate and chosen != FALLBACK:
+        # The chosen kind ranked the cross-validation folds best but this split worse than the
+        # prior: keep the prior's order (scaled), which the gate always lets through.
+        first = chosen
+        chosen = FALLBACK
+        report, activate, why = _validated(target, table, chosen, factories, test_fraction, seed, budget_ms)
+        why = (
+            f"{first} was chosen by cross-validation but ranks the held-out split below the analytic "
+            f"prior; {FALLBACK} (the prior's order with a fitted scale) is stored instead"
+        )
+        if selection is not None:
+            selection.note = why
+    predictor = _fitted(chosen, _table_for(chosen, table), factories.get(chosen))
     report["n_fit"] = len(table.latency_ms)
-    activate, why = ranks_at_least_as_well_as_prior(report)
+    report["batches"] = sorted({int(b) for b in table.features[:, FEATURE_NAMES.index("batch")]})
+    if selection is not None:
+        report["selection"] = selection.to_dict()
+        if selection.note:
+            report["note"] = f"{report['note']}; {selection.note}" if report.get("note") else selection.note
+    if transfer is not None:
+        report["transfer"] = transfer
+        if transfer.get("note"):
+            note = str(transfer["note"])
+            report["note"] = f"{report['note']}; {note}" if report.get("note") else note
     report["activated"] = activate
-    if why:
+    if why and not activate:
         report["activation_note"] = why
         report["note"] = f"{report['note']}; {why}" if report.get("note") else why
+    elif why:
+        report["activation_note"] = why
+        if why not in str(report.get("note", "")):
+            report["note"] = f"{report['note']}; {why}" if report.get("note") else why
     if not existing:
         cat.add_target(target)
     version = cat.save_predictor(target.name, predictor, report, activate=activate)
     report["version"] = version
     return report
+
+
+def _check_rows(n: int, table_format: str) -> None:
+    if n < 3:
+        unit = "layers" if table_format == "layer" else "networks"
+        raise MeasurementError("measurements", n, f"at least 3 measured {unit} are required")
+
+
+def _table_for(kind: str, table: Table) -> Table:
+    """The table a kind sees: a transfer reads its source's column, the others ``FEATURE_NAMES``."""
+    if kind == "transfer":
+        return table
+    return replace(table, features=table.features[:, : len(FEATURE_NAMES)])
+
+
+def _validated(
+    target: Target,
+    table: Table,
+    kind: str,
+    factories: dict[str, Callable[[], Predictor]],
+    test_fraction: float,
+    seed: int,
+    budget_ms: float | None,
+) -> tuple[dict[str, Any], bool, str | None]:
+    """The held-out report of ``kind`` and the activation gate's verdict on it."""
+    report = validate_split(
+        target,
+        _table_for(kind, table),
+        kind=kind,
+        test_fraction=test_fraction,
+        seed=seed,
+        budget_ms=budget_ms,
+        factory=factories.get(kind),
+    )
+    activate, why = ranks_at_least_as_well_as_prior(report)
+    return report, activate, why
+
+
+def _transfer_source(
+    cat: Catalogue, source: str, target: Target, rows: Sequence[NetworkMeasurement]
+) -> tuple[Table, Callable[[], Predictor], dict[str, Any]]:
+    """The source a transfer borrows from (``source``, or with "auto" the catalogue target whose
+    corrected predictions rank ``rows`` best by leave-one-out), the table with its column, a
+    factory of transfer predictors and what the report says of it."""
+    learned = [name for name in cat.learned_targets() if name != target.name]
+    if source == AUTO:
+        if not learned:
+            raise LatencyModelError(
+                "--from",
+                source,
+                "no target of the catalogue has a learned predictor to transfer from; fit one first "
+                "(`hwsearch latency fit --target SOURCE --measurements FILE`)",
+            )
+        names = learned
+    elif source not in learned:
+        raise LatencyModelError(
+            "--from",
+            source,
+            "has no learned predictor to transfer from; targets that have one: "
+            + (", ".join(learned) if learned else "none (fit one first with `hwsearch latency fit`)"),
+        )
+    else:
+        names = [source]
+    scores: dict[str, float | None] = {}
+    best: tuple[float, str, Table, Target, Predictor, dict[str, Any]] | None = None
+    for name in names:
+        active = cat.predictor(name)
+        if active is None:  # pragma: no cover - learned_targets lists only targets with one
+            continue
+        source_target = cat.target(name)
+        probe = TransferPredictor(source_target, active[0])
+        table = features_of(target, rows, predictor=probe)
+        rho = loo_transfer_spearman(table.features, table.latency_ms)
+        scores[name] = None if np.isnan(rho) else rho
+        key = -np.inf if np.isnan(rho) else rho
+        if best is None or key > best[0]:
+            best = (key, name, table, source_target, active[0], active[1])
+    assert best is not None  # names is never empty here
+    _, name, table, source_target, source_predictor, source_report = best
+    new_batches = sorted({r.batch for r in rows})
+    source_batches = source_report.get("batches")
+    info: dict[str, Any] = {
+        "source": name,
+        "source_kind": source_predictor.kind,
+        "loo_spearman": scores,
+        "batches": new_batches,
+        "source_batches": source_batches,
+    }
+    if source_batches is None:
+        info["note"] = (
+            f"transfer from {name}: its fit did not record its batch sizes; these rows are batch "
+            f"{new_batches}"
+        )
+    elif sorted(source_batches) != new_batches:
+        info["note"] = (
+            f"transfer from {name}, fitted at batch {source_batches}, to rows at batch {new_batches}: "
+            "the source predicts each row at its own batch and the correction absorbs the difference"
+        )
+
+    def factory() -> Predictor:
+        return TransferPredictor(source_target, source_predictor)
+
+    return table, factory, info
 
 
 #: Spearman differences below this are ties (floating-point noise of equal rankings).
@@ -230,7 +415,14 @@ def ranks_at_least_as_well_as_prior(report: dict[str, Any]) -> tuple[bool, str |
 
 
 def validate_split(
-    target: Target, table: Table, *, kind: str, test_fraction: float, seed: int, budget_ms: float | None
+    target: Target,
+    table: Table,
+    *,
+    kind: str,
+    test_fraction: float,
+    seed: int,
+    budget_ms: float | None,
+    factory: Callable[[], Predictor] | None = None,
 ) -> dict[str, Any]:
     n = len(table.latency_ms)
     order = np.random.default_rng(seed).permutation(n)
@@ -261,9 +453,10 @@ def validate_split(
         table.features[test],
         table.latency_ms[test],
     )
-    predicted, low, high = _fitted(kind, Table(x_tr, y_tr, [], table.format)).predict(x_te)
+    predicted, low, high = _fitted(kind, Table(x_tr, y_tr, [], table.format), factory).predict(x_te)
     report.update(metrics(predicted, y_te, budget_ms, (low, high)).to_dict())
-    base = proxy_baselines(x_tr, y_tr, x_te, FEATURE_NAMES.index("total_macs"))
+    nf = len(FEATURE_NAMES)  # the baselines see the feature set only (not a transfer's column)
+    base = proxy_baselines(x_tr[:, :nf], y_tr, x_te[:, :nf], FEATURE_NAMES.index("total_macs"))
     report["baselines"] = {name: metrics(pred, y_te, budget_ms).to_dict() for name, pred in base.items()}
     prior = x_te[:, FEATURE_NAMES.index("prior_ms")]
     report["baselines"]["analytic_prior"] = metrics(prior, y_te, budget_ms).to_dict()
@@ -316,7 +509,7 @@ def validate(
             "--target", target_name, "has no fitted predictor; run `hwsearch latency fit` first"
         )
     predictor, fit_report = active
-    table = read_table(target, measurements)
+    table = read_table(target, measurements, predictor)
     if table.format == "layer" and fit_report.get("format", "network") != "layer":
         raise LatencyModelError(
             "--measurements",

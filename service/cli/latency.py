@@ -52,6 +52,43 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
     if "mape" in report:
         lines.append(_metrics_line("predictor", report))
         lines += [_metrics_line(name, m) for name, m in report.get("baselines", {}).items()]
+    lines += _selection_lines(report)
+    return lines
+
+
+def _selection_lines(report: dict[str, Any]) -> list[str]:
+    """The model-choice table of a fit (every kind's held-out scores, or why it was skipped)."""
+    selection = report.get("selection")
+    if not selection:
+        return []
+    lines = [f"  model choice ({selection['folds']}-fold cross-validation on the rows):"]
+    for kind, row in selection["table"].items():
+        mark = "*" if kind == report.get("kind") else " "
+        if "skipped" in row:
+            lines.append(f"   {mark}{kind:<18} skipped: {row['skipped']}")
+            continue
+        rho = row["spearman"]
+        lines.append(
+            f"   {mark}{kind:<18} Spearman {'n/a' if rho is None else f'{rho:.3f}'}  MAPE {row['mape']:.3f}  "
+            f"±10% {row['within_10pct']:.2f}"
+        )
+    prior = selection.get("prior_spearman")
+    lines.append(
+        f"  kept {report.get('kind')} (analytic prior's Spearman "
+        f"{'n/a' if prior is None else f'{prior:.3f}'})"
+    )
+    transfer = report.get("transfer")
+    if transfer:
+        scores = ", ".join(
+            f"{name} {'n/a' if v is None else f'{v:.3f}'}" for name, v in transfer["loo_spearman"].items()
+        )
+        lines.append(f"  transfer source {transfer['source']} (leave-one-out Spearman: {scores})")
+    if selection.get("worst_rows"):
+        lines.append("  worst held-out rows (CSV row, name, measured → predicted ms):")
+        lines += [
+            f"    row {w['row']} {w['name']}: {w['measured_ms']:.3f} → {w['predicted_ms']:.3f}"
+            for w in selection["worst_rows"]
+        ]
     return lines
 
 
@@ -68,7 +105,20 @@ def latency_fit(
     target: Annotated[str, typer.Option(help="Target to calibrate (created when --family is given).")],
     measurements: MeasurementsOption,
     family: Annotated[str | None, typer.Option(help="gpu, cpu, mobile or fpga: create the target.")] = None,
-    kind: Annotated[str, typer.Option(help="Predictor kind.")] = "boosted-residual",
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="Predictor kind, or auto: fit every kind, keep the best held-out Spearman (k-fold)."
+        ),
+    ] = "auto",
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Transfer from this target's learned predictor (or auto: the catalogue target "
+            "that ranks these rows best by leave-one-out); for a new device with few rows.",
+        ),
+    ] = None,
     test_fraction: Annotated[float, typer.Option(help="Share of rows held out for the report.")] = 0.2,
     budget_ms: BudgetOption = None,
     json_output: JsonFlag = False,
@@ -84,7 +134,13 @@ def latency_fit(
     from workers.calibration import fit
 
     report = fit(
-        target, measurements, family=family, kind=kind, test_fraction=test_fraction, budget_ms=budget_ms
+        target,
+        measurements,
+        family=family,
+        kind=kind,
+        source=source,
+        test_fraction=test_fraction,
+        budget_ms=budget_ms,
     )
     _emit_report(report, json_output)
 
