@@ -174,6 +174,17 @@ def _robust_fit(x: Array, y: Array, constant: bool = True) -> Array:
     ``constant``: the last column is the constant (it alone cannot start the fit)."""
     from scipy.optimize import least_squares
 
+    used = np.any(x != 0, axis=0)
+    if constant:
+        used[-1] = True
+    if not used.all():
+        # A column that is 0 on every row (a layer kind the table lacks) has no data behind it:
+        # its coefficient is 0, and leaving it out of the optimisation makes the fit several
+        # times faster (NB201 uses 2 of the 6 GEMM kinds).
+        coef_used = _robust_fit(x[:, used], y, constant)
+        out = np.zeros(x.shape[1])
+        out[used] = coef_used
+        return out
     scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
     xs = x / scale
     start = nnls(xs, y)[0]
