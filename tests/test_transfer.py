@@ -90,44 +90,20 @@ def test_latency_fit_from_a_source_end_to_end(
     monkeypatch.setenv("HWSEARCH_DATA_DIR", str(tmp_path / "data"))
     ids = nb201["ids"]
     new = _csv(tmp_path / "new.csv", ids[150:160], nb201["y"]["1080ti_32"][150:160], 32)
+
+    def fit_new(source: str, *extra: str) -> Any:
+        args = ["latency", "fit", "--target", "newgpu", "--family", "gpu", "--measurements", str(new)]
+        return runner.invoke(app, [*args, "--from", source, *extra])
+
     # a source without a learned predictor is refused, naming the fix
-    result = runner.invoke(
-        app,
-        [
-            "latency",
-            "fit",
-            "--target",
-            "newgpu",
-            "--family",
-            "gpu",
-            "--measurements",
-            str(new),
-            "--from",
-            "xeon-gold-6240",
-        ],
-    )
+    result = fit_new("xeon-gold-6240")
     assert result.exit_code == 2 and "has no learned predictor" in result.stderr
     source = _csv(tmp_path / "src.csv", ids[:20], nb201["y"]["gold_6240"][:20], 1)
     result = runner.invoke(
         app, ["latency", "fit", "--target", "xeon-gold-6240", "--measurements", str(source), "--json"]
     )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(
-        app,
-        [
-            "latency",
-            "fit",
-            "--target",
-            "newgpu",
-            "--family",
-            "gpu",
-            "--measurements",
-            str(new),
-            "--from",
-            "auto",
-            "--json",
-        ],
-    )
+    result = fit_new("auto", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["transfer"]["source"] == "xeon-gold-6240"
