@@ -14,8 +14,8 @@ study, reports only its own experimental methods and points here):
   * HELP's protocol: train pool = indices 0–899, test = 900–1899, each trimmed as HELP's loader
     does (sort by latency, keep [int(0.1 n), int(0.9 n))); Spearman for the first 10 / 100 pool
     networks (index order), mean ± sd over 5 random draws of 10 / 100 (seeds 0–4), and the
-    whole trimmed pool; a "transfer from another dev device @10" column (TODO until
-    latency_models has the transfer kind: :func:`transfer_at_10`).
+    whole trimmed pool; "transfer from S @10" rows per other dev device S and for ``--from auto``
+    (:func:`transfer_at_10`).
   * Random splits (seeds 0–4): 10 / 100 / 900 training networks, test = the rest of the sample;
     MAPE, share within ±10 % and Spearman.
   Baselines on the same splits: MACs (FLOPs proxy) and a linear model on the same features

@@ -10,7 +10,7 @@ import abc
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -245,8 +245,53 @@ def _interval_log_q(log_ratios: Array, coverage: float = INTERVAL_COVERAGE) -> t
     )
 
 
+class _LinearInDesign(Predictor):
+    """What the kinds linear in a design of the features share: ``coef`` over ``_design``'s
+    columns, the 80% interval from held-out log ratios (training ones below
+    ``MIN_ROWS_HELD_OUT_INTERVAL`` rows), prediction and state. Not registered."""
+
+    def __init__(self) -> None:
+        self.coef: Array = np.zeros(0)
+        self.log_q: tuple[float, float] = (0.0, 0.0)
+
+    @staticmethod
+    @abc.abstractmethod
+    def _design(features: Array) -> Array: ...
+
+    @abc.abstractmethod
+    def _fit(self, features: Array, latency_ms: Array, *, constant: bool, interval: bool = True) -> Self: ...
+
+    def _fit_interval(self, features: Array, y: Array, *, constant: bool) -> None:
+        """``log_q`` of the fitted ``coef``: from 5-fold held-out log ratios, each fold refitted
+        the same way (training residuals understate the error on new rows; bench/intervals.py
+        measures the coverage both ways), or from the training ratios below 10 rows."""
+        if len(y) >= MIN_ROWS_HELD_OUT_INTERVAL:
+
+            def fold(x_tr: Array, y_tr: Array, x_te: Array) -> Array:
+                return type(self)()._fit(x_tr, y_tr, constant=constant, interval=False).predict(x_te)[0]
+
+            self.log_q = _interval_log_q(_held_out_log_ratios(fold, features, y))
+        else:
+            self.log_q = _interval_log_q(np.log(y / np.maximum(self._design(features) @ self.coef, 1e-9)))
+
+    def predict(self, features: Array) -> tuple[Array, Array, Array]:
+        mid = np.maximum(self._design(np.asarray(features, dtype=np.float64)) @ self.coef, 1e-6)
+        lo, hi = self.log_q
+        return mid, mid * np.exp(min(lo, 0.0)), mid * np.exp(max(hi, 0.0))
+
+    def state(self) -> dict[str, Any]:
+        return {"coef": self.coef.tolist(), "log_q": list(self.log_q)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Self:
+        out = cls()
+        out.coef = np.asarray(state["coef"], dtype=np.float64)
+        out.log_q = (float(state["log_q"][0]), float(state["log_q"][1]))
+        return out
+
+
 @register_predictor
-class CalibratedPrior(Predictor):
+class CalibratedPrior(_LinearInDesign):
     """Latency = Σ_kind (a_k · prior_ms_k + b_k · MACs_k + c_k · GEMMs_k) + d · pools + e, all ≥ 0.
 
     The nn-Meter decomposition with the analytic prior as the main feature. Fitted on the log
@@ -261,10 +306,7 @@ class CalibratedPrior(Predictor):
     """
 
     kind = "calibrated-prior"
-
-    def __init__(self) -> None:
-        self.coef: Array = np.zeros(0)
-        self.log_q: tuple[float, float] = (0.0, 0.0)
+    _design = staticmethod(_calibration_design)
 
     def fit(self, features: Array, latency_ms: Array) -> CalibratedPrior:
         return self._fit(features, latency_ms, constant=True)
@@ -303,38 +345,13 @@ class CalibratedPrior(Predictor):
         self.coef[absent] = 0.0
         prior_cols = np.array(_PRIOR_COLS)
         self.coef[prior_cols[absent[prior_cols]]] = tied[0]
-        if not interval:
-            return self
-        if len(y) >= MIN_ROWS_HELD_OUT_INTERVAL:
-            # Training residuals understate the error on new rows; held-out fold residuals do
-            # not (bench/intervals.py measures the coverage both ways).
-            def fold(x_tr: Array, y_tr: Array, x_te: Array) -> Array:
-                model = CalibratedPrior()._fit(x_tr, y_tr, constant=constant, interval=False)
-                return model.predict(x_te)[0]
-
-            self.log_q = _interval_log_q(_held_out_log_ratios(fold, features, y))
-        else:
-            self.log_q = _interval_log_q(np.log(y / np.maximum(design @ self.coef, 1e-9)))
+        if interval:
+            self._fit_interval(features, y, constant=constant)
         return self
-
-    def predict(self, features: Array) -> tuple[Array, Array, Array]:
-        mid = np.maximum(_calibration_design(np.asarray(features, dtype=np.float64)) @ self.coef, 1e-6)
-        lo, hi = self.log_q
-        return mid, mid * np.exp(min(lo, 0.0)), mid * np.exp(max(hi, 0.0))
-
-    def state(self) -> dict[str, Any]:
-        return {"coef": self.coef.tolist(), "log_q": list(self.log_q)}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> CalibratedPrior:
-        out = cls()
-        out.coef = np.asarray(state["coef"], dtype=np.float64)
-        out.log_q = (float(state["log_q"][0]), float(state["log_q"][1]))
-        return out
 
 
 @register_predictor
-class ScaledPrior(Predictor):
+class ScaledPrior(_LinearInDesign):
     """Latency = s · analytic prior + c (s > 0, c ≥ 0): the prior's own order with its scale fitted.
 
     It ranks plans exactly as the analytic prior does, so model choice (``select_predictor``)
@@ -348,8 +365,8 @@ class ScaledPrior(Predictor):
     min_rows = 2
 
     def __init__(self) -> None:
-        self.coef: Array = np.array([1.0, 0.0])
-        self.log_q: tuple[float, float] = (0.0, 0.0)
+        super().__init__()
+        self.coef = np.array([1.0, 0.0])
 
     @staticmethod
     def _design(features: Array) -> Array:
@@ -374,34 +391,9 @@ class ScaledPrior(Predictor):
         coef = _robust_fit(x if constant else x[:, :1], y, constant)
         # A zero scale would predict one value for every plan and rank none of them.
         self.coef = np.array([max(float(coef[0]), 1e-12), float(coef[1]) if constant else 0.0])
-        if not interval:
-            return self
-        if len(y) >= MIN_ROWS_HELD_OUT_INTERVAL:
-
-            def fold(x_tr: Array, y_tr: Array, x_te: Array) -> Array:
-                return ScaledPrior()._fit(x_tr, y_tr, constant=constant, interval=False).predict(x_te)[0]
-
-            self.log_q = _interval_log_q(
-                _held_out_log_ratios(fold, np.asarray(features, dtype=np.float64), y)
-            )
-        else:
-            self.log_q = _interval_log_q(np.log(y / np.maximum(x @ self.coef, 1e-9)))
+        if interval:
+            self._fit_interval(np.asarray(features, dtype=np.float64), y, constant=constant)
         return self
-
-    def predict(self, features: Array) -> tuple[Array, Array, Array]:
-        mid = np.maximum(self._design(features) @ self.coef, 1e-6)
-        lo, hi = self.log_q
-        return mid, mid * np.exp(min(lo, 0.0)), mid * np.exp(max(hi, 0.0))
-
-    def state(self) -> dict[str, Any]:
-        return {"coef": self.coef.tolist(), "log_q": list(self.log_q)}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> ScaledPrior:
-        out = cls()
-        out.coef = np.asarray(state["coef"], dtype=np.float64)
-        out.log_q = (float(state["log_q"][0]), float(state["log_q"][1]))
-        return out
 
 
 @register_predictor
