@@ -129,6 +129,12 @@ def _open(browser: Any, url: str) -> tuple[Any, list[str]]:
     page.goto(url, wait_until="networkidle")
     # A job page runs plotly.js after its first frame; wait until it drew the interactive plots.
     page.wait_for_function("() => !document.getElementById('front-plot') || window.hwsearchPainted")
+    # The initial plan comes from a fetch after the first paint: wait for it where the page has a
+    # front, or a test that reads the selected plan races it (CI failed on that once).
+    page.wait_for_function(
+        "() => { const s = document.getElementById('plan-section');"
+        " return !s || s.hidden || document.getElementById('plan-title').dataset.trial !== undefined; }"
+    )
     return page, errors
 
 
