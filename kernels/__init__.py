@@ -1,7 +1,8 @@
 """Everything in hwsearch that touches a torch model.
 
 ``trace`` turns a model into LayerSpecs, ``apply`` compresses it by a Plan, ``count_cost``
-counts its params, MACs and weight bytes, and ``time_model`` measures it. Importing this
+counts its params, MACs and weight bytes, ``time_model`` measures it and ``export_onnx`` writes
+it for ONNX Runtime. Importing this
 package never initialises CUDA.
 """
 
@@ -22,6 +23,7 @@ from ._lowrank import (
     low_rank_calibrated,
     singular_values,
 )
+from ._onnx import ExportError, OnnxExport, export_onnx, onnx_session
 from ._prune import prune_channels
 from ._quant import (
     LayerCalibration,
@@ -43,10 +45,12 @@ __all__ = [
     "AttentionBlock",
     "CalibrationReport",
     "Cost",
+    "ExportError",
     "InputStats",
     "LayerCalibration",
     "LowRankConv2d",
     "LowRankLinear",
+    "OnnxExport",
     "QuantConfig",
     "QuantReport",
     "QuantizedLayer",
@@ -61,6 +65,7 @@ __all__ = [
     "calibrate_low_rank",
     "can_synthesize",
     "count_cost",
+    "export_onnx",
     "fake_quant_activation",
     "fake_quant_weight",
     "fold_batchnorm",
@@ -70,6 +75,7 @@ __all__ = [
     "kept_layers",
     "low_rank",
     "low_rank_calibrated",
+    "onnx_session",
     "prune_channels",
     "prune_tokens",
     "quantize",

@@ -537,6 +537,9 @@ def test_the_example_plugin_is_searched_on_an_uploaded_dataset_and_its_page_show
         assert r.status_code == 200, r.text
         with zipfile.ZipFile(io.BytesIO(r.content)) as z:
             recorded = json.loads(z.read("source.json"))
+            # The plugin's compressed model as ONNX too, checked against torch when it was built.
+            check = json.loads(z.read("onnx.json"))
+            assert "model.onnx" in z.namelist() and check["max_abs_error"] <= check["tolerance"], check
         assert recorded["kind"] == "plugin" and recorded["package"] == PLUGIN_PACKAGE
         _check_job_page(base, job_id, dataset["id"], data)
         _search_through_the_cli(base, token, digits["folder"], tmp_path)

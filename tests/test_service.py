@@ -259,7 +259,7 @@ def live_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve: Any) ->
         yield url
 
 
-def test_cli_talks_to_the_service(live_service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_talks_to_the_service(live_service: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from service.cli import app
@@ -281,6 +281,21 @@ def test_cli_talks_to_the_service(live_service: str, monkeypatch: pytest.MonkeyP
     assert doc["status"] == "succeeded" and doc["evaluations"] == 5
     table = run(app, ["front", job_id, "--csv"])
     assert table.exit_code == 0 and table.stdout.startswith("number,quality,latency_ms@xeon-gold-6240")
+    # `export`: a front plan's model for ONNX Runtime, written whole at --out.
+    number = table.stdout.splitlines()[-1].split(",")[0]
+    onnx_out = tmp_path / "exports" / "plan.onnx"
+    exported = run(app, ["export", job_id, number, "--format", "onnx", "--out", str(onnx_out)])
+    assert exported.exit_code == 0, exported.output
+    from kernels import onnx_session
+
+    session = onnx_session(onnx_out)
+    assert session.run(None, {"input": np.zeros((2, 1, 8, 8), dtype=np.float32)})[0].shape == (2, 10)
+    weights = run(app, ["export", job_id, number, "--format", "safetensors", "--out", str(tmp_path / "w.st")])
+    assert weights.exit_code == 0 and (tmp_path / "w.st").stat().st_size > 0
+    assert run(app, ["export", job_id, number, "--format", "tflite"]).exit_code == 2
+    missing = run(app, ["export", job_id, "999", "--out", str(tmp_path / "exports" / "none.onnx")])
+    assert missing.exit_code == 2 and "404" in missing.output
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["plan.onnx"]
     queued = run(app, ["submit", *flags, "--budget", "500", "--detach"]).stdout.strip()
     cancelled = run(app, ["cancel", queued])
     assert cancelled.exit_code == 0 and queued in cancelled.stdout
@@ -460,8 +475,14 @@ def test_the_compressed_model_of_a_trial_downloads_and_loads(tmp_path: Path, syn
         c.app.state.store.add_trial({**synthetic.trial(job["id"], 4, 0.9, 1.0), "status": "failed"})  # type: ignore[attr-defined]
         r = c.get(f"/api/v1/jobs/{job['id']}/trials/3/model")
         assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
-        cached = tmp_path / "artifacts" / job["id"] / "trial-3.zip"
+        cached = tmp_path / "artifacts" / job["id"] / "trial-3.2.zip"
         assert cached.exists() and c.get(f"/api/v1/jobs/{job['id']}/trials/3/model").content == r.content
+        onnx_file = c.get(f"/api/v1/jobs/{job['id']}/trials/3/model", params={"format": "onnx"})
+        assert onnx_file.status_code == 200 and onnx_file.content[:2] != b"PK"  # the file, not the zip
+        weights = c.get(f"/api/v1/jobs/{job['id']}/trials/3/model", params={"format": "safetensors"})
+        assert weights.status_code == 200
+        bad = c.get(f"/api/v1/jobs/{job['id']}/trials/3/model", params={"format": "tflite"})
+        assert bad.status_code == 422 and "format" in bad.text
         assert c.get(f"/api/v1/jobs/{job['id']}/trials/4/model").status_code == 409
         assert c.get(f"/api/v1/jobs/{job['id']}/trials/9/model").status_code == 404
         assert c.get("/api/v1/jobs/..%2F..%2Fetc/trials/3/model").status_code == 404
@@ -473,8 +494,15 @@ def test_the_compressed_model_of_a_trial_downloads_and_loads(tmp_path: Path, syn
             "source.json",
             "spec.json",
             "README.md",
+            "model.onnx",
+            "onnx.json",
         }
         state = load(z.read("model.safetensors"))
+        assert weights.content == z.read("model.safetensors") and onnx_file.content == z.read("model.onnx")
+        check = json.loads(z.read("onnx.json"))
+        # fc1 at W4A32 has float inputs: no int8 kernel applies, it stays float on its 4-bit grid.
+        assert check["max_abs_error"] <= check["tolerance"] and check["float_layers"] == ["fc1"]
+        assert "onnxruntime" in z.read("README.md").decode()
         assert Plan.from_dict(json.loads(z.read("plan.json"))) == Plan.from_dict(plan)
         assert "load_state_dict" in z.read("README.md").decode()
     prepared = prepare("digits-cnn")
@@ -483,6 +511,13 @@ def test_the_compressed_model_of_a_trial_downloads_and_loads(tmp_path: Path, syn
     assert rebuilt.conv3.out_channels < prepared.model.conv3.out_channels
     with torch.no_grad():
         assert torch.isfinite(rebuilt(prepared.example_input)).all()
+        want = rebuilt(prepared.example_input)
+    from kernels import onnx_session
+
+    (tmp_path / "model.onnx").write_bytes(onnx_file.content)
+    session = onnx_session(tmp_path / "model.onnx")
+    got = session.run(None, {"input": prepared.example_input.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(got), want, atol=1e-3)
 
 
 def test_the_demo_job_is_queued_once_on_an_empty_database(tmp_path: Path) -> None:

@@ -20,7 +20,12 @@ Model source: {source}.
 
 Files: `plan.json` (the per-layer plan), `model.safetensors` (the weights of the compressed
 model, as `kernels.apply(..., execution="simulate")` builds it: fake-quantized layers keep float
-weights plus their bit widths in the plan), `trial.json` (quality and predicted costs),
+weights plus their bit widths in the plan), `model.onnx` (the same model for ONNX Runtime: low
+rank and pruning as smaller dense ops, token pruning as top-k in the graph, layers at <= 8 bits
+as int8 QDQ nodes from onnxruntime's static quantisation on the job's calibration inputs),
+`onnx.json` (how the ONNX file was checked against torch: the float graph's maximum error and
+the int8 graph's agreement; or why the model could not be exported), `trial.json` (quality and
+predicted costs),
 `source.json` (where the model came from: zoo, plugin or import path, its arguments and the
 sha256 of the weights file it was built with), `spec.json` (the job's spec).
 
@@ -46,7 +51,20 @@ model.eval()
 ```
 
 Quality when built: {quality_metric} = {quality} ({how}).
+
+The ONNX file needs only onnxruntime:
+
+```python
+import numpy as np, onnxruntime as ort
+
+session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+output = session.run(None, {{"input": inputs}})[0]  # inputs: a numpy batch, as the model takes
+```
+{onnx_line}
 """
+
+#: The files a trial's zip holds that ``GET .../model?format=`` hands out alone.
+MEMBERS = {"onnx": "model.onnx", "safetensors": "model.safetensors"}
 
 
 def export_compressed(
@@ -92,6 +110,7 @@ def export_compressed(
         how = recovered.get("how") or f"recovered: {recovered.get('steps')} steps"
         weights_are = how
     shown_quality = recovered.get("quality") if recovered.get("weights") else trial.get("quality")
+    onnx_bytes, onnx_report = _onnx_of(compressed, prepared, calibrate)
     state = {k: v.detach().contiguous().clone() for k, v in compressed.state_dict().items()}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as z:
@@ -100,6 +119,9 @@ def export_compressed(
         z.writestr("trial.json", json.dumps(trial, indent=2, default=str))
         z.writestr("source.json", json.dumps(source.to_dict(), indent=2))
         z.writestr("spec.json", json.dumps(job.model_dump(mode="json"), indent=2))
+        if onnx_bytes is not None:
+            z.writestr("model.onnx", onnx_bytes)
+        z.writestr("onnx.json", json.dumps(onnx_report, indent=2))
         z.writestr(
             "README.md",
             README.format(
@@ -116,6 +138,7 @@ def export_compressed(
                 ),
                 source=source.describe(),
                 where=_where(source.kind, source.package),
+                onnx_line=_onnx_line(onnx_report),
             ),
         )
     out = Path(path)
@@ -124,6 +147,39 @@ def export_compressed(
     tmp.write_bytes(buffer.getvalue())
     tmp.replace(out)
     return out
+
+
+def _onnx_of(compressed: Any, prepared: Any, calibrate: bool) -> tuple[bytes | None, dict[str, Any]]:
+    """The compressed model as ONNX bytes with its check report, or (None, the reason) when it
+    cannot be exported: the zip is still built, and says why."""
+    import tempfile
+
+    from kernels import ExportError, export_onnx
+
+    batches = prepared.calibration.batches if calibrate and prepared.calibration is not None else None
+    with tempfile.TemporaryDirectory(prefix="hwsearch-onnx-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        try:
+            report = export_onnx(compressed, prepared.example_input, path, calibration=batches)
+        except ExportError as exc:
+            return None, {"error": str(exc)}
+        except Exception as exc:
+            return None, {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+        data = report.to_dict()
+        data.pop("path")
+        return path.read_bytes(), data
+
+
+def _onnx_line(report: dict[str, Any]) -> str:
+    if "error" in report:
+        return f"\nThis model could not be exported to ONNX: {report['error']}\n"
+    line = f"\nChecked at export: float graph within {report['max_abs_error']:.2g} of torch"
+    if report.get("int8_agreement") is not None:
+        line += (
+            f"; int8 graph against the simulated model: top-1 agreement {report['int8_agreement']:.3f}, "
+            f"cosine {report['int8_cosine']:.4f}"
+        )
+    return line + " (onnx.json).\n"
 
 
 def _default_data_dir() -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -109,10 +110,16 @@ def trial_plan(job_id: str, number: TrialNumber, store: StoreDep) -> dict[str, A
 
 @router.get("/jobs/{job_id}/trials/{number}/model", dependencies=[Read], response_model=None)
 async def trial_model(
-    job_id: str, number: TrialNumber, store: StoreDep, settings: SettingsDep
-) -> FileResponse:
-    """The compressed model of a trial as a zip (weights, plan, README), built on demand by a
-    Ray worker and cached under the artifact directory."""
+    job_id: str,
+    number: TrialNumber,
+    store: StoreDep,
+    settings: SettingsDep,
+    format: Annotated[str, Query(pattern="^(zip|onnx|safetensors)$")] = "zip",
+) -> Response:
+    """The compressed model of a trial, built on demand by a Ray worker and cached under the
+    artifact directory: ``format=zip`` (default) the whole artifact (weights, ONNX, plan,
+    README), ``onnx`` the ONNX file alone (409 with the reason when the model could not be
+    exported), ``safetensors`` the weights alone."""
     job = store.get_job(job_id)
     trial = store.trial(job_id, number)
     if trial.get("status") != "ok":
@@ -120,7 +127,8 @@ async def trial_model(
     root = (settings.data_dir / "artifacts").resolve()
     # A recovered trial's zip holds its recovered weights: cached under a name of its own, so a
     # zip built before the recovery stage is not handed out after it.
-    name = f"trial-{int(number)}{'-recovered' if trial.get('recovered') else ''}.zip"
+    # ".2": zips from before ONNX export (issue 19) lack model.onnx; they are built again.
+    name = f"trial-{int(number)}{'-recovered' if trial.get('recovered') else ''}.2.zip"
     path = (root / job["id"] / name).resolve()
     if not path.is_relative_to(root):  # ids come from the database, but never trust a path
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such artifact")
@@ -131,7 +139,9 @@ async def trial_model(
             raise HTTPException(
                 status.HTTP_500_INTERNAL_SERVER_ERROR, f"building the model failed: {type(exc).__name__}"
             ) from None
-    return FileResponse(path, media_type="application/zip", filename=f"{job['id']}-trial-{number}.zip")
+    if format == "zip":
+        return FileResponse(path, media_type="application/zip", filename=f"{job['id']}-trial-{number}.zip")
+    return _member(path, format, f"{job['id']}-trial-{number}")
 
 
 @router.get("/jobs/{job_id}/front", dependencies=[Read], response_model=None)
@@ -166,6 +176,26 @@ def front(
         "front_recovered": [with_ratios(row) for row in recovered_rows],
         "recovered_trials": recovered,
     }
+
+
+def _member(path: Path, format: str, stem: str) -> Response:
+    """One file of a trial's zip; a missing ONNX file is a 409 that says why (its ``onnx.json``)."""
+    from workers.artifacts import MEMBERS
+
+    member = MEMBERS[format]
+    with zipfile.ZipFile(path) as z:
+        names = set(z.namelist())
+        if member not in names:
+            reason = "the artifact holds no onnx.json"
+            if "onnx.json" in names:
+                reason = json.loads(z.read("onnx.json")).get("error", reason)
+            raise Conflict(f"trial has no {member}: {reason}")
+        data = z.read(member)
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{stem}.{format}"'},
+    )
 
 
 def _reference(store: Store, job_id: str) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ The package is cut by what a command needs, with imports flowing one way
 - ``local``: ``models``, ``inspect``, ``compress``, ``targets``, ``predict``, ``search``;
 - ``latency``: the ``latency fit | validate | profile-host`` group;
 - ``remote``: ``serve``, ``token create``, and the REST clients ``submit``, ``status``,
-  ``front``, ``cancel`` and ``schedule add | list | remove``;
+  ``front``, ``export``, ``cancel`` and ``schedule add | list | remove``;
 - ``datasets``: ``dataset add | list | rm``, datasets registered with the service (REST).
 
 ``inspect``, ``compress``, ``predict``, ``search``, ``submit`` and ``schedule add`` take the same
@@ -56,6 +56,7 @@ _COMMANDS: tuple[Callable[..., None], ...] = (
     remote.submit,
     remote.status,
     remote.front,
+    remote.export,
     remote.cancel,
 )
 for _command in _COMMANDS:

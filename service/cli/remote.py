@@ -51,7 +51,7 @@ from ._common import (
     source_fields,
 )
 
-__all__ = ["Api", "cancel", "front", "schedule_app", "serve", "status", "submit", "token_app"]
+__all__ = ["Api", "cancel", "export", "front", "schedule_app", "serve", "status", "submit", "token_app"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED = ("succeeded", "exhausted", "failed", "cancelled")
@@ -376,6 +376,45 @@ def front(
     if doc.get("recovered_trials"):
         numbers = ", ".join(str(t["number"]) for t in doc.get("front_recovered") or [])
         typer.echo(f"on recovered quality the front is trials {numbers}")
+
+
+def export(
+    job_id: Annotated[str, typer.Argument(help="A job id.")],
+    trial: Annotated[int, typer.Argument(help="A trial number (see `hwsearch front JOB`).", min=0)],
+    format: Annotated[
+        str,
+        typer.Option("--format", help="onnx (ONNX Runtime), safetensors (the weights) or zip (all)."),
+    ] = "onnx",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to write it (default JOB-trial-N.FORMAT here).")
+    ] = None,
+) -> None:
+    """Download a trial's compressed model from the service: ONNX (checked against torch when it
+    was built; int8 layers as QDQ), the safetensors weights, or the whole zip with its README."""
+    if format not in ("onnx", "safetensors", "zip"):
+        fail(f"--format {format!r}: choose one of onnx, safetensors, zip")
+    import httpx
+
+    target = out if out is not None else Path(f"{job_id}-trial-{trial}.{format}")
+    api = Api()
+    partial = target.with_name(f".{target.name}.part")
+    try:
+        # Building a model the first time runs on the service's workers: minutes, not seconds.
+        with api.client.stream(
+            "GET", f"/api/v1/jobs/{job_id}/trials/{trial}/model", params={"format": format}, timeout=700
+        ) as r:
+            if r.status_code >= 400:
+                r.read()
+                api.answer(r)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with partial.open("wb") as f:
+                for chunk in r.iter_bytes():
+                    f.write(chunk)
+    except httpx.HTTPError as exc:
+        partial.unlink(missing_ok=True)
+        api.unreachable(exc)
+    partial.replace(target)  # whole or nothing at --out
+    typer.echo(f"{target} ({target.stat().st_size:,} bytes)")
 
 
 def cancel(job_id: Annotated[str, typer.Argument(help="A job id.")]) -> None:
