@@ -23,7 +23,7 @@ from ._lowrank import (
     low_rank_calibrated,
     singular_values,
 )
-from ._onnx import ExportError, OnnxExport, export_onnx, onnx_session
+from ._onnx import ExportError, OnnxExport, export_onnx, onnx_session, time_onnx
 from ._prune import prune_channels
 from ._quant import (
     LayerCalibration,
@@ -85,6 +85,7 @@ __all__ = [
     "synthesize_inputs",
     "time_callable",
     "time_model",
+    "time_onnx",
     "to_int8_dynamic",
     "trace",
 ]

@@ -39,9 +39,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._bench import Timing, time_callable
 from ._quant import QuantizedLayer, fold_batchnorm, is_dynamic_int8
 
-__all__ = ["ExportError", "OnnxExport", "export_onnx", "onnx_session"]
+__all__ = ["ExportError", "OnnxExport", "export_onnx", "onnx_session", "time_onnx"]
 
 #: The ONNX opset written (torch.export's exporter; QDQ with per-channel axes needs >= 13).
 OPSET = 18
@@ -104,6 +105,32 @@ def onnx_session(path: str | Path, threads: int = 1) -> Any:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def time_onnx(
+    path: str | Path,
+    example_input: torch.Tensor,
+    reference: str | Path | None = None,
+    *,
+    repeats: int = 30,
+    warmup: int = 5,
+    threads: int = 1,
+) -> Timing:
+    """Time the ONNX model at ``path`` in ONNX Runtime on ``example_input``, interleaved with the
+    ONNX model at ``reference`` (the uncompressed model, typically) on the same input: the same
+    harness and the same drift-cancelling ratio as ``time_model``, with ``threads`` intra-op
+    threads in both sessions."""
+    session = onnx_session(path, threads)
+    feed = {session.get_inputs()[0].name: example_input.numpy()}
+    ref_session = onnx_session(reference, threads) if reference is not None else None
+    ref_feed = {ref_session.get_inputs()[0].name: example_input.numpy()} if ref_session is not None else {}
+    return time_callable(
+        lambda: session.run(None, feed),
+        (lambda: ref_session.run(None, ref_feed)) if ref_session is not None else None,
+        repeats=repeats,
+        warmup=warmup,
+        threads=threads,
+    )
 
 
 def _first_tensor(out: Any) -> torch.Tensor:

@@ -49,6 +49,7 @@ from ._report import Metrics, metrics, proxy_baselines
 from ._select import AUTO, Selection, auto_kinds, select_predictor
 from ._target import (
     FAMILIES,
+    RUNTIMES,
     FpgaResources,
     Target,
     get_target,
@@ -63,6 +64,7 @@ __all__ = [
     "AUTO",
     "FAMILIES",
     "FEATURE_NAMES",
+    "RUNTIMES",
     "BatchPredictor",
     "BoostedResidual",
     "CalibratedPrior",

@@ -15,6 +15,8 @@ from search_spaces import MAX_CHOICES, MAX_TEXT_CHARS, BadName, Registry, check_
 from ._errors import LatencyModelError
 
 FAMILIES: tuple[str, ...] = ("gpu", "cpu", "mobile", "fpga")
+#: What runs a model on a target whose latencies are measured (``Target.runtime``).
+RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime")
 #: Entries of a target's ``sources`` (one per documented number; a dozen in practice).
 MAX_SOURCES = 64
 
@@ -46,7 +48,10 @@ class Target:
     ``peak_macs_per_s`` maps an operand bit width the device runs natively to its dense
     multiply-accumulate rate; a narrower width without a native path runs at the next wider
     one. ``compute_efficiency`` is the fraction of peak a real layer attains (uncalibrated
-    prior); ``dispatch_overhead_ms`` is paid per kernel launch.
+    prior); ``dispatch_overhead_ms`` is paid per kernel launch. ``runtime`` names what runs the
+    model there when its latencies come from measurements (``RUNTIMES``: ``"torch"`` eager for
+    ``host-cpu``, ``"onnxruntime"`` for ``host-cpu-ort``): one plan's speed-up is not the same in
+    both; ``None`` for a profile that names none (the analytic priors of datasheet devices).
     """
 
     name: str
@@ -61,6 +66,7 @@ class Target:
     power_w: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     predictor_version: str | None = None
+    runtime: str | None = None
 
     def peak_at(self, bits: int) -> tuple[int, float]:
         """(native width used, peak MAC/s) for an operand width: the next wider native width."""
@@ -92,6 +98,7 @@ class Target:
             "power_w": self.power_w,
             "sources": dict(self.sources),
             "predictor_version": self.predictor_version,
+            "runtime": self.runtime,
         }
 
     @classmethod
@@ -115,6 +122,7 @@ class Target:
             "power_w",
             "sources",
             "predictor_version",
+            "runtime",
         }
         unknown = sorted(set(data) - allowed)
         if unknown:
@@ -181,6 +189,11 @@ class Target:
                 f"{where}.predictor_version", type(version).__name__, "a version id (string) or null"
             )
         _text(version or "", f"{where}.predictor_version")
+        runtime = data.get("runtime")
+        if runtime is not None and runtime not in RUNTIMES:
+            raise LatencyModelError(
+                f"{where}.runtime", runtime, f"one of {list(RUNTIMES)} or null is required"
+            )
         return cls(
             name=name,
             family=str(family),
@@ -198,6 +211,7 @@ class Target:
             power_w=None if power is None else _positive(power, f"{where}.power_w"),
             sources={str(k): str(v) for k, v in sources.items()},
             predictor_version=version,
+            runtime=runtime,
         )
 
 

@@ -197,6 +197,9 @@ def point(
         "energy_mj": {n: c.get("energy_mj") for n, c in costs.items()},
         "weight_bytes": weight_bytes,
         "measured_ms": measured.get("latency_ms"),
+        # Which of this machine's targets the front was measured on (rows from before issue 19
+        # have no "target": they are host-cpu's).
+        "measured_target": measured.get("target", "host-cpu") if measured else None,
         "feasible": bool(t.get("feasible")),
         "front": t["number"] in on_front,
         "reference": int(t["number"]) == 0,

@@ -446,23 +446,28 @@ def test_cli_search_resumes_from_its_trials_file(ray_cluster: None, tmp_path: Pa
     assert other.exit_code == 2 and "another search" in other.output
 
 
-def test_host_cpu_front_is_measured_for_real(
-    ray_cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_host_front_is_measured_for_real(
+    ray_cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: str
 ) -> None:
+    """host-cpu's front is timed in torch eager, host-cpu-ort's in ONNX Runtime (issue 19)."""
     from latency_models import catalogue
-    from workers.profiling import measure_host_target
+    from workers.profiling import host_target_name, measure_host_target
 
     monkeypatch.setenv("HWSEARCH_DATA_DIR", str(tmp_path / "data"))
-    catalogue().add_target(measure_host_target(repeats=3))
+    host = host_target_name(runtime)
+    catalogue().add_target(measure_host_target(repeats=3, runtime=runtime))
     sink = MemorySink()
-    s = spec(targets=["host-cpu"], space={"keep": [0.5, 0.75], "wbits": [4, 8]}, budget={"evaluations": 8})
+    s = spec(targets=[host], space={"keep": [0.5, 0.75], "wbits": [4, 8]}, budget={"evaluations": 8})
     result = run_search(s, sink, job_id="h")
     assert result.front
     assert set(sink.measurements) == {("h", t.number) for t in result.front}
     for t in result.front:
         m = t.measured
         assert m is not None and m["latency_ms"] > 0 and m["reference_ms"] > 0
-        assert m["predicted_ms"] == t.costs["host-cpu"]["latency_ms"]
+        timer = {"torch": "kernels.time_model", "onnxruntime": "kernels.time_onnx"}[runtime]
+        assert m["target"] == host and m["runtime"] == runtime and m["how"].startswith(timer)
+        assert m["predicted_ms"] == t.costs[host]["latency_ms"]
         assert m["relative_error"] == pytest.approx((m["predicted_ms"] - m["latency_ms"]) / m["latency_ms"])
 
 

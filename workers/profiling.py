@@ -1,11 +1,17 @@
 """Profiling this machine: measure the host CPU's specs and time compressed zoo models for real.
 
-``measure_host_target`` times a large float32 GEMM, an int8 dynamic-quantized Linear, a
-large copy and a tiny op, and turns them into the ``host-cpu`` Target (every number says it
-was measured, when and how). ``profile_networks`` samples plans (low-rank, pruned, int8,
-token-pruned) of zoo models, builds them as a CPU deployment runs them (``execution="int8"``)
-and times them against the uncompressed model in the same loop; the rows are a per-network
-measurement table that ``workers.calibration.fit`` turns into the host-cpu predictor.
+Two runtimes, two targets (``HOST_TARGETS``): ``host-cpu`` is this CPU running torch eager, and
+``host-cpu-ort`` the same CPU running the exported ONNX model in ONNX Runtime. A plan's
+speed-up differs between them (int8 convolutions exist only in ONNX Runtime here; torch eager
+has int8 Linear only), so each has its own measurements and its own predictor.
+
+``measure_host_target`` times a large float32 GEMM, an int8 GEMM, a large copy and a tiny op in
+the runtime, and turns them into the Target (every number says it was measured, when and how).
+``profile_networks`` samples plans (low-rank, pruned, int8, token-pruned) of zoo models, builds
+them as a CPU deployment runs them (torch: ``execution="int8"``; ONNX Runtime: the calibrated
+model exported by ``kernels.export_onnx``, int8 layers as QDQ) and times them against the
+uncompressed model in the same loop; the rows are a per-network measurement table that
+``workers.calibration.fit`` turns into the target's predictor.
 """
 
 from __future__ import annotations
@@ -23,18 +29,31 @@ import torch
 from torch import nn
 
 from kernels import time_callable, time_model, to_int8_dynamic
-from latency_models import Catalogue, Target, catalogue
+from latency_models import RUNTIMES, Catalogue, LatencyModelError, Target, catalogue
 from search_spaces import Plan, Space
 
 HOST = "host-cpu"
+HOST_ORT = "host-cpu-ort"
+#: This machine's target per runtime.
+HOST_TARGETS: dict[str, str] = {"torch": HOST, "onnxruntime": HOST_ORT}
+
+
+def host_target_name(runtime: str) -> str:
+    """The target that is this CPU running ``runtime``; an unknown runtime is an input error."""
+    if runtime not in HOST_TARGETS:
+        raise LatencyModelError("runtime", runtime, f"one of {list(RUNTIMES)} is required")
+    return HOST_TARGETS[runtime]
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     return time_callable(fn, repeats=repeats, warmup=2, threads=1).median_ms
 
 
-def measure_host_target(repeats: int = 7) -> Target:
-    """The host CPU as a Target, from micro-benchmarks on one thread (the profiling setting)."""
+def measure_host_target(repeats: int = 7, runtime: str = "torch") -> Target:
+    """The host CPU as a Target, from micro-benchmarks on one thread (the profiling setting), in
+    ``runtime``: ``host-cpu`` for torch, ``host-cpu-ort`` for ONNX Runtime."""
+    if host_target_name(runtime) == HOST_ORT:
+        return _measure_ort_target(repeats)
     n = 512
     a, b = torch.randn(n, n), torch.randn(n, n)
     fp32_ms = _median_ms(lambda: a @ b, repeats)
@@ -62,11 +81,129 @@ def measure_host_target(repeats: int = 7) -> Target:
             "onchip_memory_mb": 1.0,
             "dispatch_overhead_ms": dispatch_ms,
             "compute_efficiency": 1.0,
+            "runtime": "torch",
             "sources": {
                 "peak_macs_per_s": f"{n}×{n}×{n} float32 matmul and int8 dynamic Linear, {how}",
                 "memory_bandwidth_gb_s": f"32 MB tensor clone (read + write), {how}",
                 "onchip_memory_mb": "not measured; placeholder",
                 "dispatch_overhead_ms": f"one 8-element add, {how}",
+                "compute_efficiency": "1.0: the peaks are themselves attained GEMM throughput",
+            },
+        }
+    )
+
+
+def _ort_graph(build: Callable[[Any], tuple[list[Any], list[Any], list[Any], list[Any]]]) -> bytes:
+    """A one-graph ONNX model (nodes, inputs, outputs, initializers from ``build(helper)``)."""
+    import onnx
+    from onnx import helper
+
+    nodes, inputs, outputs, inits = build(helper)
+    graph = helper.make_graph(nodes, "probe", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def _ort_median_ms(model: bytes, feed: dict[str, Any], repeats: int) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return _median_ms(lambda: session.run(None, feed), repeats)
+
+
+def _measure_ort_target(repeats: int) -> Target:
+    """``host-cpu-ort``: the same micro-benchmarks as ``host-cpu``, as ONNX graphs in ONNX Runtime
+    (MatMul, MatMulInteger, a 32 MB Mul by one, and the per-op cost from 64 chained tiny Adds
+    against one)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, numpy_helper
+
+    n = 512
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "b")
+    b8 = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "b8")
+    a8 = rng.integers(0, 256, (n, n), dtype=np.uint8)
+
+    def tensor(h: Any, name: str, kind: int, shape: list[int]) -> Any:
+        return h.make_tensor_value_info(name, kind, shape)
+
+    fp32 = _ort_graph(
+        lambda h: (
+            [h.make_node("MatMul", ["a", "b"], ["y"])],
+            [tensor(h, "a", TensorProto.FLOAT, [n, n])],
+            [tensor(h, "y", TensorProto.FLOAT, [n, n])],
+            [b],
+        )
+    )
+    int8 = _ort_graph(
+        lambda h: (
+            [h.make_node("MatMulInteger", ["a", "b8"], ["y"])],
+            [tensor(h, "a", TensorProto.UINT8, [n, n])],
+            [tensor(h, "y", TensorProto.INT32, [n, n])],
+            [b8],
+        )
+    )
+    big_n = 32 * 1024 * 1024 // 4
+    one = numpy_helper.from_array(np.ones(1, dtype=np.float32), "one")
+    copy = _ort_graph(
+        lambda h: (
+            [h.make_node("Mul", ["x", "one"], ["y"])],
+            [tensor(h, "x", TensorProto.FLOAT, [big_n])],
+            [tensor(h, "y", TensorProto.FLOAT, [big_n])],
+            [one],
+        )
+    )
+
+    def chain(k: int) -> bytes:
+        names = ["x"] + [f"t{i}" for i in range(k - 1)] + ["y"]
+        return _ort_graph(
+            lambda h: (
+                [h.make_node("Add", [names[i], "one"], [names[i + 1]]) for i in range(k)],
+                [tensor(h, "x", TensorProto.FLOAT, [8])],
+                [tensor(h, "y", TensorProto.FLOAT, [8])],
+                [one],
+            )
+        )
+
+    fp32_ms = _ort_median_ms(fp32, {"a": a}, repeats)
+    int8_ms = _ort_median_ms(int8, {"a": a8}, repeats)
+    copy_ms = _ort_median_ms(copy, {"x": np.ones(big_n, dtype=np.float32)}, repeats)
+    tiny = {"x": np.ones(8, dtype=np.float32)}
+    per_op_ms = max(
+        (_ort_median_ms(chain(64), tiny, repeats) - _ort_median_ms(chain(1), tiny, repeats)) / 63, 1e-6
+    )
+    macs = n**3
+    when = time.strftime("%Y-%m-%d", time.gmtime())
+    how = (
+        f"measured by workers.profiling on {when}, onnxruntime {ort.__version__}, 1 intra-op thread, "
+        f"median of {repeats}"
+    )
+    return Target.from_dict(
+        {
+            "name": HOST_ORT,
+            "family": "cpu",
+            "description": "this machine's CPU running ONNX Runtime, one thread, measured",
+            "peak_macs_per_s": {
+                "32": macs / (fp32_ms / 1e3),
+                "8": max(macs / (int8_ms / 1e3), macs / (fp32_ms / 1e3)),
+            },
+            "memory_bandwidth_gb_s": 2 * big_n * 4 / (copy_ms / 1e3) / 1e9,
+            "onchip_memory_mb": 1.0,
+            "dispatch_overhead_ms": per_op_ms,
+            "compute_efficiency": 1.0,
+            "runtime": "onnxruntime",
+            "sources": {
+                "peak_macs_per_s": f"{n}×{n}×{n} MatMul (float32) and MatMulInteger (uint8 × int8), {how}",
+                "memory_bandwidth_gb_s": f"32 MB Mul by one (read + write), {how}",
+                "onchip_memory_mb": "not measured; placeholder",
+                "dispatch_overhead_ms": f"64 chained 8-element Adds against one, per op, {how}",
                 "compute_efficiency": "1.0: the peaks are themselves attained GEMM throughput",
             },
         }
@@ -104,8 +241,11 @@ def profile_networks(
     seed: int = 0,
     repeats: int = 15,
     space: Mapping[str, tuple[float, ...]] | None = None,
+    runtime: str = "torch",
 ) -> list[Measured]:
-    """Time ``plans_per_model`` sampled plans of each zoo model (batch 1, one thread).
+    """Time ``plans_per_model`` sampled plans of each zoo model (batch 1, one thread) in
+    ``runtime``: torch eager (``execution="int8"``), or ONNX Runtime (each plan calibrated and
+    exported by ``kernels.export_onnx``, timed against the exported uncompressed model).
 
     Every plan runs interleaved with the uncompressed model, and its latency is reported as
     the median of all that model's reference timings divided by the plan's per-round speed-up.
@@ -118,6 +258,7 @@ def profile_networks(
     """
     from workers.zoo import prepare
 
+    host_target_name(runtime)  # an unknown runtime fails before anything is built
     rng = np.random.default_rng(seed)
     out: list[Measured] = []
     for model_id in models:
@@ -126,10 +267,14 @@ def profile_networks(
         knobs: dict[str, Any] = dict(PROFILE_SPACE if space is None else space)
         sampled = Space.build(prepared.layers, **knobs)
         first = len(out)
+        timer = _OrtTimer(prepared) if runtime == "onnxruntime" else None
         for i in range(plans_per_model):
             plan = sampled.sample(rng) if i else Plan()  # the first row: the uncompressed model
-            deployed = prepared.apply(plan, execution="int8")
-            timing = time_model(deployed, x, reference=net, repeats=repeats, warmup=3, threads=1)
+            if timer is not None:
+                timing = timer.time(plan, repeats)
+            else:
+                deployed = prepared.apply(plan, execution="int8")
+                timing = time_model(deployed, x, reference=net, repeats=repeats, warmup=3, threads=1)
             out.append(
                 Measured(
                     entry.model_id,
@@ -145,6 +290,34 @@ def profile_networks(
             replace(m, latency_ms=ref_ms / m.speedup if m.speedup > 0 else m.raw_ms) for m in out[first:]
         ]
     return out
+
+
+class _OrtTimer:
+    """Plans of one model timed in ONNX Runtime against the exported uncompressed model."""
+
+    def __init__(self, prepared: Any) -> None:
+        import tempfile
+
+        from kernels import export_onnx
+
+        self.prepared = prepared
+        self._dir = tempfile.TemporaryDirectory(prefix="hwsearch-ort-")
+        self.reference = Path(self._dir.name) / "reference.onnx"
+        export_onnx(prepared.model, prepared.example_input, self.reference)
+
+    def time(self, plan: Plan, repeats: int) -> Any:
+        from kernels import export_onnx, time_onnx
+
+        calibration = self.prepared.calibration
+        compressed = self.prepared.apply(plan, calibrate=calibration is not None)
+        path = Path(self._dir.name) / "plan.onnx"
+        export_onnx(
+            compressed,
+            self.prepared.example_input,
+            path,
+            calibration=calibration.batches if calibration is not None else None,
+        )
+        return time_onnx(path, self.prepared.example_input, self.reference, repeats=repeats, warmup=3)
 
 
 def write_csv(rows: Iterable[Measured], path: str | Path) -> Path:
@@ -167,20 +340,23 @@ def calibrate_host(
     out: str | Path | None = None,
     cat: Catalogue | None = None,
     space: Mapping[str, tuple[float, ...]] | None = None,
+    runtime: str = "torch",
 ) -> dict[str, object]:
-    """Measure this CPU (the host-cpu target), time compressed ``models`` on it and fit the host-cpu
-    predictor from them into ``cat`` (default: the data dir's catalogue); returns the fit's
-    report with ``measurements`` (the CSV written, under the catalogue's folder by default).
+    """Measure this CPU in ``runtime`` (the host-cpu target for torch, host-cpu-ort for ONNX
+    Runtime), time compressed ``models`` on it and fit that target's predictor from them into
+    ``cat`` (default: the data dir's catalogue); returns the fit's report with ``measurements``
+    (the CSV written, under the catalogue's folder by default).
 
     What ``hwsearch latency profile-host`` and ``hwsearch serve --demo`` run, so the demo's
     host-cpu costs are learned from this machine's timings rather than the analytic prior.
     """
     from workers.calibration import fit
 
+    name = host_target_name(runtime)
     cat = cat or catalogue()
-    target = cat.add_target(measure_host_target())
-    rows = profile_networks(models, plans_per_model, repeats=repeats, space=space)
-    path = write_csv(rows, out or cat.root / "measurements" / f"{HOST}-{int(time.time())}.csv")
+    target = cat.add_target(measure_host_target(runtime=runtime))
+    rows = profile_networks(models, plans_per_model, repeats=repeats, space=space, runtime=runtime)
+    path = write_csv(rows, out or cat.root / "measurements" / f"{name}-{int(time.time())}.csv")
     report: dict[str, object] = fit(target.name, path, cat=cat)
     report["measurements"] = str(path)
     report["n_networks_timed"] = len(rows)

@@ -44,6 +44,7 @@ def _target_summary(target: Target) -> dict[str, Any]:
         "name": target.name,
         "family": target.family,
         "description": target.description,
+        "runtime": target.runtime,
         "predictor_version": target.predictor_version,
         "provenance": ANALYTIC if target.predictor_version is None else "learned",
     }

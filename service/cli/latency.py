@@ -173,24 +173,33 @@ def latency_profile_host(
     ] = 12,
     repeats: Annotated[int, typer.Option(help="Timing rounds per plan.", min=3)] = 15,
     out: Annotated[Path | None, typer.Option(help="Where to write the measurements CSV.")] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="What runs the models: torch (eager; target host-cpu) or onnxruntime (the exported "
+            "ONNX model; target host-cpu-ort)."
+        ),
+    ] = "torch",
     json_output: JsonFlag = False,
 ) -> None:
-    """Measure this CPU, time compressed zoo models on it, and fit the host-cpu predictor."""
+    """Measure this CPU, time compressed zoo models on it, and fit the predictor of host-cpu (torch)
+    or host-cpu-ort (ONNX Runtime)."""
     quiet_torch()
     from latency_models import get_target
-    from workers.profiling import HOST, calibrate_host
+    from workers.profiling import calibrate_host, host_target_name
     from workers.zoo import create_model
 
+    name = host_target_name(runtime)  # an unknown runtime exits 2 before any timing
     names = [m.strip() for m in models.split(",") if m.strip()]
-    for name in names:
-        create_model(name)  # an unknown name raises ZooError (exit 2) before any timing
-    report = calibrate_host(names, plans, repeats=repeats, out=out)
-    target = get_target(HOST)
+    for model in names:
+        create_model(model)  # an unknown name raises ZooError (exit 2) before any timing
+    report = calibrate_host(names, plans, repeats=repeats, out=out, runtime=runtime)
+    target = get_target(name)
     path = report["measurements"]
     rows = report["n_networks_timed"]
     if not json_output:
         typer.echo(
-            f"host-cpu: {target.peak_macs_per_s[32] / 1e9:.1f} G MAC/s fp32 (1 thread), "
+            f"{name}: {target.peak_macs_per_s[32] / 1e9:.1f} G MAC/s fp32 (1 thread), "
             f"{target.memory_bandwidth_gb_s:.1f} GB/s; {rows} networks timed → {path}"
         )
     _emit_report(report, json_output)

@@ -59,6 +59,9 @@ class Problem:
     #: on (the dataset, its split record, the preprocessing), as the job records them.
     source: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    #: The prepared model (``workers.zoo.Prepared``): its calibration inputs calibrate and
+    #: int8-quantise a front plan exported for ONNX Runtime when the front is measured there.
+    prepared: Any = field(default=None, repr=False)
     _batch: list[BatchPredictor] = field(default_factory=list, repr=False)
     _scale: list[float] = field(default_factory=list, repr=False)
 
@@ -120,6 +123,7 @@ class Problem:
             ignore=prepared.ignore,
             source=model_source(getattr(entry, "entry", entry)).to_dict(),
             data=dict(getattr(entry, "data_record", {}) or {}),
+            prepared=prepared,
         )
         return problem
 

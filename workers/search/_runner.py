@@ -33,6 +33,9 @@ from ._strategy import Observation, create_strategy
 from ._trial import Sink, Trial
 
 HOST_TARGET = "host-cpu"
+#: The targets that are this machine, and what runs a plan there when the front is measured
+#: (``workers.profiling.HOST_TARGETS`` is the same table, keyed by runtime).
+HOST_RUNTIMES: dict[str, str] = {HOST_TARGET: "torch", "host-cpu-ort": "onnxruntime"}
 #: Asks in a row that bring nothing new before a strategy counts as exhausted.
 _MAX_IDLE_ASKS = 25
 
@@ -528,8 +531,9 @@ def run_search(
     short = spec.budget.evaluations is not None and len(trials) < spec.budget.evaluations
     final = "cancelled" if cancelled else ("exhausted" if exhausted and short else "succeeded")
     result = _result(job_id, problem, trials, history, final)
-    if not cancelled and measure_front and HOST_TARGET in spec.targets:
-        for number, measured in measure_on_host(problem, result.front):
+    host = next((t for t in spec.targets if t in HOST_RUNTIMES), None)
+    if not cancelled and measure_front and host is not None:
+        for number, measured in measure_on_host(problem, result.front, target=host):
             sink.on_measurement(job_id, number, measured)
             trials[number] = replace(trials[number], measured=measured)
         result = _result(job_id, problem, trials, history, result.status)
@@ -675,34 +679,53 @@ def _result(
 
 
 def measure_on_host(
-    problem: Problem, front: Sequence[Trial], repeats: int = 12
+    problem: Problem, front: Sequence[Trial], repeats: int = 12, target: str = HOST_TARGET
 ) -> list[tuple[int, dict[str, Any]]]:
-    """Time each front plan for real on this CPU (int8 execution, interleaved with the
-    uncompressed model) and compare with the host-cpu prediction."""
-    from kernels import apply, time_model
+    """Time each front plan for real on this CPU in ``target``'s runtime, interleaved with the
+    uncompressed model, and compare with that target's prediction: ``host-cpu`` runs torch eager
+    (int8 execution), ``host-cpu-ort`` the plan exported to ONNX Runtime (calibrated on the job's
+    calibration inputs unless the job turned calibration off; int8 layers as QDQ)."""
+    import tempfile
 
+    from kernels import apply, export_onnx, time_model, time_onnx
+
+    runtime = HOST_RUNTIMES[target]
+    model, x, ignore = problem.model, problem.example_input, problem.ignore
     out = []
-    for trial in front:
-        plan = Plan.from_dict(trial.plan)
-        deployed = apply(problem.model, plan, problem.example_input, execution="int8", ignore=problem.ignore)
-        timing = time_model(
-            deployed, problem.example_input, reference=problem.model, repeats=repeats, warmup=2, threads=1
-        )
-        predicted_ms = float(trial.costs[HOST_TARGET]["latency_ms"])
-        out.append(
-            (
-                trial.number,
-                {
-                    "latency_ms": timing.median_ms,
-                    "reference_ms": timing.reference_median_ms,
-                    "speedup": timing.speedup,
-                    "predicted_ms": predicted_ms,
-                    "relative_error": (predicted_ms - timing.median_ms) / timing.median_ms,
-                    "how": (
-                        f"kernels.time_model, int8 execution, 1 thread, "
-                        f"median of {repeats} interleaved rounds"
-                    ),
-                },
+    with tempfile.TemporaryDirectory(prefix="hwsearch-front-") as tmp:
+        calibration = None
+        if runtime == "onnxruntime":
+            prepared = problem.prepared
+            if prepared is not None and problem.spec.recovery.calibrate and prepared.calibration is not None:
+                calibration = prepared.calibration.batches
+            reference = Path(tmp) / "reference.onnx"
+            export_onnx(model, x, reference)
+        for trial in front:
+            plan = Plan.from_dict(trial.plan)
+            if runtime == "onnxruntime":
+                compressed = apply(model, plan, x, ignore=ignore, calibration=calibration)
+                path = Path(tmp) / f"trial-{trial.number}.onnx"
+                export_onnx(compressed, x, path, calibration=calibration)
+                timing = time_onnx(path, x, reference, repeats=repeats, warmup=2)
+                how = f"kernels.time_onnx, the exported plan in ONNX Runtime, 1 thread, median of {repeats}"
+            else:
+                deployed = apply(model, plan, x, execution="int8", ignore=ignore)
+                timing = time_model(deployed, x, reference=model, repeats=repeats, warmup=2, threads=1)
+                how = f"kernels.time_model, int8 execution, 1 thread, median of {repeats} interleaved rounds"
+            predicted_ms = float(trial.costs[target]["latency_ms"])
+            out.append(
+                (
+                    trial.number,
+                    {
+                        "latency_ms": timing.median_ms,
+                        "reference_ms": timing.reference_median_ms,
+                        "speedup": timing.speedup,
+                        "predicted_ms": predicted_ms,
+                        "relative_error": (predicted_ms - timing.median_ms) / timing.median_ms,
+                        "target": target,
+                        "runtime": runtime,
+                        "how": how,
+                    },
+                )
             )
-        )
     return out
