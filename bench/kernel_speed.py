@@ -11,7 +11,10 @@ and records the MACs before and after (``kernels.count_cost``). Two levels:
   does), input channels pruned to 50 % for layers the model can only shrink from the input
   side, and int8 dynamic quantization (``kernels.to_int8_dynamic``, Linear only).
 - model: whole zoo models compressed by a Plan with ``kernels.apply`` (the ``"int8"``
-  execution is timed; the ``"simulate"`` one is evaluated for quality).
+  execution is timed; the ``"simulate"`` one is evaluated for quality), and the same plan in
+  ONNX Runtime (issue 19): calibrated, exported by ``kernels.export_onnx`` (int8 layers as QDQ
+  from onnxruntime's static quantisation) and timed by ``kernels.time_onnx`` against the
+  exported uncompressed model, in the same run. ``--models-only`` skips the layer rows.
 
 Run::
 
@@ -72,6 +75,8 @@ class Settings:
     warmup: int
     quality: bool
     quick: bool
+    models_only: bool = False
+    onnxruntime: bool = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,6 +352,7 @@ MODEL_CASES: tuple[ModelCase, ...] = (
     ModelCase("mobilenet-v2", "prune", "uniform keep 0.75", _uniform(Choice(keep=0.75))),
     ModelCase("mobilenet-v2", "low-rank", "rank 50% of full, every decomposable layer", _rank_plan(0.5)),
     ModelCase("mobilenet-v2", "low-rank", "rank 25% of full, every decomposable layer", _rank_plan(0.25)),
+    ModelCase("mobilenet-v2", "int8", "W8A8, every layer", _uniform(Choice(wbits=8, abits=8))),
     ModelCase("minilm-l6", "int8", "int8 dynamic, every Linear", _uniform(Choice(wbits=8, abits=8))),
     ModelCase("minilm-l6", "prune", "FFN keep 0.5 (fc1 out / fc2 in)", _uniform(Choice(keep=0.5))),
     ModelCase("minilm-l6", "tokens", "token keep 0.5, every block", _uniform(Choice(token_keep=0.5))),
@@ -376,6 +382,7 @@ def bench_models(settings: Settings, log: Callable[[str], None]) -> list[dict[st
     """Rows for every ``MODEL_CASES`` entry."""
     rows: list[dict[str, Any]] = []
     entries: dict[str, tuple[Prepared, Any]] = {}
+    references: dict[str, Path] = {}
     for case in MODEL_CASES:
         if case.model_id not in entries:
             prepared = prepare(case.model_id)
@@ -429,9 +436,50 @@ def bench_models(settings: Settings, log: Callable[[str], None]) -> list[dict[st
             "quality": quality,
             **_timing_fields(t, inner),
         }
+        if settings.onnxruntime:
+            row["ort"] = _ort_row(prepared, plan, inner, settings, references)
         rows.append(row)
         log(_row_line(row))
     return rows
+
+
+def _ort_row(
+    prepared: Prepared, plan: Plan, inner: int, settings: Settings, references: dict[str, Path]
+) -> dict[str, Any]:
+    """The plan in ONNX Runtime: calibrated as a search judges it, exported, timed against the
+    exported uncompressed model (one per model, kept in ``references``)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-ort-"))
+    model_id = prepared.entry.model_id
+    if model_id not in references:
+        references[model_id] = folder / "reference.onnx"
+        kernels.export_onnx(prepared.model, prepared.example_input, references[model_id])
+    calibration = prepared.calibration
+    batches = calibration.batches if calibration is not None else None
+    compressed = prepared.apply(plan, calibrate=calibration is not None)
+    start = time.perf_counter()
+    report = kernels.export_onnx(
+        compressed, prepared.example_input, folder / "plan.onnx", calibration=batches
+    )
+    export_s = time.perf_counter() - start
+    t = kernels.time_onnx(
+        folder / "plan.onnx",
+        prepared.example_input,
+        references[model_id],
+        repeats=settings.model_repeats,
+        warmup=settings.warmup,
+        inner=inner,
+    )
+    return {
+        **_timing_fields(t, inner),
+        "export_s": round(export_s, 2),
+        "int8_layers": len(report.int8_layers),
+        "int8_agreement": report.int8_agreement,
+        "int8_cosine": report.int8_cosine,
+        "max_abs_error": report.max_abs_error,
+        "calibrated": calibration is not None,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,11 +489,41 @@ def bench_models(settings: Settings, log: Callable[[str], None]) -> list[dict[st
 def _row_line(row: dict[str, Any]) -> str:
     q = row.get("quality")
     qs = f"  {q['metric']}={q['value']:.4f}" if q else ""
+    ort = row.get("ort")
+    os_ = (
+        f"  ORT speed-up {ort['speedup']:.2f} ({ort['median_ms']:.3f}/{ort['reference_median_ms']:.3f} ms)"
+        if ort
+        else ""
+    )
     return (
         f"[{row['level']}] {row['name']:<34} {row['variant']:<44} MACs×{row['mac_ratio']:.3f}  "
         f"speed-up {row['speedup']:.2f} ({row['speedup_p10']:.2f}-{row['speedup_p90']:.2f})  "
-        f"{row['median_ms']:.3f}/{row['reference_median_ms']:.3f} ms{qs}"
+        f"{row['median_ms']:.3f}/{row['reference_median_ms']:.3f} ms{qs}{os_}"
     )
+
+
+def runtime_table(result: dict[str, Any]) -> str:
+    """Model rows in both runtimes side by side: torch eager against ONNX Runtime."""
+    lines = [
+        "| model | variant | MAC ratio | torch speed-up (p10–p90) | torch ms plan / dense "
+        "| ONNX Runtime speed-up (p10–p90) | ORT ms plan / dense | ORT int8 layers (agreement, cosine) |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in result["rows"]:
+        ort = row.get("ort")
+        if row["level"] != "model" or not ort:
+            continue
+        int8 = str(ort["int8_layers"])
+        if ort["int8_layers"]:
+            int8 += f" ({ort['int8_agreement']:.3f}, {ort['int8_cosine']:.4f})"
+        lines.append(
+            f"| {row['name']} | {row['variant']} | {row['mac_ratio']:.2f} "
+            f"| **{row['speedup']:.2f}** ({row['speedup_p10']:.2f}–{row['speedup_p90']:.2f}) "
+            f"| {row['median_ms']:.3f} / {row['reference_median_ms']:.3f} "
+            f"| **{ort['speedup']:.2f}** ({ort['speedup_p10']:.2f}–{ort['speedup_p90']:.2f}) "
+            f"| {ort['median_ms']:.3f} / {ort['reference_median_ms']:.3f} | {int8} |"
+        )
+    return "\n".join(lines)
 
 
 def _macs(n: int) -> str:
@@ -508,7 +586,7 @@ def run(settings: Settings) -> dict[str, Any]:
     def log(line: str) -> None:
         print(line, flush=True)
 
-    rows = bench_layers(settings, log) + bench_models(settings, log)
+    rows = ([] if settings.models_only else bench_layers(settings, log)) + bench_models(settings, log)
     wall = time.perf_counter() - started
     load_end = _load1()
     print(f"done in {wall:.0f} s; load average (1 min) {load_start} at start, {load_end} at end", flush=True)
@@ -526,6 +604,8 @@ def run(settings: Settings) -> dict[str, Any]:
             "quick": settings.quick,
             "quality": settings.quality,
             "timed_execution": "int8",
+            "onnxruntime": settings.onnxruntime,
+            "models_only": settings.models_only,
             "quality_execution": "simulate",
         },
         "wall_s": round(wall, 1),
@@ -542,12 +622,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layer-repeats", type=int, default=None, help="rounds per layer row (default 60)")
     parser.add_argument("--model-repeats", type=int, default=None, help="rounds per model row (default 30)")
     parser.add_argument("--no-quality", action="store_true", help="skip the quality evaluation of model rows")
+    parser.add_argument("--models-only", action="store_true", help="skip the layer rows")
+    parser.add_argument("--no-onnxruntime", action="store_true", help="skip the ONNX Runtime columns")
     parser.add_argument(
         "--markdown", type=Path, metavar="JSON", help="print the table of a results file and exit"
     )
     args = parser.parse_args(argv)
     if args.markdown is not None:
-        print(markdown_table(json.loads(args.markdown.read_text(encoding="utf-8"))))
+        loaded = json.loads(args.markdown.read_text(encoding="utf-8"))
+        print(markdown_table(loaded))
+        print()
+        print(runtime_table(loaded))
         return 0
     settings = Settings(
         layer_repeats=args.layer_repeats or (5 if args.quick else 60),
@@ -555,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         warmup=1 if args.quick else 5,
         quality=not (args.quick or args.no_quality),
         quick=args.quick,
+        models_only=args.models_only,
+        onnxruntime=not args.no_onnxruntime,
     )
     result = run(settings)
     out = args.out if args.out is not None else (None if args.quick else DEFAULT_OUT)
@@ -564,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}")
     print()
     print(markdown_table(result))
+    print()
+    print(runtime_table(result))
     return 0
 
 

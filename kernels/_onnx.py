@@ -114,6 +114,7 @@ def time_onnx(
     *,
     repeats: int = 30,
     warmup: int = 5,
+    inner: int = 1,
     threads: int = 1,
 ) -> Timing:
     """Time the ONNX model at ``path`` in ONNX Runtime on ``example_input``, interleaved with the
@@ -129,6 +130,7 @@ def time_onnx(
         (lambda: ref_session.run(None, ref_feed)) if ref_session is not None else None,
         repeats=repeats,
         warmup=warmup,
+        inner=inner,
         threads=threads,
     )
 

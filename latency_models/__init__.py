@@ -45,6 +45,7 @@ from ._predictor import (
     load_predictor,
     register_predictor,
 )
+from ._probe import RuntimeTiming, interleaved_timing, measure_runtime_target, ort_session
 from ._report import Metrics, metrics, proxy_baselines
 from ._select import AUTO, Selection, auto_kinds, select_predictor
 from ._target import (
@@ -82,6 +83,7 @@ __all__ = [
     "Predictor",
     "PriorEstimate",
     "RooflineFamily",
+    "RuntimeTiming",
     "ScaledPrior",
     "Selection",
     "Target",
@@ -95,6 +97,7 @@ __all__ = [
     "create_predictor",
     "data_dir",
     "get_target",
+    "interleaved_timing",
     "layer_features",
     "learned_provenance",
     "list_families",
@@ -103,9 +106,11 @@ __all__ = [
     "load_predictor",
     "load_target_file",
     "loo_transfer_spearman",
+    "measure_runtime_target",
     "measurement_format",
     "metrics",
     "network_features",
+    "ort_session",
     "plan_gemms",
     "predict",
     "predict_latency_ms",

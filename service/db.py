@@ -244,3 +244,67 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+class Device(Base):
+    """A device running ``hwsearch agent``: it measures the tasks of its target (issue 19)."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    target: Mapped[str] = mapped_column(String(200), index=True)
+    runtime: Mapped[str] = mapped_column(String(32))
+    threads: Mapped[int] = mapped_column(Integer)
+    info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    tasks_done: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Profile(Base):
+    """Profiling a target on its agents: tasks prepared (plans exported to ONNX), measured by
+    the agents, then a fit of the target's predictor from the results."""
+
+    __tablename__ = "profiles"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    target: Mapped[str] = mapped_column(String(200), index=True)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: queued (to prepare) → running (preparing) → measuring → fitting → succeeded | failed
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    n_tasks: Mapped[int] = mapped_column(Integer, default=0)
+    fit_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class MeasureTask(Base):
+    """One network to time on a target's device: leased to one agent at a time."""
+
+    __tablename__ = "measure_tasks"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    profile_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    target: Mapped[str] = mapped_column(String(200), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    batch: Mapped[int] = mapped_column(Integer, default=1)
+    #: Paths under the data dir: the plan's ONNX file, the reference's, the input (.npy).
+    files: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: queued → leased → done
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    lease_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    device_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    leases: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from .db import Fit, Job, Schedule, TrialRow, utcnow
+from .db import Device, Fit, Job, MeasureTask, Profile, Schedule, TrialRow, utcnow
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -128,6 +128,59 @@ def schedule_dict(schedule: Schedule, runs: list[Job]) -> dict[str, Any]:
             for j in runs
         ],
         "regression": bool(done) and done[0].id in worse,
+    }
+
+
+def device_dict(device: Device, online_s: float) -> dict[str, Any]:
+    """A device as the API lists it; ``online`` when it was seen in the last ``online_s`` seconds."""
+    seen = aware(device.last_seen_at)
+    return {
+        "id": device.id,
+        "name": device.name,
+        "target": device.target,
+        "runtime": device.runtime,
+        "threads": device.threads,
+        "info": device.info or {},
+        "owner": device.owner,
+        "registered_at": aware(device.registered_at),
+        "last_seen_at": seen,
+        "online": seen is not None and (utcnow() - seen).total_seconds() <= online_s,
+        "tasks_done": device.tasks_done,
+    }
+
+
+def task_dict(task: MeasureTask) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "profile_id": task.profile_id,
+        "target": task.target,
+        "model": task.model,
+        "plan": task.plan,
+        "batch": task.batch,
+        "files": task.files,
+        "status": task.status,
+        "device_id": task.device_id,
+        "lease_expires_at": aware(task.lease_expires_at),
+        "leases": task.leases,
+        "result": task.result,
+        "created_at": aware(task.created_at),
+        "finished_at": aware(task.finished_at),
+    }
+
+
+def profile_dict(profile: Profile) -> dict[str, Any]:
+    return {
+        "id": profile.id,
+        "target": profile.target,
+        "owner": profile.owner,
+        "status": profile.status,
+        "spec": profile.spec,
+        "n_tasks": profile.n_tasks,
+        "fit_id": profile.fit_id,
+        "error": profile.error,
+        "created_at": aware(profile.created_at),
+        "deadline_at": aware(profile.deadline_at),
+        "finished_at": aware(profile.finished_at),
     }
 
 

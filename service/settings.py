@@ -51,6 +51,8 @@ VARIABLES = (
     "HWSEARCH_MODEL_MODULES",
     "HWSEARCH_FILE_ROOTS",
     "HWSEARCH_MAX_DATASET_BYTES",
+    "HWSEARCH_AGENT_LEASE_S",
+    "HWSEARCH_PROFILE_TIMEOUT_S",
 )
 
 
@@ -88,6 +90,12 @@ class Settings:
     #: The largest dataset zip ``POST /api/v1/datasets`` accepts (413 beyond); its content may
     #: unpack to at most ``DATASET_UNPACK_FACTOR`` times as much.
     max_dataset_bytes: int = 512 * 1024 * 1024
+    #: How long a device agent holds a measurement task without a heartbeat; an expired lease
+    #: goes back to the queue (the agent beats every third of it).
+    agent_lease_s: float = 60.0
+    #: A profile whose tasks are not all measured this long after they were queued fails (its
+    #: devices disappeared), keeping what was measured.
+    profile_timeout_s: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -126,6 +134,8 @@ class Settings:
             model_modules=_packages(env, "HWSEARCH_MODEL_MODULES"),
             file_roots=_folders(env, "HWSEARCH_FILE_ROOTS"),
             max_dataset_bytes=_positive_int(env, "HWSEARCH_MAX_DATASET_BYTES", 512 * 1024 * 1024),
+            agent_lease_s=_positive_int(env, "HWSEARCH_AGENT_LEASE_S", 60),
+            profile_timeout_s=_positive_int(env, "HWSEARCH_PROFILE_TIMEOUT_S", 3600),
         )
 
 

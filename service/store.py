@@ -23,21 +23,37 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .auth import ALL_SCOPES, Principal, check_owner
-from .db import FINISHED, ApiToken, Dataset, Fit, Job, Schedule, TargetOwner, TrialRow, utcnow
+from .db import (
+    FINISHED,
+    ApiToken,
+    Dataset,
+    Device,
+    Fit,
+    Job,
+    MeasureTask,
+    Profile,
+    Schedule,
+    TargetOwner,
+    TrialRow,
+    utcnow,
+)
 from .records import (
     aware,
+    device_dict,
     fit_dict,
     job_dict,
     json_safe,
     merged_trial,
     new_job,
     next_firing,
+    profile_dict,
     schedule_dict,
+    task_dict,
     trial_dict,
     truncated,
 )
 
-R = TypeVar("R", Job, Fit)
+R = TypeVar("R", Job, Fit, Profile)
 
 
 class NotFound(LookupError):
@@ -573,6 +589,299 @@ class Store:
         with self.session() as s:
             s.execute(update(Fit).where(claimed).values(heartbeat_at=utcnow()))
             return bool(s.scalar(select(Fit.cancel_requested).where(Fit.id == fit_id)))
+
+    # ---- device agents (issue 19) --------------------------------------------------------------
+    def register_device(
+        self, *, name: str, target: str, runtime: str, threads: int, info: dict[str, Any], owner: str | None
+    ) -> dict[str, Any]:
+        now = utcnow()
+        row = Device(
+            id=uuid.uuid4().hex[:16],
+            name=name,
+            target=target,
+            runtime=runtime,
+            threads=threads,
+            info=json_safe(info),
+            owner=owner,
+            registered_at=now,
+            last_seen_at=now,
+            tasks_done=0,
+        )
+        with self.session() as s:
+            s.add(row)
+        return device_dict(row, online_s=float("inf"))
+
+    def get_device(self, device_id: str, *, online_s: float = 60.0, seen: bool = False) -> dict[str, Any]:
+        """A device (``seen``: its last-seen time is refreshed first, as every agent call does)."""
+        with self.session() as s:
+            row = s.get(Device, device_id, with_for_update=seen)
+            if row is None:
+                raise NotFound(f"no device {device_id!r}")
+            if seen:
+                row.last_seen_at = utcnow()
+            return device_dict(row, online_s)
+
+    def devices(self, *, target: str | None = None, online_s: float = 60.0) -> list[dict[str, Any]]:
+        query = select(Device).order_by(Device.registered_at)
+        if target is not None:
+            query = query.where(Device.target == target)
+        with self.session() as s:
+            return [device_dict(d, online_s) for d in s.scalars(query).all()]
+
+    def create_profile(self, *, target: str, spec: dict[str, Any], owner: str | None) -> dict[str, Any]:
+        row = Profile(
+            id=uuid.uuid4().hex[:16],
+            target=target,
+            owner=owner,
+            status="queued",
+            spec=json_safe(spec),
+            n_tasks=0,
+            created_at=utcnow(),
+        )
+        with self.session() as s:
+            s.add(row)
+        return profile_dict(row)
+
+    def get_profile(self, profile_id: str) -> dict[str, Any]:
+        """A profile with its tasks counted by status, the devices that measured them, and its fit
+        (a profile that is fitting ends as its fit ends)."""
+        with self.session() as s:
+            row = s.get(Profile, profile_id)
+            if row is None:
+                raise NotFound(f"no profile {profile_id!r}")
+            out = profile_dict(row)
+            counts = s.execute(
+                select(MeasureTask.status, func.count())
+                .where(MeasureTask.profile_id == profile_id)
+                .group_by(MeasureTask.status)
+            ).all()
+            out["tasks"] = {str(k): int(v) for k, v in counts}
+            by = s.execute(
+                select(MeasureTask.device_id, func.count())
+                .where(MeasureTask.profile_id == profile_id, MeasureTask.status == "done")
+                .group_by(MeasureTask.device_id)
+            ).all()
+            out["measured_by"] = {str(k): int(v) for k, v in by}
+            fit = s.get(Fit, row.fit_id) if row.fit_id else None
+            out["fit"] = None if fit is None else {k: v for k, v in fit_dict(fit).items() if k != "csv_path"}
+            if (
+                row.status == "fitting"
+                and fit is not None
+                and fit.status in ("succeeded", "failed", "cancelled")
+            ):
+                out["status"] = "succeeded" if fit.status == "succeeded" else "failed"
+                out["error"] = out["error"] or (
+                    None if fit.status == "succeeded" else f"its fit {fit.status}: {fit.error}"
+                )
+            return out
+
+    def claim_profile(self, worker: str) -> dict[str, Any] | None:
+        """A queued profile for ``worker`` to prepare (its plans exported, its tasks queued)."""
+        with self.session() as s:
+            row = self._claim(s, Profile, worker)
+            return None if row is None else profile_dict(row)
+
+    def add_tasks(self, profile_id: str, tasks: list[dict[str, Any]], *, deadline_s: float) -> bool:
+        """Queue a prepared profile's tasks and start measuring; the profile fails when they are
+        not all measured within ``deadline_s``. False (nothing written) unless it was preparing."""
+        now = utcnow()
+        with self.session() as s:
+            row = s.get(Profile, profile_id, with_for_update=True)
+            if row is None or row.status != "running":
+                return False
+            for t in tasks:
+                s.add(
+                    MeasureTask(
+                        id=uuid.uuid4().hex[:16],
+                        profile_id=profile_id,
+                        target=row.target,
+                        model=str(t["model"]),
+                        plan=json_safe(t["plan"]),
+                        batch=int(t.get("batch", 1)),
+                        files=json_safe(t["files"]),
+                        status="queued",
+                        leases=0,
+                        created_at=now,
+                    )
+                )
+            row.status, row.n_tasks = "measuring", len(tasks)
+            row.deadline_at = now + timedelta(seconds=deadline_s)
+            return True
+
+    def fail_profile(self, profile_id: str, error: str) -> bool:
+        """End a profile that has not ended yet as failed (its measured tasks are kept)."""
+        with self.session() as s:
+            done = s.execute(
+                update(Profile)
+                .where(Profile.id == profile_id, Profile.status.in_(("queued", "running", "measuring")))
+                .values(status="failed", error=truncated(error), finished_at=utcnow())
+            )
+            return bool(done.rowcount)  # type: ignore[attr-defined]
+
+    def expire_profiles(self) -> list[str]:
+        """Measuring profiles past their deadline fail, saying how many tasks were measured (those
+        are kept); their open tasks are withdrawn from the queue."""
+        now = utcnow()
+        failed = []
+        with self.session() as s:
+            rows = s.scalars(
+                select(Profile)
+                .where(Profile.status == "measuring", Profile.deadline_at < now)
+                .with_for_update()
+            ).all()
+            for row in rows:
+                done = s.scalar(
+                    select(func.count()).where(MeasureTask.profile_id == row.id, MeasureTask.status == "done")
+                )
+                row.status, row.finished_at = "failed", now
+                row.error = (
+                    f"timed out: {done} of {row.n_tasks} tasks measured by {aware(row.deadline_at)}; "
+                    f"no agent of target {row.target!r} measured the rest (are its devices online?). "
+                    "The measured tasks are kept."
+                )
+                s.execute(
+                    update(MeasureTask)
+                    .where(MeasureTask.profile_id == row.id, MeasureTask.status != "done")
+                    .values(status="withdrawn", lease_id=None)
+                )
+                failed.append(row.id)
+        return failed
+
+    def lease_task(self, device_id: str, lease_s: float) -> dict[str, Any] | None:
+        """Lease the oldest queued task of the device's target to it, with a new lease id; leases
+        that expired (their agent went quiet) go back to the queue first. None: nothing to do."""
+        now = utcnow()
+        with self.session() as s:
+            device = s.get(Device, device_id, with_for_update=True)
+            if device is None:
+                raise NotFound(f"no device {device_id!r}")
+            device.last_seen_at = now
+            s.execute(
+                update(MeasureTask)
+                .where(MeasureTask.status == "leased", MeasureTask.lease_expires_at < now)
+                .values(status="queued", lease_id=None, device_id=None, lease_expires_at=None)
+            )
+            query = (
+                select(MeasureTask.id)
+                .where(MeasureTask.status == "queued", MeasureTask.target == device.target)
+                .order_by(MeasureTask.created_at, MeasureTask.id)
+                .limit(1)
+            )
+            if self.engine.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            task_id = s.scalar(query)
+            if task_id is None:
+                return None
+            lease = secrets.token_hex(16)
+            done = s.execute(
+                update(MeasureTask)
+                .where(MeasureTask.id == task_id, MeasureTask.status == "queued")
+                .values(
+                    status="leased",
+                    lease_id=lease,
+                    device_id=device_id,
+                    lease_expires_at=now + timedelta(seconds=lease_s),
+                    leases=MeasureTask.leases + 1,
+                )
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            task = s.get(MeasureTask, task_id)
+            assert task is not None
+            s.refresh(task)
+            return {**task_dict(task), "lease_id": lease}
+
+    def _held(self, s: Session, task_id: str, device_id: str, lease_id: str) -> MeasureTask:
+        task = s.get(MeasureTask, task_id, with_for_update=True)
+        if task is None:
+            raise NotFound(f"no task {task_id!r}")
+        if task.status != "leased" or task.device_id != device_id or task.lease_id != lease_id:
+            raise Conflict(
+                f"task {task_id!r} is not leased to device {device_id!r} under this lease (it is "
+                f"{task.status}); its lease expired or another agent holds it: lease a new task"
+            )
+        return task
+
+    def heartbeat_task(self, task_id: str, device_id: str, lease_id: str, lease_s: float) -> dict[str, Any]:
+        """Extend a held lease by ``lease_s``; ``Conflict`` when the lease is not held."""
+        now = utcnow()
+        with self.session() as s:
+            task = self._held(s, task_id, device_id, lease_id)
+            if aware(task.lease_expires_at) < now:  # type: ignore[operator]
+                raise Conflict(f"the lease of task {task_id!r} expired; lease a new task")
+            task.lease_expires_at = now + timedelta(seconds=lease_s)
+            device = s.get(Device, device_id)
+            if device is not None:
+                device.last_seen_at = now
+            return task_dict(task)
+
+    def complete_task(
+        self, task_id: str, device_id: str, lease_id: str, result: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """Store a held task's result (once: the lease ends with it); returns the task and whether
+        it was its profile's last open task (then the caller starts the profile's fit)."""
+        now = utcnow()
+        with self.session() as s:
+            task = self._held(s, task_id, device_id, lease_id)
+            if aware(task.lease_expires_at) < now:  # type: ignore[operator]
+                raise Conflict(f"the lease of task {task_id!r} expired; its result was not kept")
+            task.status, task.result, task.finished_at = "done", json_safe(result), now
+            task.lease_id, task.lease_expires_at = None, None
+            device = s.get(Device, device_id, with_for_update=True)
+            if device is not None:
+                device.tasks_done += 1
+                device.last_seen_at = now
+            last = False
+            if task.profile_id is not None:
+                s.flush()
+                open_tasks = s.scalar(
+                    select(func.count()).where(
+                        MeasureTask.profile_id == task.profile_id, MeasureTask.status != "done"
+                    )
+                )
+                last = open_tasks == 0
+            return task_dict(task), last
+
+    def profile_results(self, profile_id: str) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(
+                select(MeasureTask)
+                .where(MeasureTask.profile_id == profile_id, MeasureTask.status == "done")
+                .order_by(MeasureTask.created_at, MeasureTask.id)
+            ).all()
+            return [task_dict(t) for t in rows]
+
+    def start_profile_fit(self, profile_id: str, fit: dict[str, Any]) -> bool:
+        """measuring → fitting with its fit queued, once: False when another request did it."""
+        with self.session() as s:
+            done = s.execute(
+                update(Profile)
+                .where(Profile.id == profile_id, Profile.status == "measuring")
+                .values(status="fitting", fit_id=fit["id"])
+            )
+            if not done.rowcount:  # type: ignore[attr-defined]
+                return False
+            s.add(
+                Fit(
+                    id=fit["id"],
+                    target=fit["target"],
+                    family=None,
+                    kind=fit["kind"],
+                    status="queued",
+                    csv_path=fit["csv_path"],
+                    owner=fit.get("owner"),
+                    cancel_requested=False,
+                    created_at=utcnow(),
+                )
+            )
+            return True
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        with self.session() as s:
+            row = s.get(MeasureTask, task_id)
+            if row is None:
+                raise NotFound(f"no task {task_id!r}")
+            return task_dict(row)
 
     # ---- registered datasets ------------------------------------------------------------------
     def create_dataset(self, manifest: dict[str, Any], *, owner: str | None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from kernels import time_callable, time_model, to_int8_dynamic
-from latency_models import RUNTIMES, Catalogue, LatencyModelError, Target, catalogue
+from latency_models import RUNTIMES, Catalogue, LatencyModelError, Target, catalogue, measure_runtime_target
 from search_spaces import Plan, Space
 
 HOST = "host-cpu"
@@ -93,120 +93,14 @@ def measure_host_target(repeats: int = 7, runtime: str = "torch") -> Target:
     )
 
 
-def _ort_graph(build: Callable[[Any], tuple[list[Any], list[Any], list[Any], list[Any]]]) -> bytes:
-    """A one-graph ONNX model (nodes, inputs, outputs, initializers from ``build(helper)``)."""
-    import onnx
-    from onnx import helper
-
-    nodes, inputs, outputs, inits = build(helper)
-    graph = helper.make_graph(nodes, "probe", inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return bytes(model.SerializeToString())
-
-
-def _ort_median_ms(model: bytes, feed: dict[str, Any], repeats: int) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    return _median_ms(lambda: session.run(None, feed), repeats)
-
-
 def _measure_ort_target(repeats: int) -> Target:
-    """``host-cpu-ort``: the same micro-benchmarks as ``host-cpu``, as ONNX graphs in ONNX Runtime
-    (MatMul, MatMulInteger, a 32 MB Mul by one, and the per-op cost from 64 chained tiny Adds
-    against one)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, numpy_helper
-
-    n = 512
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "b")
-    b8 = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "b8")
-    a8 = rng.integers(0, 256, (n, n), dtype=np.uint8)
-
-    def tensor(h: Any, name: str, kind: int, shape: list[int]) -> Any:
-        return h.make_tensor_value_info(name, kind, shape)
-
-    fp32 = _ort_graph(
-        lambda h: (
-            [h.make_node("MatMul", ["a", "b"], ["y"])],
-            [tensor(h, "a", TensorProto.FLOAT, [n, n])],
-            [tensor(h, "y", TensorProto.FLOAT, [n, n])],
-            [b],
-        )
-    )
-    int8 = _ort_graph(
-        lambda h: (
-            [h.make_node("MatMulInteger", ["a", "b8"], ["y"])],
-            [tensor(h, "a", TensorProto.UINT8, [n, n])],
-            [tensor(h, "y", TensorProto.INT32, [n, n])],
-            [b8],
-        )
-    )
-    big_n = 32 * 1024 * 1024 // 4
-    one = numpy_helper.from_array(np.ones(1, dtype=np.float32), "one")
-    copy = _ort_graph(
-        lambda h: (
-            [h.make_node("Mul", ["x", "one"], ["y"])],
-            [tensor(h, "x", TensorProto.FLOAT, [big_n])],
-            [tensor(h, "y", TensorProto.FLOAT, [big_n])],
-            [one],
-        )
-    )
-
-    def chain(k: int) -> bytes:
-        names = ["x"] + [f"t{i}" for i in range(k - 1)] + ["y"]
-        return _ort_graph(
-            lambda h: (
-                [h.make_node("Add", [names[i], "one"], [names[i + 1]]) for i in range(k)],
-                [tensor(h, "x", TensorProto.FLOAT, [8])],
-                [tensor(h, "y", TensorProto.FLOAT, [8])],
-                [one],
-            )
-        )
-
-    fp32_ms = _ort_median_ms(fp32, {"a": a}, repeats)
-    int8_ms = _ort_median_ms(int8, {"a": a8}, repeats)
-    copy_ms = _ort_median_ms(copy, {"x": np.ones(big_n, dtype=np.float32)}, repeats)
-    tiny = {"x": np.ones(8, dtype=np.float32)}
-    per_op_ms = max(
-        (_ort_median_ms(chain(64), tiny, repeats) - _ort_median_ms(chain(1), tiny, repeats)) / 63, 1e-6
-    )
-    macs = n**3
-    when = time.strftime("%Y-%m-%d", time.gmtime())
-    how = (
-        f"measured by workers.profiling on {when}, onnxruntime {ort.__version__}, 1 intra-op thread, "
-        f"median of {repeats}"
-    )
-    return Target.from_dict(
-        {
-            "name": HOST_ORT,
-            "family": "cpu",
-            "description": "this machine's CPU running ONNX Runtime, one thread, measured",
-            "peak_macs_per_s": {
-                "32": macs / (fp32_ms / 1e3),
-                "8": max(macs / (int8_ms / 1e3), macs / (fp32_ms / 1e3)),
-            },
-            "memory_bandwidth_gb_s": 2 * big_n * 4 / (copy_ms / 1e3) / 1e9,
-            "onchip_memory_mb": 1.0,
-            "dispatch_overhead_ms": per_op_ms,
-            "compute_efficiency": 1.0,
-            "runtime": "onnxruntime",
-            "sources": {
-                "peak_macs_per_s": f"{n}×{n}×{n} MatMul (float32) and MatMulInteger (uint8 × int8), {how}",
-                "memory_bandwidth_gb_s": f"32 MB Mul by one (read + write), {how}",
-                "onchip_memory_mb": "not measured; placeholder",
-                "dispatch_overhead_ms": f"64 chained 8-element Adds against one, per op, {how}",
-                "compute_efficiency": "1.0: the peaks are themselves attained GEMM throughput",
-            },
-        }
+    """``host-cpu-ort``: the runtime micro-benchmarks a device agent runs too
+    (``latency_models.measure_runtime_target``), here on this CPU."""
+    return measure_runtime_target(
+        HOST_ORT,
+        repeats=repeats,
+        description="this machine's CPU running ONNX Runtime, one thread, measured",
+        measured_by="workers.profiling",
     )
 
 
