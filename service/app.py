@@ -22,7 +22,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from .api import datasets, errors, jobs, models, ops, schedules, targets
+from .api import agents, datasets, errors, jobs, models, ops, schedules, targets
 from .api.deps import body_components
 from .dashboard import LoginRequired, on_login_required
 from .dashboard import router as dashboard
@@ -99,6 +99,7 @@ def create_app(
         targets.router,
         models.router,
         datasets.router,
+        agents.router,
         ops.router,
     ):
         app.include_router(router)

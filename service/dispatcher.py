@@ -70,6 +70,33 @@ class DbSink:
         self.store.add_recovery(job_id, number, recovered, generation=self.generation)
 
 
+def execute_profile(database_url: str, profile_id: str, data_dir: str) -> str:
+    """Prepare a profile's measurement tasks (inside a Ray task): sample its plans, export them to
+    ONNX under ``<data dir>/agent_tasks/<profile>/`` and queue them for the target's agents.
+    Returns the profile's status after it."""
+    from workers.profiling import prepare_device_tasks
+
+    store = Store(make_engine(database_url))
+    row = store.get_profile(profile_id)
+    spec = row["spec"]
+    root = Path(data_dir)
+    try:
+        with private_files():
+            tasks = prepare_device_tasks(
+                spec["models"],
+                int(spec["plans_per_model"]),
+                root / "agent_tasks" / profile_id,
+                root=root,
+                seed=int(spec.get("seed", 0)),
+            )
+    except Exception as exc:  # a model that does not build or export: the profile says which
+        store.fail_profile(profile_id, f"preparing its tasks failed: {type(exc).__name__}: {exc}")
+        return "failed"
+    if not store.add_tasks(profile_id, tasks, deadline_s=float(spec["timeout_s"])):
+        return "gone"  # requeued or failed meanwhile: another run owns it now
+    return "measuring"
+
+
 def execute_fit(database_url: str, fit_id: str, data_dir: str | None = None) -> str:
     """Fit a predictor version from an uploaded table (inside a Ray task); returns its status.
 
@@ -537,12 +564,54 @@ class FitDispatcher(BackgroundLoop):
                     self.current = fit["id"]
                     self._run(fit["id"], fit["csv_path"])
                     continue
+                profile = self.store.claim_profile(self.worker)
+                if profile is not None:
+                    self.current = profile["id"]
+                    self._prepare(profile["id"])
+                    continue
+                for profile_id in self.store.expire_profiles():
+                    log.info("profile %s timed out waiting for its agents", profile_id)
                 self._stop.wait(self.poll_s)
             except Exception:  # a database hiccup must not kill the dispatcher
                 self.log_failure(log, "fit dispatcher loop")
                 self._stop.wait(self.poll_s)
             finally:
                 self.current = None
+
+    def _prepare(self, profile_id: str) -> None:
+        """Prepare a profile's tasks (``execute_profile``) while beating its claim."""
+        call = (self.settings.database_url, profile_id, str(self.settings.data_dir))
+        if self.inline:
+            ended = threading.Event()
+
+            def beat() -> None:
+                while not ended.wait(HEARTBEAT_S):
+                    self.store.profile_heartbeat(profile_id, self.worker)
+
+            threading.Thread(target=beat, name=f"heartbeat-{profile_id}", daemon=True).start()
+            try:
+                execute_profile(*call)
+            finally:
+                ended.set()
+            return
+        import ray
+
+        start_ray(self.settings.ray_address)
+        fn: Callable[..., str] = execute_profile
+        ref = ray.remote(num_cpus=1, max_retries=0)(fn).remote(*call)
+        while not self._stop.is_set():
+            self.last_tick = time.monotonic()
+            done, _ = ray.wait([ref], timeout=self.poll_s)
+            if done:
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # the task's process died: fail the profile with the reason
+                    self.store.fail_profile(
+                        profile_id, f"preparing its tasks failed: {type(exc).__name__}: {exc}"
+                    )
+                return
+            self.store.profile_heartbeat(profile_id, self.worker)
+        ray.cancel(ref, force=True)  # stopping: prepared again once its claim is stale
 
     def _run(self, fit_id: str, csv_path: str) -> None:
         call = (self.settings.database_url, fit_id)

@@ -183,7 +183,9 @@ class Store:
         limit = utcnow() - timedelta(seconds=stale_after_s)
         ids = []
         with self.session() as s:
-            ids += self._requeue(s, Job, limit) + self._requeue(s, Fit, limit)
+            ids += (
+                self._requeue(s, Job, limit) + self._requeue(s, Fit, limit) + self._requeue(s, Profile, limit)
+            )
         return ids
 
     @staticmethod
@@ -680,6 +682,15 @@ class Store:
         with self.session() as s:
             row = self._claim(s, Profile, worker)
             return None if row is None else profile_dict(row)
+
+    def profile_heartbeat(self, profile_id: str, worker: str) -> None:
+        """Refresh the claim of a profile being prepared (else it goes back to the queue)."""
+        with self.session() as s:
+            s.execute(
+                update(Profile)
+                .where(Profile.id == profile_id, Profile.claimed_by == worker)
+                .values(heartbeat_at=utcnow())
+            )
 
     def add_tasks(self, profile_id: str, tasks: list[dict[str, Any]], *, deadline_s: float) -> bool:
         """Queue a prepared profile's tasks and start measuring; the profile fails when they are

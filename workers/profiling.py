@@ -257,3 +257,61 @@ def calibrate_host(
     timed = [r.latency_ms for r in rows]
     report["timed_span"] = max(timed) / min(timed) if timed and min(timed) > 0 else None
     return report
+
+
+def prepare_device_tasks(
+    models: Sequence[str],
+    plans_per_model: int,
+    out_dir: str | Path,
+    *,
+    root: str | Path,
+    seed: int = 0,
+    space: Mapping[str, tuple[float, ...]] | None = None,
+) -> list[dict[str, Any]]:
+    """The measurement tasks of a profile (issue 19): per model, the uncompressed model and
+    ``plans_per_model - 1`` sampled plans (``PROFILE_SPACE``), each calibrated where the model has
+    calibration data and exported to ONNX by ``kernels.export_onnx`` (int8 layers as QDQ), with the
+    uncompressed model's ONNX file as every task's reference and the example input as ``.npy``.
+
+    Files go under ``out_dir``; each task names them relative to ``root`` (the data dir), as the
+    service serves them to the agent holding the task."""
+    from kernels import export_onnx
+    from workers.zoo import prepare
+
+    out = Path(out_dir)
+    base = Path(root)
+    rng = np.random.default_rng(seed)
+    tasks: list[dict[str, Any]] = []
+    for k, model_id in enumerate(models):
+        prepared = prepare(model_id)
+        x = prepared.example_input
+        folder = out / f"m{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        reference = folder / "reference.onnx"
+        export_onnx(prepared.model, x, reference)
+        np.save(folder / "input.npy", x.numpy())
+        calibration = prepared.calibration
+        batches = calibration.batches if calibration is not None else None
+        knobs: dict[str, Any] = dict(PROFILE_SPACE if space is None else space)
+        sampled = Space.build(prepared.layers, **knobs)
+        for i in range(plans_per_model):
+            plan = sampled.sample(rng) if i else Plan()  # the first task: the uncompressed model
+            path = folder / f"plan-{i}.onnx"
+            if i == 0:
+                path.write_bytes(reference.read_bytes())
+            else:
+                compressed = prepared.apply(plan, calibrate=batches is not None)
+                export_onnx(compressed, x, path, calibration=batches)
+            tasks.append(
+                {
+                    "model": prepared.entry.model_id,
+                    "plan": plan.to_dict(),
+                    "batch": int(x.shape[0]),
+                    "files": {
+                        "model": str(path.relative_to(base)),
+                        "reference": str(reference.relative_to(base)),
+                        "input": str((folder / "input.npy").relative_to(base)),
+                    },
+                }
+            )
+    return tasks

@@ -10,7 +10,8 @@ The package is cut by what a command needs, with imports flowing one way
 - ``latency``: the ``latency fit | validate | profile-host`` group;
 - ``remote``: ``serve``, ``token create``, and the REST clients ``submit``, ``status``,
   ``front``, ``export``, ``cancel`` and ``schedule add | list | remove``;
-- ``datasets``: ``dataset add | list | rm``, datasets registered with the service (REST).
+- ``datasets``: ``dataset add | list | rm``, datasets registered with the service (REST);
+- ``agent``: ``agent``, a device that measures what the service leases to it (``service.agent``).
 
 ``inspect``, ``compress``, ``predict``, ``search``, ``submit`` and ``schedule add`` take the same
 model and data flags (``--model``, ``--model-args``, ``--weights``, ``--input-shape``, ``--data``,
@@ -27,7 +28,7 @@ from collections.abc import Callable
 
 import typer
 
-from . import datasets, latency, local, remote
+from . import agent, datasets, latency, local, remote
 from ._common import ExitOnInputError, job_spec
 from .local import parse_uniform, uniform_plan
 
@@ -58,6 +59,7 @@ _COMMANDS: tuple[Callable[..., None], ...] = (
     remote.front,
     remote.export,
     remote.cancel,
+    agent.agent,
 )
 for _command in _COMMANDS:
     app.command()(_command)

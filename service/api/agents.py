@@ -1,0 +1,309 @@
+"""Device agents and profiles (issue 19): devices register, lease one measurement task at a
+time, beat its lease, download its files and post its result; a profile turns a target's
+models into tasks, waits for its agents and fits the target's predictor from what they measured.
+
+Every agent call is the device owner's (its token) or an admin's; a lease is a secret the
+service hands out with the task: a heartbeat, a file download or a result under another lease
+is a 409, and so is anything after the lease expired (the task went back to the queue and is
+measured once, by whoever leases it next).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from latency_models import RUNTIMES, Target
+from latency_models import list_targets as target_names
+
+from ..auth import Principal
+from ..store import Conflict, NotFound, Store
+from .deps import (
+    CatalogueDep,
+    Read,
+    SettingsDep,
+    StoreDep,
+    Writer,
+    check_may_change,
+    target_of,
+    uploads_folder,
+)
+from .errors import Invalid, reported_at
+from .schemas import API
+
+router = APIRouter(prefix=API)
+
+#: The files of a task an agent downloads, by the name in its URL.
+FILES = ("model", "reference", "input")
+DeviceId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{16}$")]
+TaskId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{16}$")]
+
+
+class DeviceIn(BaseModel):
+    """What an agent says about its device when it registers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    target: str = Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    runtime: str
+    threads: int = Field(ge=1, le=1024)
+    #: CPU, cores, memory, OS, runtime versions, an optional accelerator: shown, not interpreted.
+    info: dict[str, Any] = Field(default_factory=dict)
+    #: The runtime micro-benchmarks of this device (``latency_models.measure_runtime_target``):
+    #: they define the target when it does not exist yet.
+    target_profile: dict[str, Any] | None = None
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, value: str) -> str:
+        if value not in RUNTIMES:
+            raise ValueError(f"one of {list(RUNTIMES)} is required, but got {value!r}")
+        return value
+
+    @field_validator("info")
+    @classmethod
+    def _small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value, default=str)) > 8192:
+            raise ValueError("at most 8 kB of device facts")
+        return value
+
+
+class LeaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lease_id: str = Field(min_length=1, max_length=64)
+
+
+class ResultIn(BaseModel):
+    """A measured task: the plan's and the reference's medians from interleaved rounds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lease_id: str = Field(min_length=1, max_length=64)
+    latency_ms: float = Field(gt=0)
+    reference_ms: float = Field(gt=0)
+    speedup: float = Field(gt=0)
+    p10_ms: float | None = Field(default=None, ge=0)
+    p90_ms: float | None = Field(default=None, ge=0)
+    repeats: int = Field(ge=1, le=100_000)
+    threads: int = Field(ge=1, le=1024)
+    runtime: str = Field(max_length=100)
+    runtime_version: str = Field(default="", max_length=100)
+
+    @field_validator("latency_ms", "reference_ms", "speedup")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"a finite number is required, but got {value}")
+        return value
+
+
+class ProfileIn(BaseModel):
+    """What to measure on a target's agents."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(min_length=1, max_length=16)
+    plans_per_model: int = Field(default=12, ge=3, le=200)
+    seed: int = Field(default=0, ge=0)
+
+
+def _online_s(settings: Any) -> float:
+    return 2.0 * float(settings.agent_lease_s)
+
+
+def _device_of(store: Store, device_id: str, principal: Principal, settings: Any) -> dict[str, Any]:
+    """The caller's device, seen now (404 for no such device, 403 for another owner's)."""
+    try:
+        device = store.get_device(device_id, online_s=_online_s(settings), seen=True)
+    except NotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id!r}") from None
+    check_may_change(principal, device["owner"], f"device {device_id!r}")
+    return device
+
+
+@router.post("/agents", status_code=201)
+def register(
+    body: DeviceIn, store: StoreDep, settings: SettingsDep, cat: CatalogueDep, principal: Writer
+) -> dict[str, Any]:
+    """Register a device for ``target`` (created from the device's ``target_profile`` when it
+    does not exist yet, owned by the caller). Returns the device id and the lease timing."""
+    if body.target not in target_names():
+        if body.target_profile is None:
+            raise Invalid(
+                ("body", "target_profile"),
+                f"target {body.target!r} does not exist; send target_profile (the agent measures it) "
+                "or create the target first (POST /api/v1/targets)",
+                None,
+            )
+        with reported_at("body", "target_profile"):
+            target = Target.from_dict({**body.target_profile, "name": body.target})
+        store.set_target_owner(target.name, principal.owner)
+        cat.add_target(target)
+    device = store.register_device(
+        name=body.name,
+        target=body.target,
+        runtime=body.runtime,
+        threads=body.threads,
+        info=body.info,
+        owner=principal.owner,
+    )
+    return {**device, "lease_s": settings.agent_lease_s, "heartbeat_s": settings.agent_lease_s / 3}
+
+
+@router.post("/agents/{device_id}/lease", response_model=None)
+def lease(device_id: DeviceId, store: StoreDep, settings: SettingsDep, principal: Writer) -> Any:
+    """The next task of the device's target, leased to it (204 when there is none)."""
+    _device_of(store, device_id, principal, settings)
+    task = store.lease_task(device_id, settings.agent_lease_s)
+    if task is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    base = f"{API}/agents/{device_id}/tasks/{task['id']}"
+    return {
+        "id": task["id"],
+        "lease_id": task["lease_id"],
+        "lease_expires_at": task["lease_expires_at"],
+        "model": task["model"],
+        "plan": task["plan"],
+        "batch": task["batch"],
+        "files": {name: f"{base}/files/{name}" for name in FILES},
+        "heartbeat": f"{base}/heartbeat",
+        "result": f"{base}/result",
+    }
+
+
+@router.post("/agents/{device_id}/tasks/{task_id}/heartbeat")
+def heartbeat(
+    device_id: DeviceId,
+    task_id: TaskId,
+    body: LeaseIn,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: Writer,
+) -> dict[str, Any]:
+    """Extend the lease (409 when it is not held: expired, or another agent's)."""
+    _device_of(store, device_id, principal, settings)
+    task = store.heartbeat_task(task_id, device_id, body.lease_id, settings.agent_lease_s)
+    return {"id": task["id"], "lease_expires_at": task["lease_expires_at"]}
+
+
+@router.get("/agents/{device_id}/tasks/{task_id}/files/{name}", response_model=None)
+def task_file(
+    device_id: DeviceId,
+    task_id: TaskId,
+    name: str,
+    lease_id: str,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: Writer,
+) -> FileResponse:
+    """One file of a leased task (``model``, ``reference``: ONNX; ``input``: .npy), for the agent
+    holding the lease."""
+    if name not in FILES:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no file {name!r}; one of {list(FILES)}")
+    _device_of(store, device_id, principal, settings)
+    task = store.heartbeat_task(task_id, device_id, lease_id, settings.agent_lease_s)
+    root = settings.data_dir.resolve()
+    path = (root / str(task["files"][name])).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"task {task_id!r} has no {name} file")
+    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+
+
+@router.post("/agents/{device_id}/tasks/{task_id}/result")
+def result(
+    device_id: DeviceId,
+    task_id: TaskId,
+    body: ResultIn,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: Writer,
+) -> dict[str, Any]:
+    """Store a task's measurement (once; 409 when the lease is not held). The last task of a
+    profile queues the fit of the target's predictor from every measured task."""
+    device = _device_of(store, device_id, principal, settings)
+    measured = {**body.model_dump(exclude={"lease_id"}), "device_id": device_id, "device": device["name"]}
+    task, last = store.complete_task(task_id, device_id, body.lease_id, measured)
+    if last and task["profile_id"] is not None:
+        _start_fit(store, settings, task["profile_id"])
+    return {"id": task["id"], "status": task["status"]}
+
+
+def _start_fit(store: Store, settings: Any, profile_id: str) -> None:
+    """Write the profile's measurements as a per-network table and queue its fit (once)."""
+    profile = store.get_profile(profile_id)
+    rows = store.profile_results(profile_id)
+    reference = {r["model"]: r["result"]["reference_ms"] for r in rows if not r["plan"].get("layers")}
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["model", "plan", "batch", "latency_ms"])
+    for r in rows:
+        res = r["result"]
+        # Drift-corrected like host profiling: the model's uncompressed median over the plan's
+        # per-round speed-up (the raw median where the model has no uncompressed task).
+        ref_ms = reference.get(r["model"])
+        latency = ref_ms / res["speedup"] if ref_ms else res["latency_ms"]
+        writer.writerow([r["model"], json.dumps(r["plan"]), r["batch"], f"{latency:.6f}"])
+    fit_id = uuid.uuid4().hex[:16]
+    path = uploads_folder(settings) / f"profile-{profile_id}-{fit_id}.csv"
+    path.write_text(out.getvalue(), encoding="utf-8")
+    fit = {
+        "id": fit_id,
+        "target": profile["target"],
+        "kind": "auto",
+        "csv_path": str(path),
+        "owner": profile["owner"],
+    }
+    if not store.start_profile_fit(profile_id, fit):
+        path.unlink(missing_ok=True)  # another request started it
+
+
+@router.get("/devices", dependencies=[Read])
+def devices(store: StoreDep, settings: SettingsDep, target: str | None = None) -> list[dict[str, Any]]:
+    """Registered devices: target, runtime, online (seen within two lease periods), last seen,
+    tasks done."""
+    return store.devices(target=target, online_s=_online_s(settings))
+
+
+@router.post("/targets/{name}/profile", status_code=202)
+def profile(
+    name: str, body: ProfileIn, store: StoreDep, settings: SettingsDep, cat: CatalogueDep, principal: Writer
+) -> dict[str, Any]:
+    """Profile a target on its agents: the models' plans are exported and queued as tasks, the
+    agents measure them, and the target's predictor is fitted from the results (``GET
+    /profiles/{id}`` follows it). 409 when the target has no registered device."""
+    target = target_of(cat, name)
+    check_may_change(principal, store.target_owner(target.name), f"target {target.name!r}")
+    from workers.model_refs import model_kind
+
+    for i, model in enumerate(body.models):
+        # Zoo and plugin models only: an import path would run code the agent's owner names.
+        try:
+            kind = model_kind(model, allowed_modules=settings.model_modules)
+        except ValueError as exc:
+            raise Invalid(("body", "models", i), str(exc), model) from None
+        if kind == "import":
+            raise Invalid(
+                ("body", "models", i), "a profile takes zoo or plugin models, not import paths", model
+            )
+    if not store.devices(target=target.name):
+        raise Conflict(
+            f"target {target.name!r} has no registered device; start `hwsearch agent --target {target.name}`"
+        )
+    spec = {**body.model_dump(), "timeout_s": settings.profile_timeout_s}
+    return store.create_profile(target=target.name, spec=spec, owner=principal.owner)
+
+
+@router.get("/profiles/{profile_id}", dependencies=[Read])
+def get_profile(profile_id: str, store: StoreDep) -> dict[str, Any]:
+    return store.get_profile(profile_id)
