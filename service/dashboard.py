@@ -462,8 +462,10 @@ def _calibration(report: dict[str, Any] | None) -> dict[str, Any] | None:
 
 @pages.get("/targets", response_class=HTMLResponse)
 def targets_page(request: Request) -> Response:
-    """Every target with its provenance; every fitted predictor version with its validation
-    numbers, and the active one's calibration plot (held-out predicted against measured)."""
+    """Every target with its provenance and runtime; every fitted predictor version with its
+    validation numbers, and the active one's calibration plot (held-out predicted against
+    measured); the registered devices (issue 19) and, per target, the devices whose
+    measurements back it."""
     from latency_models import catalogue, learned_provenance, list_targets
 
     cat = catalogue(request.app.state.settings.data_dir)
@@ -487,7 +489,17 @@ def targets_page(request: Request) -> Response:
         rows.append({"target": target, "versions": versions, "active": active})
         if active and active["calibration"]:
             calibrations[name] = active["calibration"]
-    return TEMPLATES.TemplateResponse(request, "targets.html", {"rows": rows, "calibrations": calibrations})
+    settings = request.app.state.settings
+    devices = request.app.state.store.devices(online_s=2.0 * settings.agent_lease_s)
+    measured_by: dict[str, list[dict[str, Any]]] = {}
+    for device in devices:
+        if device["tasks_done"]:
+            measured_by.setdefault(device["target"], []).append(device)
+    return TEMPLATES.TemplateResponse(
+        request,
+        "targets.html",
+        {"rows": rows, "calibrations": calibrations, "devices": devices, "measured_by": measured_by},
+    )
 
 
 @pages.get("/schedules", response_class=HTMLResponse)

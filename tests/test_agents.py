@@ -114,6 +114,9 @@ def test_an_agent_profiles_its_target_end_to_end(service: dict[str, Any], tmp_pa
             assert versions["active"] == fit["report"]["version"]
         listed = httpx.get(f"{url}/api/v1/devices", headers=auth).json()
         assert [(d["id"], d["tasks_done"], d["online"]) for d in listed] == [(device["id"], 8, True)]
+        # The targets page lists the device and says which target its measurements back.
+        page = httpx.get(f"{url}/targets").text
+        assert f'data-device="{device["id"]}"' in page and "board-a (8 tasks)" in page
     finally:
         agent.kill()
         agent.wait(30)

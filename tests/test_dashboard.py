@@ -98,6 +98,16 @@ def site(
         store.set_status(
             failed["id"], "failed", progress={"evaluations": 5}, error="RuntimeError: all failed"
         )
+        # A registered device agent (issue 19): the targets page lists it (and its page is checked
+        # for console errors and accessibility like every other).
+        store.register_device(
+            name="board-a",
+            target="zcu102",
+            runtime="onnxruntime",
+            threads=2,
+            info={"cpu": "Cortex-A72", "cores": 4, "os": "Linux-6.1-aarch64", "onnxruntime": "1.32.0"},
+            owner="ui",
+        )
         yield {
             "url": url,
             "job": job["id"],
