@@ -86,19 +86,19 @@ def test_an_agent_profiles_its_target_end_to_end(service: dict[str, Any], tmp_pa
         assert target["runtime"] == "onnxruntime" and target["owner"] == "alice"
         assert "2 intra-op threads" in target["spec"]["sources"]["peak_macs_per_s"]
 
-        r = httpx.post(
-            f"{url}/api/v1/targets/{BOARD}/profile",
-            json={"models": ["digits-cnn"], "plans_per_model": 8},
-            headers=auth,
-        )
-        assert r.status_code == 202, r.text
-        profile_id = r.json()["id"]
+        # `hwsearch profile --wait` follows it to its end: exit 0 only with the new predictor active.
+        from typer.testing import CliRunner
 
-        def finished() -> dict[str, Any] | None:
-            p = store.get_profile(profile_id)
-            return p if p["status"] in ("succeeded", "failed") else None
+        from service.cli import app
 
-        profile = _wait(finished, 300, "the profile to be measured and fitted", log)
+        env = {"HWSEARCH_URL": url, "HWSEARCH_TOKEN": token}
+        args = ["profile", "--target", BOARD, "--models", "digits-cnn", "--plans", "8", "--wait", "--json"]
+        ran = CliRunner().invoke(app, args, env=env)
+        profile = json.loads(ran.stdout)
+        activated = profile["fit"]["report"]["activated"]
+        assert ran.exit_code == (0 if activated else 2), ran.output
+        assert activated or "not activated" in ran.output
+        profile_id = profile["id"]
         assert profile["status"] == "succeeded", profile
         assert profile["n_tasks"] == 8 and profile["tasks"] == {"done": 8}
         # Every task measured by that agent, and only once.

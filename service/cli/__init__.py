@@ -11,7 +11,8 @@ The package is cut by what a command needs, with imports flowing one way
 - ``remote``: ``serve``, ``token create``, and the REST clients ``submit``, ``status``,
   ``front``, ``export``, ``cancel`` and ``schedule add | list | remove``;
 - ``datasets``: ``dataset add | list | rm``, datasets registered with the service (REST);
-- ``agent``: ``agent``, a device that measures what the service leases to it (``service.agent``).
+- ``agent``: ``agent``, a device that measures what the service leases to it (``service.agent``),
+  and ``profile``, which has a target's agents measure plans and fits its predictor (REST).
 
 ``inspect``, ``compress``, ``predict``, ``search``, ``submit`` and ``schedule add`` take the same
 model and data flags (``--model``, ``--model-args``, ``--weights``, ``--input-shape``, ``--data``,
@@ -60,6 +61,7 @@ _COMMANDS: tuple[Callable[..., None], ...] = (
     remote.export,
     remote.cancel,
     agent.agent,
+    agent.profile,
 )
 for _command in _COMMANDS:
     app.command()(_command)

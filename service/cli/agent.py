@@ -1,4 +1,5 @@
-"""``hwsearch agent``: run this machine (or a board) as a measuring device of the service."""
+"""``hwsearch agent``: run this machine (or a board) as a measuring device of the service;
+``hwsearch profile``: have a target's agents measure a designed set of plans and fit its predictor."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from ._common import fail
+from ._common import JsonFlag, fail, print_json, progress_bar
 
-__all__ = ["agent"]
+__all__ = ["agent", "profile"]
 
 
 def agent(
@@ -60,3 +61,62 @@ def agent(
     except AgentError as exc:
         fail(str(exc))
     typer.echo(f"{done} tasks measured")
+
+
+def profile(
+    target: Annotated[str, typer.Option("--target", help="The target whose agents measure.")],
+    models: Annotated[
+        str, typer.Option("--models", help="Comma-separated zoo or plugin models.")
+    ] = "digits-cnn,digits-vit,minilm-l6",
+    plans: Annotated[
+        int, typer.Option("--plans", help="Plans per model (the first is uncompressed).", min=3)
+    ] = 12,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampled plans.", min=0)] = 0,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Follow it to its end; exit 0 only when the new predictor is active."),
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Profile a target on its device agents: the models' plans are exported to ONNX and queued,
+    the agents measure them, and the target's predictor is fitted from the results."""
+    import time
+
+    from .remote import Api
+
+    api = Api()
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    doc = api.call(
+        "POST", f"/targets/{target}/profile", json={"models": names, "plans_per_model": plans, "seed": seed}
+    )
+    if not wait:
+        print_json(doc) if json_output else typer.echo(doc["id"])
+        return
+    typer.echo(doc["id"], err=True)
+    with progress_bar(len(names) * plans, label="tasks measured") as bar:
+        shown = 0
+        while True:
+            doc = api.call("GET", f"/profiles/{doc['id']}")
+            done = int(doc.get("tasks", {}).get("done", 0))
+            bar.update(done - shown)
+            shown = done
+            if doc["status"] in ("succeeded", "failed"):
+                break
+            time.sleep(1.0)
+    if json_output:
+        print_json(doc)
+    report = (doc.get("fit") or {}).get("report") or {}
+    if doc["status"] != "succeeded":
+        fail(f"profile {doc['id']} failed: {doc.get('error')}")
+    if not report.get("activated"):
+        fail(
+            f"profile {doc['id']}: predictor {report.get('version')} fitted but not activated: "
+            f"{report.get('activation_note', 'it did not validate better')}"
+        )
+    if not json_output:
+        devices = len(doc.get("measured_by") or {})
+        mape = report.get("mape", float("nan"))
+        typer.echo(
+            f"{target}: predictor {report['version']} active ({report.get('kind')}, {doc['n_tasks']} tasks "
+            f"measured by {devices} device(s); held-out MAPE {mape:.1%})"
+        )
