@@ -50,6 +50,7 @@ from ._report import Metrics, metrics, proxy_baselines
 from ._select import AUTO, Selection, auto_kinds, select_predictor
 from ._target import (
     FAMILIES,
+    HOST_TARGETS,
     RUNTIMES,
     FpgaResources,
     Target,
@@ -65,6 +66,7 @@ __all__ = [
     "AUTO",
     "FAMILIES",
     "FEATURE_NAMES",
+    "HOST_TARGETS",
     "RUNTIMES",
     "BatchPredictor",
     "BoostedResidual",

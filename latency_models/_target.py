@@ -17,6 +17,9 @@ from ._errors import LatencyModelError
 FAMILIES: tuple[str, ...] = ("gpu", "cpu", "mobile", "fpga")
 #: What runs a model on a target whose latencies are measured (``Target.runtime``).
 RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime")
+#: The targets that are the service's own machine, and the runtime each is measured in: their
+#: fronts are measured by the search itself, not by a device agent.
+HOST_TARGETS: dict[str, str] = {"host-cpu": "torch", "host-cpu-ort": "onnxruntime"}
 #: Entries of a target's ``sources`` (one per documented number; a dozen in practice).
 MAX_SOURCES = 64
 

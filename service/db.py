@@ -293,6 +293,10 @@ class MeasureTask(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     profile_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    #: A front plan re-measured on the device: its job and trial number (the result is stored
+    #: as the trial's ``measured`` as well).
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
     target: Mapped[str] = mapped_column(String(200), index=True)
     model: Mapped[str] = mapped_column(String(200))
     plan: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -80,6 +80,8 @@ def execute_profile(database_url: str, profile_id: str, data_dir: str) -> str:
     row = store.get_profile(profile_id)
     spec = row["spec"]
     root = Path(data_dir)
+    if spec.get("kind") == "front":
+        return _prepare_front(store, profile_id, spec, root)
     try:
         with private_files():
             tasks = prepare_device_tasks(
@@ -95,6 +97,65 @@ def execute_profile(database_url: str, profile_id: str, data_dir: str) -> str:
     if not store.add_tasks(profile_id, tasks, deadline_s=float(spec["timeout_s"])):
         return "gone"  # requeued or failed meanwhile: another run owns it now
     return "measuring"
+
+
+def _prepare_front(store: Store, profile_id: str, spec: dict[str, Any], root: Path) -> str:
+    from workers.profiling import prepare_front_tasks
+
+    try:
+        with private_files():
+            tasks, skipped = prepare_front_tasks(
+                spec["job_spec"], spec["trials"], root / "agent_tasks" / profile_id, root=root
+            )
+    except Exception as exc:  # the job's model no longer builds: the profile says why
+        store.fail_profile(profile_id, f"preparing the front's tasks failed: {type(exc).__name__}: {exc}")
+        return "failed"
+    if not tasks:
+        reasons = "; ".join(f"trial {s['trial']}: {s['error']}" for s in skipped)
+        store.fail_profile(profile_id, f"no front plan could be exported: {reasons}")
+        return "failed"
+    for item in skipped:  # the others are measured; the trial says why this one is not
+        failed = {"target": spec.get("target"), "error": f"not exported: {item['error']}"}
+        store.add_device_measurement(spec["job_id"], int(item["trial"]), failed)
+    if not store.add_tasks(profile_id, tasks, deadline_s=float(spec["timeout_s"])):
+        return "gone"
+    return "measuring"
+
+
+def queue_front_measurements(
+    store: Store, job: dict[str, Any], settings: Settings, targets: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Queue the re-measurement of a finished job's front on every target of the job that has a
+    registered device agent (or on ``targets``): one profile of kind ``front`` per target; the
+    agents' results become the front trials' ``measured`` (issue 19). This machine's own targets
+    (host-cpu, host-cpu-ort) are measured by the search itself and skipped."""
+    from latency_models import HOST_TARGETS
+
+    from .fronts import front_of
+
+    wanted = [t for t in (targets or job["targets"]) if t not in HOST_TARGETS and store.devices(target=t)]
+    if not wanted:
+        return []
+    trials, _ = store.trials(job["id"])
+    front = [t for t in front_of(job, [t for t in trials if t.get("status") == "ok"])]
+    rows = [{"number": t["number"], "plan": t["plan"], "job_id": job["id"]} for t in front]
+    if not rows:
+        return []
+    return [
+        store.create_profile(
+            target=target,
+            spec={
+                "kind": "front",
+                "job_id": job["id"],
+                "target": target,
+                "trials": rows,
+                "job_spec": job["spec"],
+                "timeout_s": settings.profile_timeout_s,
+            },
+            owner=job.get("owner"),
+        )
+        for target in wanted
+    ]
 
 
 def execute_fit(database_url: str, fit_id: str, data_dir: str | None = None) -> str:
@@ -429,7 +490,7 @@ class Dispatcher(BackgroundLoop):
         call = (self.settings.database_url, job_id, self.worker, generation)
         kw: dict[str, Any] = {"data_dir": str(self.settings.data_dir), "stall_s": self.settings.stall_s}
         if self.inline:
-            execute_job(*call, **kw)
+            self._after(job_id, execute_job(*call, **kw))
             return
         import ray
 
@@ -459,7 +520,7 @@ class Dispatcher(BackgroundLoop):
                     return
             if done:
                 try:
-                    ray.get(ref)
+                    self._after(job_id, ray.get(ref))
                 except Exception as exc:  # the task's process died: its node or the cluster was lost
                     self._lost(job_id, generation, progress, f"{type(exc).__name__}: {exc}")
                     state = ray_health(self.settings.ray_address, fresh=True)
@@ -471,6 +532,21 @@ class Dispatcher(BackgroundLoop):
                 self._lost(job_id, generation, progress, f"the Ray cluster was lost ({state})")
                 self._give_up_ray(state)
                 return
+
+    def _after(self, job_id: str, status: str) -> None:
+        """A job that ended well has its front re-measured on its targets' device agents."""
+        if status not in ("succeeded", "exhausted"):
+            return
+        try:
+            for profile in queue_front_measurements(self.store, self.store.get_job(job_id), self.settings):
+                log.info(
+                    "job %s: front queued for measurement on %s (%s)",
+                    job_id,
+                    profile["target"],
+                    profile["id"],
+                )
+        except Exception:  # the job itself is done; a failed hand-over must not undo that
+            self.log_failure(log, f"queueing the front of job {job_id} for its devices")
 
     def _taken_over(self, job_id: str, generation: int) -> bool:
         """Whether the job's claim moved on from ``generation`` (quiet runners are requeued

@@ -153,6 +153,8 @@ def task_dict(task: MeasureTask) -> dict[str, Any]:
     return {
         "id": task.id,
         "profile_id": task.profile_id,
+        "job_id": task.job_id,
+        "trial": task.trial,
         "target": task.target,
         "model": task.model,
         "plan": task.plan,

@@ -329,6 +329,22 @@ class Store:
                 .values(measured=json_safe(measured))
             )
 
+    def add_device_measurement(self, job_id: str, number: int, measured: dict[str, Any]) -> bool:
+        """A front plan measured by a device agent becomes the trial's ``measured`` unless the
+        trial already holds another target's measurement (this machine's, taken by the search).
+        Returns whether it was stored."""
+        with self.session() as s:
+            row = s.scalar(
+                select(TrialRow).where(TrialRow.job_id == job_id, TrialRow.number == number).with_for_update()
+            )
+            if row is None:
+                return False
+            held = row.measured or {}
+            if held and held.get("target", "host-cpu") != measured.get("target"):
+                return False
+            row.measured = json_safe(measured)
+            return True
+
     def add_recovery(
         self, job_id: str, number: int, recovered: dict[str, Any], generation: int | None = None
     ) -> bool:
@@ -705,6 +721,8 @@ class Store:
                     MeasureTask(
                         id=uuid.uuid4().hex[:16],
                         profile_id=profile_id,
+                        job_id=t.get("job_id"),
+                        trial=t.get("trial"),
                         target=row.target,
                         model=str(t["model"]),
                         plan=json_safe(t["plan"]),
@@ -861,6 +879,16 @@ class Store:
                 .order_by(MeasureTask.created_at, MeasureTask.id)
             ).all()
             return [task_dict(t) for t in rows]
+
+    def finish_profile(self, profile_id: str) -> bool:
+        """measuring → succeeded for a profile that needs no fit (a front re-measurement), once."""
+        with self.session() as s:
+            done = s.execute(
+                update(Profile)
+                .where(Profile.id == profile_id, Profile.status == "measuring")
+                .values(status="succeeded", finished_at=utcnow())
+            )
+            return bool(done.rowcount)  # type: ignore[attr-defined]
 
     def start_profile_fit(self, profile_id: str, fit: dict[str, Any]) -> bool:
         """measuring → fitting with its fit queued, once: False when another request did it."""

@@ -324,3 +324,79 @@ def test_a_profile_needs_a_device_and_zoo_models(tmp_path: Path) -> None:
         assert r.status_code == 422 and "models" in r.text and "resnet-9000" in r.text
         r = c.post("/api/v1/targets/nope/profile", json={"models": ["digits-cnn"]}, headers=auth)
         assert r.status_code == 404
+
+
+def test_a_finished_jobs_front_is_re_measured_on_its_device(
+    service: dict[str, Any], tmp_path: Path, synthetic: Any
+) -> None:
+    """A job costed on the agent's target: its front plans are exported, measured by the agent
+    and stored beside their predictions; a front plan that cannot be built is marked with the
+    reason and the rest are measured."""
+    from service.dispatcher import Dispatcher
+
+    url, store, token = service["url"], service["store"], service["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    agent = _agent(url, token, tmp_path / "agent.log", "--name", "board-a", "--repeats", "5")
+    try:
+        _wait(lambda: store.devices(target=BOARD), 120, "the agent to register", tmp_path / "agent.log")
+        job = store.create_job(
+            {"model": "digits-cnn", "targets": [BOARD], "strategy": "random", "budget": {"evaluations": 8}},
+            owner="alice",
+        )
+        for number in range(6):  # quality and latency both falling: every trial is on the front
+            plan = {"conv3": {"keep": 0.5}, "fc1": {"wbits": 8, "abits": 8}} if number == 3 else None
+            plan = {"no-such-layer": {"keep": 0.5}} if number == 5 else plan
+            store.add_trial(
+                synthetic.trial(
+                    job["id"], number, 0.99 - 0.01 * number, 1.0 - 0.1 * number, target=BOARD, plan=plan
+                )
+            )
+        store.set_status(job["id"], "running", progress={"evaluations": 6})
+        early = httpx.post(f"{url}/api/v1/jobs/{job['id']}/measure", json={}, headers=auth)
+        assert early.status_code == 409 and "finished" in early.text
+        store.set_status(job["id"], "succeeded", progress={"evaluations": 6})
+        # The dispatcher queues it by itself when a job ends well.
+        Dispatcher(store, service["settings"], inline=True)._after(job["id"], "succeeded")
+        (profile,) = [p for p in (store.get_profile(p["id"]) for p in _profiles(store, job["id"]))]
+        assert profile["spec"]["kind"] == "front" and profile["target"] == BOARD
+        done = _wait(
+            lambda: store.get_profile(profile["id"])["status"] in ("succeeded", "failed"),
+            240,
+            "the front to be measured",
+            tmp_path / "agent.log",
+        )
+        assert done and store.get_profile(profile["id"])["status"] == "succeeded", store.get_profile(
+            profile["id"]
+        )
+        trials = {t["number"]: t for t in store.trials(job["id"])[0]}
+        for number in range(5):
+            m = trials[number]["measured"]
+            assert m["target"] == BOARD and m["device"] == "board-a" and m["latency_ms"] > 0
+            assert m["predicted_ms"] == pytest.approx(1.0 - 0.1 * number)
+            assert m["relative_error"] == pytest.approx(
+                (m["predicted_ms"] - m["latency_ms"]) / m["latency_ms"]
+            )
+        assert (
+            "not exported" in trials[5]["measured"]["error"]
+            and "no-such-layer" in trials[5]["measured"]["error"]
+        )
+        # The job page shows the measurements against the predictions on that target.
+        page = httpx.get(f"{url}/jobs/{job['id']}").text
+        assert f"measured ms ({BOARD})" in page
+        again = httpx.post(
+            f"{url}/api/v1/jobs/{job['id']}/measure", json={"targets": ["zcu102"]}, headers=auth
+        )
+        assert again.status_code == 422 and "targets" in again.text
+    finally:
+        agent.kill()
+        agent.wait(30)
+
+
+def _profiles(store: Store, job_id: str) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from service.db import Profile
+
+    with store.session() as s:
+        rows = s.scalars(select(Profile)).all()
+        return [{"id": r.id} for r in rows if (r.spec or {}).get("job_id") == job_id]

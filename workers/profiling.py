@@ -1,6 +1,6 @@
 """Profiling this machine: measure the host CPU's specs and time compressed zoo models for real.
 
-Two runtimes, two targets (``HOST_TARGETS``): ``host-cpu`` is this CPU running torch eager, and
+Two runtimes, two targets (``latency_models.HOST_TARGETS``): ``host-cpu`` is this CPU running torch eager, and
 ``host-cpu-ort`` the same CPU running the exported ONNX model in ONNX Runtime. A plan's
 speed-up differs between them (int8 convolutions exist only in ONNX Runtime here; torch eager
 has int8 Linear only), so each has its own measurements and its own predictor.
@@ -29,20 +29,28 @@ import torch
 from torch import nn
 
 from kernels import time_callable, time_model, to_int8_dynamic
-from latency_models import RUNTIMES, Catalogue, LatencyModelError, Target, catalogue, measure_runtime_target
+from latency_models import (
+    HOST_TARGETS,
+    RUNTIMES,
+    Catalogue,
+    LatencyModelError,
+    Target,
+    catalogue,
+    measure_runtime_target,
+)
 from search_spaces import Plan, Space
 
 HOST = "host-cpu"
 HOST_ORT = "host-cpu-ort"
-#: This machine's target per runtime.
-HOST_TARGETS: dict[str, str] = {"torch": HOST, "onnxruntime": HOST_ORT}
+#: This machine's target per runtime (``latency_models.HOST_TARGETS`` turned around).
+HOST_BY_RUNTIME: dict[str, str] = {runtime: name for name, runtime in HOST_TARGETS.items()}
 
 
 def host_target_name(runtime: str) -> str:
     """The target that is this CPU running ``runtime``; an unknown runtime is an input error."""
-    if runtime not in HOST_TARGETS:
+    if runtime not in HOST_BY_RUNTIME:
         raise LatencyModelError("runtime", runtime, f"one of {list(RUNTIMES)} is required")
-    return HOST_TARGETS[runtime]
+    return HOST_BY_RUNTIME[runtime]
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -315,3 +323,61 @@ def prepare_device_tasks(
                 }
             )
     return tasks
+
+
+def prepare_front_tasks(
+    job_spec: Mapping[str, Any],
+    trials: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    root: str | Path,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Measurement tasks that re-measure a job's front plans on a device (issue 19): the job's
+    model built as the job built it (its source, weights and data), each plan calibrated as the
+    job judged it and exported to ONNX, against the exported uncompressed model.
+
+    Returns ``(tasks, skipped)``: a plan that fails to export is skipped with the reason (the
+    others are still measured), as ``{"trial", "error"}``."""
+    from kernels import export_onnx
+    from workers.search import JobSpec
+    from workers.search._entry import job_entry
+    from workers.zoo import prepare
+
+    out = Path(out_dir)
+    base = Path(root)
+    spec = JobSpec.model_validate(dict(job_spec))
+    prepared = prepare(job_entry(spec, data_dir=base))
+    x = prepared.example_input
+    out.mkdir(parents=True, exist_ok=True)
+    reference = out / "reference.onnx"
+    export_onnx(prepared.model, x, reference)
+    np.save(out / "input.npy", x.numpy())
+    calibration = prepared.calibration if spec.recovery.calibrate else None
+    batches = calibration.batches if calibration is not None else None
+    tasks: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for trial in trials:
+        number = int(trial["number"])
+        plan = Plan.from_dict(trial["plan"])
+        path = out / f"trial-{number}.onnx"
+        try:
+            compressed = prepared.apply(plan, calibrate=batches is not None)
+            export_onnx(compressed, x, path, calibration=batches)
+        except Exception as exc:  # one plan that does not export must not stop the rest
+            skipped.append({"trial": number, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            continue
+        tasks.append(
+            {
+                "model": prepared.entry.model_id,
+                "plan": plan.to_dict(),
+                "batch": int(x.shape[0]),
+                "job_id": str(trial.get("job_id") or ""),
+                "trial": number,
+                "files": {
+                    "model": str(path.relative_to(base)),
+                    "reference": str(reference.relative_to(base)),
+                    "input": str((out / "input.npy").relative_to(base)),
+                },
+            }
+        )
+    return tasks, skipped

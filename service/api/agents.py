@@ -234,9 +234,41 @@ def result(
     device = _device_of(store, device_id, principal, settings)
     measured = {**body.model_dump(exclude={"lease_id"}), "device_id": device_id, "device": device["name"]}
     task, last = store.complete_task(task_id, device_id, body.lease_id, measured)
+    if task["job_id"] and task["trial"] is not None:
+        _store_front_measurement(store, task, measured)
     if last and task["profile_id"] is not None:
-        _start_fit(store, settings, task["profile_id"])
+        if task["job_id"]:
+            store.finish_profile(task["profile_id"])  # a front re-measurement: nothing to fit
+        else:
+            _start_fit(store, settings, task["profile_id"])
     return {"id": task["id"], "status": task["status"]}
+
+
+def _store_front_measurement(store: Store, task: dict[str, Any], measured: dict[str, Any]) -> None:
+    """A re-measured front plan becomes its trial's ``measured``, beside the prediction it checks."""
+    trial = store.trial(task["job_id"], int(task["trial"]))
+    cost = (trial.get("costs") or {}).get(task["target"]) or {}
+    predicted = cost.get("latency_ms")
+    latency = float(measured["latency_ms"])
+    store.add_device_measurement(
+        task["job_id"],
+        int(task["trial"]),
+        {
+            "latency_ms": latency,
+            "reference_ms": measured["reference_ms"],
+            "speedup": measured["speedup"],
+            "predicted_ms": predicted,
+            "relative_error": None if predicted is None else (float(predicted) - latency) / latency,
+            "target": task["target"],
+            "runtime": measured["runtime"],
+            "device": measured["device"],
+            "how": (
+                f"device agent {measured['device']!r}: the exported plan in {measured['runtime']} "
+                f"{measured.get('runtime_version', '')}, {measured['threads']} thread(s), median of "
+                f"{measured['repeats']} interleaved rounds"
+            ),
+        },
+    )
 
 
 def _start_fit(store: Store, settings: Any, profile_id: str) -> None:
@@ -302,6 +334,38 @@ def profile(
         )
     spec = {**body.model_dump(), "timeout_s": settings.profile_timeout_s}
     return store.create_profile(target=target.name, spec=spec, owner=principal.owner)
+
+
+class MeasureIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: The job's targets to measure its front on (default: every one with a registered device).
+    targets: list[str] | None = Field(default=None, max_length=16)
+
+
+@router.post("/jobs/{job_id}/measure", status_code=202)
+def measure_front(
+    job_id: str, body: MeasureIn, store: StoreDep, settings: SettingsDep, principal: Writer
+) -> list[dict[str, Any]]:
+    """Re-measure a finished job's front on its targets' device agents (one profile per target;
+    a job that ends well queues this by itself). 409 when the job has not finished, or none of
+    the targets has a registered device."""
+    from ..dispatcher import queue_front_measurements
+
+    job = store.get_job(job_id)
+    check_may_change(principal, job.get("owner"), f"job {job_id!r}")
+    if job["status"] not in ("succeeded", "exhausted", "cancelled"):
+        raise Conflict(f"job {job_id!r} is {job['status']}; its front is measured once it has finished")
+    unknown = [t for t in body.targets or [] if t not in job["targets"]]
+    if unknown:
+        raise Invalid(("body", "targets"), f"not targets of job {job_id!r} ({job['targets']})", unknown)
+    profiles = queue_front_measurements(store, job, settings, body.targets)
+    if not profiles:
+        raise Conflict(
+            f"no target of job {job_id!r} has a registered device agent "
+            "(this machine's host-cpu and host-cpu-ort fronts are measured by the search itself)"
+        )
+    return profiles
 
 
 @router.get("/profiles/{profile_id}", dependencies=[Read])

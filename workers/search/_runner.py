@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from latency_models import Catalogue
+from latency_models import HOST_TARGETS, Catalogue
 from search_spaces import Plan
 
 from ._errors import SearchError, SearchStalled
@@ -33,9 +33,8 @@ from ._strategy import Observation, create_strategy
 from ._trial import Sink, Trial
 
 HOST_TARGET = "host-cpu"
-#: The targets that are this machine, and what runs a plan there when the front is measured
-#: (``workers.profiling.HOST_TARGETS`` is the same table, keyed by runtime).
-HOST_RUNTIMES: dict[str, str] = {HOST_TARGET: "torch", "host-cpu-ort": "onnxruntime"}
+#: The targets that are this machine, and what runs a plan there when the front is measured.
+HOST_RUNTIMES: dict[str, str] = dict(HOST_TARGETS)
 #: Asks in a row that bring nothing new before a strategy counts as exhausted.
 _MAX_IDLE_ASKS = 25
 

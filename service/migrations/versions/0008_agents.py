@@ -54,6 +54,8 @@ def upgrade() -> None:
         "measure_tasks",
         sa.Column("id", sa.String(32), primary_key=True),
         sa.Column("profile_id", sa.String(32), nullable=True),
+        sa.Column("job_id", sa.String(32), nullable=True),
+        sa.Column("trial", sa.Integer(), nullable=True),
         sa.Column("target", sa.String(200), nullable=False),
         sa.Column("model", sa.String(200), nullable=False),
         sa.Column("plan", sa.JSON(), nullable=False),
