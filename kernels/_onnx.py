@@ -162,16 +162,19 @@ def _unwrap_quantized(model: nn.Module) -> list[tuple[str, QuantizedLayer]]:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """torch.onnx prints its progress to stdout and warns about the exporter's internals."""
-    root = logging.getLogger()
-    level = root.level
-    # onnxruntime.quantization logs its advice through the root logger.
-    root.setLevel(logging.ERROR)
+    # onnxruntime.quantization logs its advice through the root logger; the exporter logs each
+    # torchvision operator it cannot register (torchvision is not installed here, by design).
+    loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        root.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _export_graph(model: nn.Module, example_input: torch.Tensor, path: Path, notes: list[str]) -> bool:
