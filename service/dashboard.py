@@ -498,7 +498,13 @@ def targets_page(request: Request) -> Response:
     return TEMPLATES.TemplateResponse(
         request,
         "targets.html",
-        {"rows": rows, "calibrations": calibrations, "devices": devices, "measured_by": measured_by},
+        {
+            "rows": rows,
+            "calibrations": calibrations,
+            "devices": devices,
+            "measured_by": measured_by,
+            "profiles": request.app.state.store.profiles(limit=20),
+        },
     )
 
 

@@ -693,6 +693,12 @@ class Store:
                 )
             return out
 
+    def profiles(self, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest profiles, each with its tasks counted by status (``get_profile``'s shape)."""
+        with self.session() as s:
+            ids = s.scalars(select(Profile.id).order_by(Profile.created_at.desc()).limit(limit)).all()
+        return [self.get_profile(i) for i in ids]
+
     def claim_profile(self, worker: str) -> dict[str, Any] | None:
         """A queued profile for ``worker`` to prepare (its plans exported, its tasks queued)."""
         with self.session() as s:

@@ -117,6 +117,7 @@ def test_an_agent_profiles_its_target_end_to_end(service: dict[str, Any], tmp_pa
         # The targets page lists the device and says which target its measurements back.
         page = httpx.get(f"{url}/targets").text
         assert f'data-device="{device["id"]}"' in page and "board-a (8 tasks)" in page
+        assert f'data-profile="{profile_id}"' in page and "8/8" in page
     finally:
         agent.kill()
         agent.wait(30)

@@ -108,6 +108,11 @@ def site(
             info={"cpu": "Cortex-A72", "cores": 4, "os": "Linux-6.1-aarch64", "onnxruntime": "1.32.0"},
             owner="ui",
         )
+        store.create_profile(
+            target="zcu102",
+            spec={"models": ["digits-cnn"], "plans_per_model": 6, "timeout_s": 60},
+            owner="ui",
+        )
         yield {
             "url": url,
             "job": job["id"],
