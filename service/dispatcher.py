@@ -176,7 +176,15 @@ def execute_fit(database_url: str, fit_id: str, data_dir: str | None = None) -> 
         with private_files():
             # The Ray task reads and writes the service's catalogue, passed by its folder.
             cat = catalogue(data_dir)
-            report = fit(row["target"], row["csv_path"], family=row["family"], kind=row["kind"], cat=cat)
+            # A device profile's fit replaces the active version only when it ranks better.
+            report = fit(
+                row["target"],
+                row["csv_path"],
+                family=row["family"],
+                kind=row["kind"],
+                cat=cat,
+                against_active=store.is_profile_fit(fit_id),
+            )
     except Exception as exc:  # LatencyModelError/MeasurementError name the field; anything else too
         status, ended = "failed", store.finish_fit(fit_id, error=f"{type(exc).__name__}: {exc}")
     else:

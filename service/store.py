@@ -693,6 +693,11 @@ class Store:
                 )
             return out
 
+    def is_profile_fit(self, fit_id: str) -> bool:
+        """Whether a fit was queued by a device profile (it must beat the active version)."""
+        with self.session() as s:
+            return s.scalar(select(func.count()).where(Profile.fit_id == fit_id)) != 0
+
     def profiles(self, *, limit: int = 20) -> list[dict[str, Any]]:
         """The newest profiles, each with its tasks counted by status (``get_profile``'s shape)."""
         with self.session() as s:

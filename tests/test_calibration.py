@@ -650,3 +650,46 @@ def test_predict_cli_on_fbnet_reports_fpga_resources(data_dir: Path) -> None:
         out["latency_ms"]["before"]
     )
     assert set(out["fpga"]) == {"dsp", "lut", "bram36", "feasible", "board"} and out["fpga"]["dsp"] > 0
+
+
+def _rewrite_latency(path: Path, latency_ms: Any) -> None:
+    """The same networks as ``path`` with new latencies (one per row, in order)."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(rows[0])
+        for row, ms in zip(rows[1:], latency_ms, strict=True):
+            writer.writerow([*row[:-1], f"{float(ms):.6f}"])
+
+
+def test_a_profile_fit_replaces_the_active_version_only_when_it_ranks_better(tmp_path: Path) -> None:
+    """``fit(against_active=True)`` (a device profile's fit, issue 19): new measurements that the
+    active version ranks perfectly and the new fit does not keep the active version; the
+    comparison is in the report."""
+    from latency_models import catalogue
+    from workers.calibration import fit, read_table
+
+    cat = catalogue(tmp_path / "data")
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    # A device whose latencies run against the analytic prior's order (its inverse): a learned
+    # version ranks them, the prior's order cannot.
+    _synthetic_csv(first, 40, seed=0)
+    _rewrite_latency(first, 10.0 / read_table(cat.target("raspi4"), first).latency_ms)
+    v1 = fit("my-board", first, family="cpu", kind="boosted-residual", cat=cat)
+    assert v1["activated"]
+    # Fresh measurements that are exactly the active version's predictions: it ranks them with
+    # Spearman 1; a scaled prior (the prior's order) ranks its held-out rows far worse.
+    _synthetic_csv(second, 30, seed=1)
+    active, _ = cat.predictor("my-board")  # type: ignore[misc]
+    predicted, _, _ = active.predict(read_table(cat.target("my-board"), second).features)
+    _rewrite_latency(second, predicted)
+    profiled = fit("my-board", second, kind="scaled-prior", cat=cat, against_active=True)
+    before = profiled["active_before"]
+    assert before["version"] == v1["version"] and before["n"] == 30
+    assert before["spearman"] == pytest.approx(1.0) and profiled["spearman"] < before["spearman"]
+    assert not profiled["activated"] and "not activated: the active version" in profiled["activation_note"]
+    assert cat.active_version("my-board") == v1["version"]
+    # Without the flag (an upload's fit) the gate is the analytic prior's, as before.
+    plain = fit("my-board", second, kind="scaled-prior", cat=cat)
+    assert "active_before" not in plain and plain["activated"]

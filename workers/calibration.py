@@ -179,9 +179,14 @@ def fit(
     seed: int = 0,
     budget_ms: float | None = None,
     cat: Catalogue | None = None,
+    against_active: bool = False,
 ) -> dict[str, Any]:
     """Fit a new predictor version for a target from a per-network or per-layer CSV into ``cat``
     (default: the data dir's catalogue); returns the report.
+
+    ``against_active`` (a device profile's fit, issue 19): the new version is activated only if
+    its held-out Spearman is at least that of the target's active version on the new rows (which
+    that version never saw); the report's ``active_before`` holds the comparison.
 
     ``kind`` "auto" (the default) chooses the kind by k-fold cross-validation on the rows
     (``select_predictor``: the best held-out Spearman; the prior's order with a fitted scale when
@@ -245,6 +250,8 @@ def fit(
         )
         if selection is not None:
             selection.note = why
+    if against_active and activate and existing:
+        activate, why = _beats_active(cat, target.name, table, report, why)
     predictor = _fitted(chosen, _table_for(chosen, table), factories.get(chosen))
     report["n_fit"] = len(table.latency_ms)
     report["batches"] = sorted({int(b) for b in table.features[:, FEATURE_NAMES.index("batch")]})
@@ -270,6 +277,39 @@ def fit(
     version = cat.save_predictor(target.name, predictor, report, activate=activate)
     report["version"] = version
     return report
+
+
+def _beats_active(
+    cat: Catalogue, name: str, table: Table, report: dict[str, Any], why: str | None
+) -> tuple[bool, str | None]:
+    """Whether a new version ranks fresh measurements at least as well as the active version: the
+    active one is scored on every new row (none of which it was fitted on), the new one on its
+    held-out split. Fills ``report["active_before"]``."""
+    active = cat.predictor(name)
+    if active is None:
+        return True, why
+    predictor, _ = active
+    try:
+        predicted, _, _ = predictor.predict(table.features[:, : len(FEATURE_NAMES)])
+        scored = metrics(np.asarray(predicted, dtype=float), table.latency_ms)
+    except Exception as exc:  # a predictor of another table format: say so, do not block the fit
+        failure = f"{type(exc).__name__}: {exc}"
+        report["active_before"] = {"version": cat.active_version(name), "error": failure}
+        return True, why
+    before = {
+        "version": cat.active_version(name),
+        "spearman": scored.spearman,
+        "mape": scored.mape,
+        "n": len(table.latency_ms),
+    }
+    report["active_before"] = before
+    new = report.get("spearman")
+    if new is None or not np.isfinite(new) or new + 1e-9 >= scored.spearman:
+        return True, why
+    return False, (
+        f"not activated: the active version {before['version']} ranks these new measurements with "
+        f"Spearman {scored.spearman:.2f}, the new fit its held-out rows with {new:.2f}"
+    )
 
 
 def _check_rows(n: int, table_format: str) -> None:
