@@ -245,8 +245,12 @@ def result(
 
 
 def _store_front_measurement(store: Store, task: dict[str, Any], measured: dict[str, Any]) -> None:
-    """A re-measured front plan becomes its trial's ``measured``, beside the prediction it checks."""
-    trial = store.trial(task["job_id"], int(task["trial"]))
+    """A re-measured front plan becomes its trial's ``measured``, beside the prediction it checks
+    (a job deleted meanwhile keeps nothing: the result stays with the task)."""
+    try:
+        trial = store.trial(task["job_id"], int(task["trial"]))
+    except NotFound:
+        return
     cost = (trial.get("costs") or {}).get(task["target"]) or {}
     predicted = cost.get("latency_ms")
     latency = float(measured["latency_ms"])
