@@ -208,17 +208,10 @@ class _OrtTimer:
         export_onnx(prepared.model, prepared.example_input, self.reference)
 
     def time(self, plan: Plan, repeats: int) -> Any:
-        from kernels import export_onnx, time_onnx
+        from kernels import time_onnx
 
-        calibration = self.prepared.calibration
-        compressed = self.prepared.apply(plan, calibrate=calibration is not None)
         path = Path(self._dir.name) / "plan.onnx"
-        export_onnx(
-            compressed,
-            self.prepared.example_input,
-            path,
-            calibration=calibration.batches if calibration is not None else None,
-        )
+        self.prepared.export_onnx(plan, path)
         return time_onnx(path, self.prepared.example_input, self.reference, repeats=repeats, warmup=3)
 
 
@@ -298,8 +291,6 @@ def prepare_device_tasks(
         reference = folder / "reference.onnx"
         export_onnx(prepared.model, x, reference)
         np.save(folder / "input.npy", x.numpy())
-        calibration = prepared.calibration
-        batches = calibration.batches if calibration is not None else None
         knobs: dict[str, Any] = dict(PROFILE_SPACE if space is None else space)
         sampled = Space.build(prepared.layers, **knobs)
         for i in range(plans_per_model):
@@ -308,8 +299,7 @@ def prepare_device_tasks(
             if i == 0:
                 path.write_bytes(reference.read_bytes())
             else:
-                compressed = prepared.apply(plan, calibrate=batches is not None)
-                export_onnx(compressed, x, path, calibration=batches)
+                prepared.export_onnx(plan, path)
             tasks.append(
                 {
                     "model": prepared.entry.model_id,
@@ -352,8 +342,6 @@ def prepare_front_tasks(
     reference = out / "reference.onnx"
     export_onnx(prepared.model, x, reference)
     np.save(out / "input.npy", x.numpy())
-    calibration = prepared.calibration if spec.recovery.calibrate else None
-    batches = calibration.batches if calibration is not None else None
     tasks: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for trial in trials:
@@ -361,8 +349,7 @@ def prepare_front_tasks(
         plan = Plan.from_dict(trial["plan"])
         path = out / f"trial-{number}.onnx"
         try:
-            compressed = prepared.apply(plan, calibrate=batches is not None)
-            export_onnx(compressed, x, path, calibration=batches)
+            prepared.export_onnx(plan, path, calibrate=spec.recovery.calibrate)
         except Exception as exc:  # one plan that does not export must not stop the rest
             skipped.append({"trial": number, "error": f"{type(exc).__name__}: {exc}"[:500]})
             continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._base import CalibrationSet, ZooError, ZooModel
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from kernels import CalibrationReport
+    from kernels import CalibrationReport, OnnxExport
     from search_spaces import LayerSpec, Plan
 
 __all__ = ["Prepared", "prepare"]
@@ -76,6 +77,16 @@ class Prepared:
             calibration=batches,
             report=report,
         )
+
+    def export_onnx(self, plan: Plan, path: str | Path, *, calibrate: bool = True) -> OnnxExport:
+        """``plan`` applied (calibrated on ``self.calibration`` when ``calibrate`` and there is
+        one, as a search judges it) and written as ONNX by ``kernels.export_onnx``, its int8 layers
+        quantised by onnxruntime on the same calibration inputs."""
+        from kernels import export_onnx
+
+        batches = self.calibration.batches if calibrate and self.calibration is not None else None
+        compressed = self.apply(plan, calibrate=batches is not None)
+        return export_onnx(compressed, self.example_input, path, calibration=batches)
 
 
 def synthesized_calibration(model: nn.Module, example_input: torch.Tensor) -> CalibrationSet | None:
