@@ -137,7 +137,7 @@ def queue_front_measurements(
     if not wanted:
         return []
     trials, _ = store.trials(job["id"])
-    front = [t for t in front_of(job, [t for t in trials if t.get("status") == "ok"])]
+    front = front_of(job, [t for t in trials if t.get("status") == "ok"])
     rows = [{"number": t["number"], "plan": t["plan"], "job_id": job["id"]} for t in front]
     if not rows:
         return []
