@@ -39,6 +39,7 @@ from ._quant import (
 )
 from ._synthesize import SynthesizedInputs, batchnorm_statistics_loss, can_synthesize, synthesize_inputs
 from ._tokens import add_token_pruning, prune_tokens
+from ._torchscript import TorchScriptExport, export_torchscript, load_torchscript, probe_torch_runtime
 from ._trace import trace
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "SynthesizedInputs",
     "Timing",
     "TokenBlocks",
+    "TorchScriptExport",
     "adapt_token_blocks",
     "add_token_pruning",
     "apply",
@@ -66,6 +68,7 @@ __all__ = [
     "can_synthesize",
     "count_cost",
     "export_onnx",
+    "export_torchscript",
     "fake_quant_activation",
     "fake_quant_weight",
     "fold_batchnorm",
@@ -73,9 +76,11 @@ __all__ = [
     "input_statistics",
     "is_token_block",
     "kept_layers",
+    "load_torchscript",
     "low_rank",
     "low_rank_calibrated",
     "onnx_session",
+    "probe_torch_runtime",
     "prune_channels",
     "prune_tokens",
     "quantize",

@@ -21,7 +21,9 @@ def prune_tokens(x: torch.Tensor, attention: torch.Tensor, keep: float, cls_toke
     """Keep the most attended tokens of ``x`` [B, N, D] given ``attention`` [B, H, N, N]."""
     b, n, d = x.shape
     start = 1 if cls_token else 0
-    n_out = tokens_after_pruning(n, keep, cls_token)
+    # int(): a traced model (TorchScript, for the torch device agent) sees the size as a tensor;
+    # the token count is fixed by the input's sequence length either way.
+    n_out = tokens_after_pruning(int(n), keep, cls_token)
     if n_out == n:
         return x
     kept = n_out - start - 1
@@ -30,7 +32,9 @@ def prune_tokens(x: torch.Tensor, attention: torch.Tensor, keep: float, cls_toke
     candidates = x[:, start:]
     top = score.topk(kept, dim=1).indices.sort(dim=1).values
     kept_tokens = candidates.gather(1, top.unsqueeze(-1).expand(-1, -1, d))
-    dropped = torch.ones_like(score, dtype=torch.bool).scatter_(1, top, False)
+    # A tensor source, not the scalar False: TorchScript has no scatter_ with a bool value.
+    none = torch.zeros_like(top, dtype=torch.bool)
+    dropped = torch.ones_like(score, dtype=torch.bool).scatter(1, top, none)
     weight = score * dropped
     # Elementwise products and sums (not matmuls) so FLOP counters see only the model's GEMMs.
     fused = (candidates * weight.unsqueeze(-1)).sum(dim=1, keepdim=True)

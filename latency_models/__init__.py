@@ -45,7 +45,13 @@ from ._predictor import (
     load_predictor,
     register_predictor,
 )
-from ._probe import RuntimeTiming, interleaved_timing, measure_runtime_target, ort_session
+from ._probe import (
+    RuntimeTiming,
+    interleaved_timing,
+    measure_runtime_target,
+    ort_session,
+    runtime_target,
+)
 from ._report import Metrics, metrics, proxy_baselines
 from ._select import AUTO, Selection, auto_kinds, select_predictor
 from ._target import (
@@ -122,5 +128,6 @@ __all__ = [
     "register_family",
     "register_predictor",
     "register_target",
+    "runtime_target",
     "select_predictor",
 ]

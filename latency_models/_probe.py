@@ -14,14 +14,20 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from ._target import Target
 
-__all__ = ["RuntimeTiming", "interleaved_timing", "measure_runtime_target", "ort_session"]
+__all__ = [
+    "RuntimeTiming",
+    "interleaved_timing",
+    "measure_runtime_target",
+    "ort_session",
+    "runtime_target",
+]
 
 
 class RuntimeTiming(dict[str, Any]):
@@ -189,32 +195,66 @@ def measure_runtime_target(
     copy_ms = _median_ms(copy, {"x": np.ones(big_n, dtype=np.float32)}, repeats, threads)
     tiny = {"x": np.ones(8, dtype=np.float32)}
     chained_ms = _median_ms(chain(64), tiny, repeats, threads) - _median_ms(chain(1), tiny, repeats, threads)
-    macs = n**3
     when = time.strftime("%Y-%m-%d", time.gmtime())
     how = (
         f"measured by {measured_by} on {when}, onnxruntime {ort.__version__}, {threads} intra-op "
         f"thread{'s' if threads != 1 else ''}, median of {repeats}"
     )
+    return runtime_target(
+        name,
+        runtime="onnxruntime",
+        n=n,
+        fp32_ms=fp32_ms,
+        int8_ms=int8_ms,
+        copy_bytes=big_n * 4,
+        copy_ms=copy_ms,
+        per_op_ms=chained_ms / 63,
+        description=description
+        or f"{platform.machine()} device running ONNX Runtime, {threads} thread(s), measured",
+        sources={
+            "peak_macs_per_s": f"{n}×{n}×{n} MatMul (float32) and MatMulInteger (uint8 × int8), {how}",
+            "memory_bandwidth_gb_s": f"32 MB Mul by one (read + write), {how}",
+            "dispatch_overhead_ms": f"64 chained 8-element Adds against one, per op, {how}",
+        },
+    )
+
+
+def runtime_target(
+    name: str,
+    *,
+    runtime: str,
+    n: int,
+    fp32_ms: float,
+    int8_ms: float,
+    copy_bytes: int,
+    copy_ms: float,
+    per_op_ms: float,
+    description: str,
+    sources: Mapping[str, str],
+) -> Target:
+    """A measured CPU target from its runtime's micro-benchmarks: an ``n``³ float32 and int8 GEMM
+    (``fp32_ms``, ``int8_ms``), a copy of ``copy_bytes`` read and written (``copy_ms``) and the
+    cost of one op (``per_op_ms``). ``sources`` says how each was measured. What every probe
+    (ONNX Runtime here, torch in ``kernels.probe_torch_runtime``) turns its timings into."""
+    macs = n**3
     return Target.from_dict(
         {
             "name": name,
             "family": "cpu",
-            "description": description
-            or f"{platform.machine()} device running ONNX Runtime, {threads} thread(s), measured",
+            "description": description,
             "peak_macs_per_s": {
                 "32": macs / (fp32_ms / 1e3),
+                # An int8 path slower than float (no int8 kernel) is no int8 peak: float runs it.
                 "8": max(macs / (int8_ms / 1e3), macs / (fp32_ms / 1e3)),
             },
-            "memory_bandwidth_gb_s": 2 * big_n * 4 / (copy_ms / 1e3) / 1e9,
+            "memory_bandwidth_gb_s": 2 * copy_bytes / (copy_ms / 1e3) / 1e9,
             "onchip_memory_mb": 1.0,
-            "dispatch_overhead_ms": max(chained_ms / 63, 1e-6),
+            "dispatch_overhead_ms": max(per_op_ms, 1e-6),
             "compute_efficiency": 1.0,
-            "runtime": "onnxruntime",
+            "runtime": runtime,
             "sources": {
-                "peak_macs_per_s": f"{n}×{n}×{n} MatMul (float32) and MatMulInteger (uint8 × int8), {how}",
-                "memory_bandwidth_gb_s": f"32 MB Mul by one (read + write), {how}",
+                **sources,
                 "onchip_memory_mb": "not measured; placeholder",
-                "dispatch_overhead_ms": f"64 chained 8-element Adds against one, per op, {how}",
                 "compute_efficiency": "1.0: the peaks are themselves attained GEMM throughput",
             },
         }

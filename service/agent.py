@@ -1,16 +1,19 @@
 """The device agent (``hwsearch agent``, issue 19): runs on the device, measures what the service
 leases to it, over plain HTTP it starts itself (a device behind NAT works).
 
-It needs onnxruntime, numpy, httpx and this module: not torch, not Ray, not the cluster's Python
-(see docs/devices.md for a minimal install on a board). One loop:
+Two runtimes. ``onnxruntime`` needs onnxruntime, numpy, httpx and this module: not torch, not
+Ray, not the cluster's Python (see docs/devices.md for a minimal install on a board). ``torch``
+needs torch instead of onnxruntime and times TorchScript files (``kernels.export_torchscript``:
+the model as a CPU deployment runs it, int8 Linear layers on torch's int8 kernels). One loop:
 
 1. register: device facts (CPU, cores, memory, OS, runtime versions, accelerators) and, for a
    target that does not exist yet, the runtime's micro-benchmarks that define it;
-2. lease a task (204: nothing to do, wait and ask again);
-3. download its files (the plan's ONNX model, the uncompressed reference, the input as .npy),
+2. lease a task of its runtime (204: nothing to do, wait and ask again);
+3. download its files (the plan's model file, the uncompressed reference, the input as .npy),
    beating the lease meanwhile;
 4. time plan and reference interleaved on a fixed number of threads (warm-up, rounds, median of
-   the per-round ratios: ``latency_models.interleaved_timing``), post the result.
+   the per-round ratios: ``latency_models.interleaved_timing``), post the result; a file the
+   runtime cannot load or run is posted as the task's failure, with the reason.
 
 A lease that is lost (the agent was too slow, or killed) is the service's to hand out again; the
 agent drops that task and leases the next. A service that does not answer is retried with a
@@ -19,6 +22,7 @@ back-off; a rejected token stops the agent with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import tempfile
@@ -75,7 +79,52 @@ def device_info(runtime: str, threads: int) -> dict[str, Any]:
         info["onnxruntime"] = onnxruntime.__version__
         accelerators = [p for p in onnxruntime.get_available_providers() if p != "CPUExecutionProvider"]
         info["accelerators"] = accelerators
+    elif runtime == "torch":
+        import torch
+
+        info["torch"] = torch.__version__
+        # Named, not used: the agent measures on the CPU (the files are traced there).
+        info["accelerators"] = ["cuda"] if torch.cuda.is_available() else []
     return info
+
+
+def _runtime_version(runtime: str) -> str:
+    if runtime == "torch":
+        import torch
+
+        return str(torch.__version__)
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+class _Loaded:
+    """A task's plan and reference loaded in the agent's runtime, callable without arguments."""
+
+    def __init__(self, runtime: str, model: Path, reference: Path, x: Any, threads: int) -> None:
+        if runtime == "torch":
+            import torch
+
+            from kernels import load_torchscript
+
+            torch.set_num_threads(threads)
+            plan, ref = load_torchscript(model), load_torchscript(reference)
+            xt = torch.from_numpy(x)
+            self._guard: Any = torch.inference_mode
+            self.plan = lambda: plan(xt)
+            self.reference = lambda: ref(xt)
+        else:
+            from latency_models import ort_session
+
+            plan_s, ref_s = ort_session(str(model), threads), ort_session(str(reference), threads)
+            feed = {plan_s.get_inputs()[0].name: x}
+            ref_feed = {ref_s.get_inputs()[0].name: x}
+            self._guard = contextlib.nullcontext
+            self.plan = lambda: plan_s.run(None, feed)
+            self.reference = lambda: ref_s.run(None, ref_feed)
+
+    def guard(self) -> Any:
+        return self._guard()
 
 
 class Agent:
@@ -98,11 +147,14 @@ class Agent:
     ) -> None:
         import httpx
 
-        if runtime != "onnxruntime":
+        if runtime not in ("onnxruntime", "torch"):
+            raise AgentError(f"--runtime {runtime!r}: one of 'onnxruntime' or 'torch'")
+        try:
+            _runtime_version(runtime)
+        except ImportError:
             raise AgentError(
-                f"--runtime {runtime!r}: agents measure ONNX models in onnxruntime; the torch runtime "
-                "is measured on the service's own machine (target host-cpu)"
-            )
+                f"--runtime {runtime}: {runtime} is not installed here (pip install {runtime})"
+            ) from None
         if threads < 1:
             raise AgentError(f"--threads {threads}: give a whole number >= 1")
         self.base = url.rstrip("/")
@@ -137,8 +189,6 @@ class Agent:
 
     def register(self) -> dict[str, Any]:
         """Register the device (measuring the runtime first, for a target the service lacks)."""
-        from latency_models import measure_runtime_target
-
         body: dict[str, Any] = {
             "name": self.name,
             "target": self.target,
@@ -149,10 +199,7 @@ class Agent:
         known = self._call("GET", f"/api/v1/targets/{self.target}")
         if known.status_code == 404:
             self.log(f"target {self.target!r} is new: measuring this device's runtime to define it")
-            probe = measure_runtime_target(
-                self.target, threads=self.threads, measured_by=f"agent {self.name}"
-            )
-            body["target_profile"] = probe.to_dict()
+            body["target_profile"] = self.measure_target().to_dict()
         r = self._call("POST", "/api/v1/agents", json=body)
         if r.status_code != 201:
             raise AgentError(f"registration refused ({r.status_code}): {r.text[:500]}")
@@ -161,6 +208,40 @@ class Agent:
         self.heartbeat_s = float(device.get("heartbeat_s") or 10.0)
         self.log(f"registered device {self.device_id} for target {self.target!r}")
         return device
+
+    def measure_target(self) -> Any:
+        """This device running the agent's runtime as a ``Target`` (its micro-benchmarks)."""
+        from latency_models import measure_runtime_target, runtime_target
+
+        if self.runtime == "onnxruntime":
+            return measure_runtime_target(self.target, threads=self.threads, measured_by=f"agent {self.name}")
+        from kernels import probe_torch_runtime
+
+        probe = probe_torch_runtime(threads=self.threads, scripted=True)
+        when = time.strftime("%Y-%m-%d", time.gmtime())
+        how = (
+            f"measured by agent {self.name} on {when}, torch {probe['torch']}, {self.threads} thread(s), "
+            "median of 7"
+        )
+        n = probe["n"]
+        return runtime_target(
+            self.target,
+            runtime="torch",
+            n=n,
+            fp32_ms=probe["fp32_ms"],
+            int8_ms=probe["int8_ms"],
+            copy_bytes=probe["copy_bytes"],
+            copy_ms=probe["copy_ms"],
+            per_op_ms=probe["per_op_ms"],
+            description=(
+                f"{platform.machine()} device running TorchScript, {self.threads} thread(s), measured"
+            ),
+            sources={
+                "peak_macs_per_s": f"{n}×{n}×{n} float32 matmul and torch's dynamic int8 Linear, {how}",
+                "memory_bandwidth_gb_s": f"32 MB tensor clone (read + write), {how}",
+                "dispatch_overhead_ms": f"64 chained adds in a TorchScript trace against one, per op, {how}",
+            },
+        )
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(
@@ -208,6 +289,13 @@ class Agent:
         beater.start()
         try:
             measured = self.measure(task, lost)
+        except Exception as exc:  # the runtime cannot load or run this file: say so, go on
+            finished.set()
+            reason = f"{type(exc).__name__}: {exc}"[:4000]
+            self.log(f"task {task['id']} ({task['model']}) failed: {reason}")
+            if "fail" in task and not lost.is_set():
+                self._call("POST", task["fail"], json={**lease, "error": reason})
+            return False
         finally:
             finished.set()
         if measured is None or lost.is_set():
@@ -227,10 +315,12 @@ class Agent:
         """Download a task's files and time the plan against the reference; None when the lease
         was lost on the way."""
         import numpy as np
-        import onnxruntime
 
-        from latency_models import interleaved_timing, ort_session
+        from latency_models import interleaved_timing
 
+        runtime = str(task.get("runtime") or "onnxruntime")
+        if runtime != self.runtime:  # the service leases only the device's runtime: a bug if not
+            raise AgentError(f"task {task['id']} is for {runtime}, this agent runs {self.runtime}")
         with tempfile.TemporaryDirectory(prefix="hwsearch-agent-") as tmp:
             paths: dict[str, Path] = {}
             for name, url in task["files"].items():
@@ -240,18 +330,13 @@ class Agent:
                 paths[name] = Path(tmp) / name
                 paths[name].write_bytes(r.content)
             x = np.load(paths["input"], allow_pickle=False)
-            plan = ort_session(str(paths["model"]), self.threads)
-            ref = ort_session(str(paths["reference"]), self.threads)
-            feed = {plan.get_inputs()[0].name: x}
-            ref_feed = {ref.get_inputs()[0].name: x}
+            loaded = _Loaded(runtime, paths["model"], paths["reference"], x, self.threads)
             if lost is not None and lost.is_set():
                 return None
-            timing = interleaved_timing(
-                lambda: plan.run(None, feed),
-                lambda: ref.run(None, ref_feed),
-                repeats=self.repeats,
-                warmup=self.warmup,
-            )
+            with loaded.guard():
+                timing = interleaved_timing(
+                    loaded.plan, loaded.reference, repeats=self.repeats, warmup=self.warmup
+                )
         return {
             "latency_ms": timing["median_ms"],
             "reference_ms": timing["reference_median_ms"],
@@ -261,5 +346,5 @@ class Agent:
             "repeats": self.repeats,
             "threads": self.threads,
             "runtime": self.runtime,
-            "runtime_version": onnxruntime.__version__,
+            "runtime_version": _runtime_version(self.runtime),
         }

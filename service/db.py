@@ -89,6 +89,8 @@ class Schedule(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: A drift probe fired with the schedule (issue 19): target, models, plans, tolerance.
+    drift: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class TrialRow(Base):
@@ -284,6 +286,8 @@ class Profile(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: The schedule whose drift probe created this profile (None: asked for by a user or a job).
+    schedule_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
 
 
 class MeasureTask(Base):
@@ -303,6 +307,8 @@ class MeasureTask(Base):
     batch: Mapped[int] = mapped_column(Integer, default=1)
     #: Paths under the data dir: the plan's ONNX file, the reference's, the input (.npy).
     files: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: The runtime the task's files are for: only a device running it leases the task.
+    runtime: Mapped[str] = mapped_column(String(32), default="onnxruntime", server_default="onnxruntime")
     #: queued → leased → done
     status: Mapped[str] = mapped_column(String(16), index=True)
     lease_id: Mapped[str | None] = mapped_column(String(32), nullable=True)

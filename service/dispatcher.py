@@ -74,14 +74,20 @@ def execute_profile(database_url: str, profile_id: str, data_dir: str) -> str:
     """Prepare a profile's measurement tasks (inside a Ray task): sample its plans, export them to
     ONNX under ``<data dir>/agent_tasks/<profile>/`` and queue them for the target's agents.
     Returns the profile's status after it."""
+    from latency_models import catalogue
     from workers.profiling import prepare_device_tasks
 
     store = Store(make_engine(database_url))
     row = store.get_profile(profile_id)
     spec = row["spec"]
     root = Path(data_dir)
+    try:
+        runtime = spec.get("runtime") or profile_runtime(store, catalogue(data_dir), row["target"])
+    except Exception as exc:  # the target was deleted meanwhile
+        store.fail_profile(profile_id, f"its target cannot be read: {type(exc).__name__}: {exc}")
+        return "failed"
     if spec.get("kind") == "front":
-        return _prepare_front(store, profile_id, spec, root)
+        return _prepare_front(store, profile_id, spec, root, runtime)
     try:
         with private_files():
             tasks = prepare_device_tasks(
@@ -90,6 +96,7 @@ def execute_profile(database_url: str, profile_id: str, data_dir: str) -> str:
                 root / "agent_tasks" / profile_id,
                 root=root,
                 seed=int(spec.get("seed", 0)),
+                runtime=runtime,
             )
     except Exception as exc:  # a model that does not build or export: the profile says which
         store.fail_profile(profile_id, f"preparing its tasks failed: {type(exc).__name__}: {exc}")
@@ -99,13 +106,27 @@ def execute_profile(database_url: str, profile_id: str, data_dir: str) -> str:
     return "measuring"
 
 
-def _prepare_front(store: Store, profile_id: str, spec: dict[str, Any], root: Path) -> str:
+def profile_runtime(store: Store, cat: Any, target_name: str) -> str:
+    """The runtime a target's tasks are prepared for: the target's own, else its devices' (a
+    target's devices all run one runtime: registration refuses another), else ONNX Runtime."""
+    declared = cat.target(target_name).runtime
+    if declared is not None:
+        return str(declared)
+    devices = store.devices(target=target_name)
+    return str(devices[0]["runtime"]) if devices else "onnxruntime"
+
+
+def _prepare_front(store: Store, profile_id: str, spec: dict[str, Any], root: Path, runtime: str) -> str:
     from workers.profiling import prepare_front_tasks
 
     try:
         with private_files():
             tasks, skipped = prepare_front_tasks(
-                spec["job_spec"], spec["trials"], root / "agent_tasks" / profile_id, root=root
+                spec["job_spec"],
+                spec["trials"],
+                root / "agent_tasks" / profile_id,
+                root=root,
+                runtime=runtime,
             )
     except Exception as exc:  # the job's model no longer builds: the profile says why
         store.fail_profile(profile_id, f"preparing the front's tasks failed: {type(exc).__name__}: {exc}")
@@ -164,7 +185,7 @@ def execute_fit(database_url: str, fit_id: str, data_dir: str | None = None) -> 
     The predictor files are created private (0600, folders 0700): the data directory holds
     what teams measured on their devices. The uploaded table is deleted once the fit ended."""
     from latency_models import catalogue
-    from workers.calibration import fit
+    from workers.calibration import drift_check, fit
 
     store = Store(make_engine(database_url))
     row = store.get_fit(fit_id)
@@ -176,15 +197,20 @@ def execute_fit(database_url: str, fit_id: str, data_dir: str | None = None) -> 
         with private_files():
             # The Ray task reads and writes the service's catalogue, passed by its folder.
             cat = catalogue(data_dir)
-            # A device profile's fit replaces the active version only when it ranks better.
-            report = fit(
-                row["target"],
-                row["csv_path"],
-                family=row["family"],
-                kind=row["kind"],
-                cat=cat,
-                against_active=store.is_profile_fit(fit_id),
-            )
+            profile = store.profile_of_fit(fit_id)
+            if row["kind"] == "drift":  # a drift probe: score the active version, fit nothing
+                tolerance = float((profile or {}).get("spec", {}).get("tolerance", 1.5))
+                report = drift_check(row["target"], row["csv_path"], tolerance=tolerance, cat=cat)
+            else:
+                # A device profile's fit replaces the active version only when it ranks better.
+                report = fit(
+                    row["target"],
+                    row["csv_path"],
+                    family=row["family"],
+                    kind=row["kind"],
+                    cat=cat,
+                    against_active=profile is not None,
+                )
     except Exception as exc:  # LatencyModelError/MeasurementError name the field; anything else too
         status, ended = "failed", store.finish_fit(fit_id, error=f"{type(exc).__name__}: {exc}")
     else:

@@ -113,6 +113,7 @@ def schedule_dict(schedule: Schedule, runs: list[Job]) -> dict[str, Any]:
         "cron": schedule.cron,
         "timezone": schedule.timezone,
         "spec": schedule.spec,
+        "drift": schedule.drift,
         "enabled": schedule.enabled,
         "next_run_at": aware(schedule.next_run_at) if schedule.enabled else None,
         "created_at": aware(schedule.created_at),
@@ -160,6 +161,7 @@ def task_dict(task: MeasureTask) -> dict[str, Any]:
         "plan": task.plan,
         "batch": task.batch,
         "files": task.files,
+        "runtime": task.runtime,
         "status": task.status,
         "device_id": task.device_id,
         "lease_expires_at": aware(task.lease_expires_at),
@@ -183,6 +185,7 @@ def profile_dict(profile: Profile) -> dict[str, Any]:
         "created_at": aware(profile.created_at),
         "deadline_at": aware(profile.deadline_at),
         "finished_at": aware(profile.finished_at),
+        "schedule_id": profile.schedule_id,
     }
 
 

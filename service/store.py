@@ -438,9 +438,11 @@ class Store:
         spec: dict[str, Any],
         enabled: bool,
         owner: str | None = None,
+        drift: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         now = utcnow()
         schedule = Schedule(
+            drift=drift,
             id=uuid.uuid4().hex[:16],
             name=name,
             cron=cron,
@@ -456,6 +458,45 @@ class Store:
             s.add(schedule)
         return schedule_dict(schedule, [])
 
+    def _drift_runs(self, s: Session, schedule_id: str, limit: int = 5) -> list[dict[str, Any]]:
+        """The schedule's last drift probes, newest first: status, and the fresh against the
+        validated error where the check ran (``workers.calibration.drift_check``)."""
+        ids = s.scalars(
+            select(Profile.id)
+            .where(Profile.schedule_id == schedule_id)
+            .order_by(Profile.created_at.desc())
+            .limit(limit)
+        ).all()
+        runs = []
+        for profile_id in ids:
+            p = self._profile(s, profile_id)
+            report = ((p.get("fit") or {}).get("report") or {}).get("drift") or {}
+            runs.append(
+                {
+                    "profile_id": p["id"],
+                    "target": p["target"],
+                    "status": p["status"],
+                    "created_at": p["created_at"],
+                    "tasks_done": p["tasks"].get("done", 0),
+                    "n_tasks": p["n_tasks"],
+                    "error": p["error"],
+                    **{
+                        k: report.get(k)
+                        for k in ("version", "fresh_mape", "validated_mape", "ratio", "flagged")
+                    },
+                }
+            )
+        return runs
+
+    def _schedule(self, s: Session, schedule: Schedule) -> dict[str, Any]:
+        out = schedule_dict(schedule, self._runs(s, schedule.id))
+        runs = self._drift_runs(s, schedule.id) if schedule.drift else []
+        checked = [r for r in runs if r["flagged"] is not None]
+        out["drift_runs"] = runs
+        # The newest probe that was scored decides: a later clean probe clears the flag.
+        out["drift_flagged"] = bool(checked) and bool(checked[0]["flagged"])
+        return out
+
     def _runs(self, s: Session, schedule_id: str, limit: int = 10) -> list[Job]:
         query = (
             select(Job).where(Job.schedule_id == schedule_id).order_by(Job.scheduled_for.desc()).limit(limit)
@@ -467,12 +508,12 @@ class Store:
             schedule = s.get(Schedule, schedule_id)
             if schedule is None:
                 raise NotFound(f"no schedule {schedule_id!r}")
-            return schedule_dict(schedule, self._runs(s, schedule_id))
+            return self._schedule(s, schedule)
 
     def list_schedules(self) -> list[dict[str, Any]]:
         with self.session() as s:
             rows = s.scalars(select(Schedule).order_by(Schedule.created_at)).all()
-            return [schedule_dict(r, self._runs(s, r.id)) for r in rows]
+            return [self._schedule(s, r) for r in rows]
 
     def update_schedule(self, schedule_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         with self.session() as s:
@@ -484,7 +525,7 @@ class Store:
             if {"cron", "timezone", "enabled"} & set(changes):
                 schedule.next_run_at = next_firing(schedule.cron, schedule.timezone, utcnow())
             schedule.updated_at = utcnow()
-            return schedule_dict(schedule, self._runs(s, schedule_id))
+            return self._schedule(s, schedule)
 
     def delete_schedule(self, schedule_id: str) -> None:
         """The schedule goes; the jobs it created stay (they are ordinary jobs)."""
@@ -531,7 +572,32 @@ class Store:
                 except IntegrityError:
                     continue
                 created.append(job.id)
+                if schedule.drift:  # in the same transaction: once per firing, as the job
+                    s.add(self._drift_profile(schedule, firing))
         return created
+
+    @staticmethod
+    def _drift_profile(schedule: Schedule, firing: datetime) -> Profile:
+        drift = dict(schedule.drift or {})
+        spec = {
+            "kind": "drift",
+            "models": drift["models"],
+            "plans_per_model": drift["plans_per_model"],
+            "seed": drift["seed"],
+            "tolerance": drift["tolerance"],
+            "timeout_s": drift["timeout_s"],
+            "scheduled_for": firing.isoformat(),
+        }
+        return Profile(
+            id=uuid.uuid4().hex[:16],
+            target=drift["target"],
+            owner=schedule.owner,
+            status="queued",
+            spec=json_safe(spec),
+            n_tasks=0,
+            created_at=utcnow(),
+            schedule_id=schedule.id,
+        )
 
     # ---- predictor fits -------------------------------------------------------------------------
     def create_fit(
@@ -664,39 +730,33 @@ class Store:
         """A profile with its tasks counted by status, the devices that measured them, and its fit
         (a profile that is fitting ends as its fit ends)."""
         with self.session() as s:
-            row = s.get(Profile, profile_id)
-            if row is None:
-                raise NotFound(f"no profile {profile_id!r}")
-            out = profile_dict(row)
-            counts = s.execute(
-                select(MeasureTask.status, func.count())
-                .where(MeasureTask.profile_id == profile_id)
-                .group_by(MeasureTask.status)
-            ).all()
-            out["tasks"] = {str(k): int(v) for k, v in counts}
-            by = s.execute(
-                select(MeasureTask.device_id, func.count())
-                .where(MeasureTask.profile_id == profile_id, MeasureTask.status == "done")
-                .group_by(MeasureTask.device_id)
-            ).all()
-            out["measured_by"] = {str(k): int(v) for k, v in by}
-            fit = s.get(Fit, row.fit_id) if row.fit_id else None
-            out["fit"] = None if fit is None else {k: v for k, v in fit_dict(fit).items() if k != "csv_path"}
-            if (
-                row.status == "fitting"
-                and fit is not None
-                and fit.status in ("succeeded", "failed", "cancelled")
-            ):
-                out["status"] = "succeeded" if fit.status == "succeeded" else "failed"
-                out["error"] = out["error"] or (
-                    None if fit.status == "succeeded" else f"its fit {fit.status}: {fit.error}"
-                )
-            return out
+            return self._profile(s, profile_id)
 
-    def is_profile_fit(self, fit_id: str) -> bool:
-        """Whether a fit was queued by a device profile (it must beat the active version)."""
-        with self.session() as s:
-            return s.scalar(select(func.count()).where(Profile.fit_id == fit_id)) != 0
+    def _profile(self, s: Session, profile_id: str) -> dict[str, Any]:
+        row = s.get(Profile, profile_id)
+        if row is None:
+            raise NotFound(f"no profile {profile_id!r}")
+        out = profile_dict(row)
+        counts = s.execute(
+            select(MeasureTask.status, func.count())
+            .where(MeasureTask.profile_id == profile_id)
+            .group_by(MeasureTask.status)
+        ).all()
+        out["tasks"] = {str(k): int(v) for k, v in counts}
+        by = s.execute(
+            select(MeasureTask.device_id, func.count())
+            .where(MeasureTask.profile_id == profile_id, MeasureTask.status == "done")
+            .group_by(MeasureTask.device_id)
+        ).all()
+        out["measured_by"] = {str(k): int(v) for k, v in by}
+        fit = s.get(Fit, row.fit_id) if row.fit_id else None
+        out["fit"] = None if fit is None else {k: v for k, v in fit_dict(fit).items() if k != "csv_path"}
+        if row.status == "fitting" and fit is not None and fit.status in ("succeeded", "failed", "cancelled"):
+            out["status"] = "succeeded" if fit.status == "succeeded" else "failed"
+            out["error"] = out["error"] or (
+                None if fit.status == "succeeded" else f"its fit {fit.status}: {fit.error}"
+            )
+        return out
 
     def profiles(self, *, limit: int = 20) -> list[dict[str, Any]]:
         """The newest profiles, each with its tasks counted by status (``get_profile``'s shape)."""
@@ -739,6 +799,7 @@ class Store:
                         plan=json_safe(t["plan"]),
                         batch=int(t.get("batch", 1)),
                         files=json_safe(t["files"]),
+                        runtime=str(t.get("runtime") or "onnxruntime"),
                         status="queued",
                         leases=0,
                         created_at=now,
@@ -781,7 +842,7 @@ class Store:
                 )
                 s.execute(
                     update(MeasureTask)
-                    .where(MeasureTask.profile_id == row.id, MeasureTask.status != "done")
+                    .where(MeasureTask.profile_id == row.id, MeasureTask.status.in_(("queued", "leased")))
                     .values(status="withdrawn", lease_id=None)
                 )
                 failed.append(row.id)
@@ -803,7 +864,11 @@ class Store:
             )
             query = (
                 select(MeasureTask.id)
-                .where(MeasureTask.status == "queued", MeasureTask.target == device.target)
+                .where(
+                    MeasureTask.status == "queued",
+                    MeasureTask.target == device.target,
+                    MeasureTask.runtime == device.runtime,
+                )
                 .order_by(MeasureTask.created_at, MeasureTask.id)
                 .limit(1)
             )
@@ -871,24 +936,54 @@ class Store:
             if device is not None:
                 device.tasks_done += 1
                 device.last_seen_at = now
-            last = False
-            if task.profile_id is not None:
-                s.flush()
-                open_tasks = s.scalar(
-                    select(func.count()).where(
-                        MeasureTask.profile_id == task.profile_id, MeasureTask.status != "done"
-                    )
-                )
-                last = open_tasks == 0
-            return task_dict(task), last
+            return task_dict(task), self._was_last(s, task)
+
+    @staticmethod
+    def _was_last(s: Session, task: MeasureTask) -> bool:
+        """Whether ``task`` (just ended) leaves its profile with no queued or leased task."""
+        if task.profile_id is None:
+            return False
+        s.flush()
+        open_tasks = s.scalar(
+            select(func.count()).where(
+                MeasureTask.profile_id == task.profile_id, MeasureTask.status.in_(("queued", "leased"))
+            )
+        )
+        return open_tasks == 0
+
+    def fail_task(
+        self, task_id: str, device_id: str, lease_id: str, error: str
+    ) -> tuple[dict[str, Any], bool]:
+        """A held task its agent could not measure (its runtime cannot load the file, say): it ends
+        as failed with the agent's reason, not handed out again (the same file would fail the same
+        way). Returns the task and whether it was its profile's last open task."""
+        now = utcnow()
+        with self.session() as s:
+            task = self._held(s, task_id, device_id, lease_id)
+            task.status, task.result, task.finished_at = "failed", {"error": truncated(error)}, now
+            task.lease_id, task.lease_expires_at = None, None
+            device = s.get(Device, device_id)
+            if device is not None:
+                device.last_seen_at = now
+            return task_dict(task), self._was_last(s, task)
+
+    def profile_of_fit(self, fit_id: str) -> dict[str, Any] | None:
+        """The profile that queued a fit (None: a fit a user asked for)."""
+        with self.session() as s:
+            row = s.scalar(select(Profile).where(Profile.fit_id == fit_id))
+            return None if row is None else profile_dict(row)
 
     def profile_results(self, profile_id: str) -> list[dict[str, Any]]:
+        """A profile's measured tasks, oldest first."""
+        return self.profile_tasks(profile_id, status="done")
+
+    def profile_tasks(self, profile_id: str, *, status: str | None = None) -> list[dict[str, Any]]:
+        """A profile's tasks (with ``status`` only, when given), oldest first."""
+        query = select(MeasureTask).where(MeasureTask.profile_id == profile_id)
+        if status is not None:
+            query = query.where(MeasureTask.status == status)
         with self.session() as s:
-            rows = s.scalars(
-                select(MeasureTask)
-                .where(MeasureTask.profile_id == profile_id, MeasureTask.status == "done")
-                .order_by(MeasureTask.created_at, MeasureTask.id)
-            ).all()
+            rows = s.scalars(query.order_by(MeasureTask.created_at, MeasureTask.id)).all()
             return [task_dict(t) for t in rows]
 
     def finish_profile(self, profile_id: str) -> bool:

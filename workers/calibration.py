@@ -573,3 +573,45 @@ def validate(
         ).to_dict()
     }
     return report
+
+
+def drift_check(
+    target_name: str,
+    measurements: str | Path,
+    *,
+    tolerance: float = 1.5,
+    cat: Catalogue | None = None,
+) -> dict[str, Any]:
+    """Whether the target's active predictor still holds on fresh measurements (a schedule's
+    drift probe, issue 19): ``validate`` on them, and ``drift`` comparing their MAPE with the
+    MAPE the active version was validated with (its held-out split). ``flagged`` when the fresh
+    error exceeds ``tolerance`` times the validated one: the device changed (firmware, thermal
+    limits, another runtime version) or the predictor was fitted on too little.
+
+    The tolerance leaves room for the probe's own noise: a probe of a few dozen plans measures a
+    MAPE that varies between nights even on an unchanged device."""
+    if not tolerance > 1.0:
+        raise LatencyModelError(
+            "tolerance", tolerance, "must be > 1 (the fresh error may exceed the validated one by it)"
+        )
+    cat = cat or catalogue()
+    report = validate(target_name, measurements, cat=cat)
+    active = cat.predictor(target_name)
+    validated = None if active is None else active[1].get("mape")
+    fresh = report.get("mape")
+    usable = validated is not None and np.isfinite(validated) and validated > 0 and fresh is not None
+    ratio = float(fresh) / float(validated) if usable and fresh is not None and validated else None
+    report["drift"] = {
+        "version": report.get("version"),
+        "fresh_mape": fresh,
+        "validated_mape": validated,
+        "ratio": ratio,
+        "tolerance": tolerance,
+        "flagged": bool(ratio is not None and ratio > tolerance),
+        "n": report.get("n_test"),
+        "spearman": report.get("spearman"),
+        "note": None
+        if usable
+        else "the active version has no validated MAPE to compare with (refit it from a measured table)",
+    }
+    return report

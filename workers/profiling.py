@@ -19,16 +19,15 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from kernels import time_callable, time_model, to_int8_dynamic
+from kernels import probe_torch_runtime, time_model
 from latency_models import (
     HOST_TARGETS,
     RUNTIMES,
@@ -37,6 +36,7 @@ from latency_models import (
     Target,
     catalogue,
     measure_runtime_target,
+    runtime_target,
 )
 from search_spaces import Plan, Space
 
@@ -53,51 +53,30 @@ def host_target_name(runtime: str) -> str:
     return HOST_BY_RUNTIME[runtime]
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    return time_callable(fn, repeats=repeats, warmup=2, threads=1).median_ms
-
-
 def measure_host_target(repeats: int = 7, runtime: str = "torch") -> Target:
     """The host CPU as a Target, from micro-benchmarks on one thread (the profiling setting), in
     ``runtime``: ``host-cpu`` for torch, ``host-cpu-ort`` for ONNX Runtime."""
     if host_target_name(runtime) == HOST_ORT:
         return _measure_ort_target(repeats)
-    n = 512
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    fp32_ms = _median_ms(lambda: a @ b, repeats)
-    linear = nn.Linear(n, n, bias=False).eval()
-    x = torch.randn(n, n)
-    int8 = to_int8_dynamic(linear)
-    int8_ms = _median_ms(lambda: int8(x), repeats)
-    big = torch.empty(32 * 1024 * 1024 // 4)  # 32 MB: beyond any cache here
-    copy_ms = _median_ms(lambda: big.clone(), repeats)
-    tiny = torch.randn(8)
-    dispatch_ms = _median_ms(lambda: tiny + 1, repeats)
-    macs = n**3
+    probe = probe_torch_runtime(threads=1, repeats=repeats)
     when = time.strftime("%Y-%m-%d", time.gmtime())
     how = f"measured by workers.profiling on {when}, torch {torch.__version__}, 1 thread, median of {repeats}"
-    return Target.from_dict(
-        {
-            "name": HOST,
-            "family": "cpu",
-            "description": "this machine's CPU, one thread, measured",
-            "peak_macs_per_s": {
-                "32": macs / (fp32_ms / 1e3),
-                "8": max(macs / (int8_ms / 1e3), macs / (fp32_ms / 1e3)),
-            },
-            "memory_bandwidth_gb_s": 2 * big.numel() * 4 / (copy_ms / 1e3) / 1e9,
-            "onchip_memory_mb": 1.0,
-            "dispatch_overhead_ms": dispatch_ms,
-            "compute_efficiency": 1.0,
-            "runtime": "torch",
-            "sources": {
-                "peak_macs_per_s": f"{n}×{n}×{n} float32 matmul and int8 dynamic Linear, {how}",
-                "memory_bandwidth_gb_s": f"32 MB tensor clone (read + write), {how}",
-                "onchip_memory_mb": "not measured; placeholder",
-                "dispatch_overhead_ms": f"one 8-element add, {how}",
-                "compute_efficiency": "1.0: the peaks are themselves attained GEMM throughput",
-            },
-        }
+    n = probe["n"]
+    return runtime_target(
+        HOST,
+        runtime="torch",
+        n=n,
+        fp32_ms=probe["fp32_ms"],
+        int8_ms=probe["int8_ms"],
+        copy_bytes=probe["copy_bytes"],
+        copy_ms=probe["copy_ms"],
+        per_op_ms=probe["per_op_ms"],
+        description="this machine's CPU, one thread, measured",
+        sources={
+            "peak_macs_per_s": f"{n}×{n}×{n} float32 matmul and int8 dynamic Linear, {how}",
+            "memory_bandwidth_gb_s": f"32 MB tensor clone (read + write), {how}",
+            "dispatch_overhead_ms": f"one 8-element add, {how}",
+        },
     )
 
 
@@ -200,12 +179,10 @@ class _OrtTimer:
     def __init__(self, prepared: Any) -> None:
         import tempfile
 
-        from kernels import export_onnx
-
         self.prepared = prepared
         self._dir = tempfile.TemporaryDirectory(prefix="hwsearch-ort-")
         self.reference = Path(self._dir.name) / "reference.onnx"
-        export_onnx(prepared.model, prepared.example_input, self.reference)
+        prepared.export_for("onnxruntime", None, self.reference)
 
     def time(self, plan: Plan, repeats: int) -> Any:
         from kernels import time_onnx
@@ -260,6 +237,13 @@ def calibrate_host(
     return report
 
 
+def _suffix(runtime: str) -> str:
+    """The file a device agent running ``runtime`` times: ONNX, or TorchScript for torch."""
+    if runtime not in RUNTIMES:
+        raise LatencyModelError("runtime", runtime, f"one of {list(RUNTIMES)} is required")
+    return ".pt" if runtime == "torch" else ".onnx"
+
+
 def prepare_device_tasks(
     models: Sequence[str],
     plans_per_model: int,
@@ -268,17 +252,19 @@ def prepare_device_tasks(
     root: str | Path,
     seed: int = 0,
     space: Mapping[str, tuple[float, ...]] | None = None,
+    runtime: str = "onnxruntime",
 ) -> list[dict[str, Any]]:
     """The measurement tasks of a profile (issue 19): per model, the uncompressed model and
     ``plans_per_model - 1`` sampled plans (``PROFILE_SPACE``), each calibrated where the model has
-    calibration data and exported to ONNX by ``kernels.export_onnx`` (int8 layers as QDQ), with the
-    uncompressed model's ONNX file as every task's reference and the example input as ``.npy``.
+    calibration data and exported for the agents' ``runtime`` (``Prepared.export_for``: ONNX with
+    int8 layers as QDQ, or TorchScript), with the uncompressed model's file as every task's
+    reference and the example input as ``.npy``.
 
     Files go under ``out_dir``; each task names them relative to ``root`` (the data dir), as the
     service serves them to the agent holding the task."""
-    from kernels import export_onnx
     from workers.zoo import prepare
 
+    suffix = _suffix(runtime)
     out = Path(out_dir)
     base = Path(root)
     rng = np.random.default_rng(seed)
@@ -288,23 +274,24 @@ def prepare_device_tasks(
         x = prepared.example_input
         folder = out / f"m{k}"
         folder.mkdir(parents=True, exist_ok=True)
-        reference = folder / "reference.onnx"
-        export_onnx(prepared.model, x, reference)
+        reference = folder / f"reference{suffix}"
+        prepared.export_for(runtime, None, reference)
         np.save(folder / "input.npy", x.numpy())
         knobs: dict[str, Any] = dict(PROFILE_SPACE if space is None else space)
         sampled = Space.build(prepared.layers, **knobs)
         for i in range(plans_per_model):
             plan = sampled.sample(rng) if i else Plan()  # the first task: the uncompressed model
-            path = folder / f"plan-{i}.onnx"
+            path = folder / f"plan-{i}{suffix}"
             if i == 0:
                 path.write_bytes(reference.read_bytes())
             else:
-                prepared.export_onnx(plan, path)
+                prepared.export_for(runtime, plan, path)
             tasks.append(
                 {
                     "model": prepared.entry.model_id,
                     "plan": plan.to_dict(),
                     "batch": int(x.shape[0]),
+                    "runtime": runtime,
                     "files": {
                         "model": str(path.relative_to(base)),
                         "reference": str(reference.relative_to(base)),
@@ -321,14 +308,15 @@ def prepare_front_tasks(
     out_dir: str | Path,
     *,
     root: str | Path,
+    runtime: str = "onnxruntime",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Measurement tasks that re-measure a job's front plans on a device (issue 19): the job's
     model built as the job built it (its source, weights and data), each plan calibrated as the
-    job judged it and exported to ONNX, against the exported uncompressed model.
+    job judged it and exported for the agents' ``runtime`` (``Prepared.export_for``), against the
+    exported uncompressed model.
 
     Returns ``(tasks, skipped)``: a plan that fails to export is skipped with the reason (the
     others are still measured), as ``{"trial", "error"}``."""
-    from kernels import export_onnx
     from workers.search import JobSpec
     from workers.search._entry import job_entry
     from workers.zoo import prepare
@@ -339,17 +327,18 @@ def prepare_front_tasks(
     prepared = prepare(job_entry(spec, data_dir=base))
     x = prepared.example_input
     out.mkdir(parents=True, exist_ok=True)
-    reference = out / "reference.onnx"
-    export_onnx(prepared.model, x, reference)
+    suffix = _suffix(runtime)
+    reference = out / f"reference{suffix}"
+    prepared.export_for(runtime, None, reference)
     np.save(out / "input.npy", x.numpy())
     tasks: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for trial in trials:
         number = int(trial["number"])
         plan = Plan.from_dict(trial["plan"])
-        path = out / f"trial-{number}.onnx"
+        path = out / f"trial-{number}{suffix}"
         try:
-            prepared.export_onnx(plan, path, calibrate=spec.recovery.calibrate)
+            prepared.export_for(runtime, plan, path, calibrate=spec.recovery.calibrate)
         except Exception as exc:  # one plan that does not export must not stop the rest
             skipped.append({"trial": number, "error": f"{type(exc).__name__}: {exc}"[:500]})
             continue
@@ -358,6 +347,7 @@ def prepare_front_tasks(
                 "model": prepared.entry.model_id,
                 "plan": plan.to_dict(),
                 "batch": int(x.shape[0]),
+                "runtime": runtime,
                 "job_id": str(trial.get("job_id") or ""),
                 "trial": number,
                 "files": {

@@ -26,6 +26,7 @@ from latency_models import RUNTIMES, Target
 from latency_models import list_targets as target_names
 
 from ..auth import Principal
+from ..dispatcher import profile_runtime
 from ..store import Conflict, NotFound, Store
 from .deps import (
     CatalogueDep,
@@ -146,10 +147,18 @@ def register(
                 "or create the target first (POST /api/v1/targets)",
                 None,
             )
+        declared = body.target_profile.get("runtime")
+        if declared not in (None, body.runtime):
+            raise Invalid(
+                ("body", "target_profile", "runtime"),
+                f"must be the agent's runtime {body.runtime!r}: its micro-benchmarks define the target",
+                declared,
+            )
         with reported_at("body", "target_profile"):
-            target = Target.from_dict({**body.target_profile, "name": body.target})
+            target = Target.from_dict({**body.target_profile, "name": body.target, "runtime": body.runtime})
         store.set_target_owner(target.name, principal.owner)
         cat.add_target(target)
+    _check_runtime(store, cat, body.target, body.runtime)
     device = store.register_device(
         name=body.name,
         target=body.target,
@@ -159,6 +168,39 @@ def register(
         owner=principal.owner,
     )
     return {**device, "lease_s": settings.agent_lease_s, "heartbeat_s": settings.agent_lease_s / 3}
+
+
+def _check_runtime(store: Store, cat: Any, target_name: str, runtime: str) -> None:
+    """A target is measured in one runtime (a plan's speed-up differs between them): a device
+    running another one is a 409 that says which to use."""
+    declared = cat.target(target_name).runtime
+    others = sorted({d["runtime"] for d in store.devices(target=target_name)} - {runtime})
+    if declared is not None and declared != runtime:
+        raise Conflict(
+            f"runtime {runtime!r} does not match target {target_name!r}, which is measured in "
+            f"{declared!r}: start the agent with --runtime {declared}, or give this device its own "
+            "target name"
+        )
+    if others:
+        raise Conflict(
+            f"runtime {runtime!r} does not match the devices of target {target_name!r}, which run "
+            f"{others[0]!r}: start the agent with --runtime {others[0]}, or give this device its own "
+            "target name"
+        )
+
+
+def check_profile_models(models: list[str], settings: Any, loc: tuple[Any, ...]) -> None:
+    """A profile (or a drift probe) measures zoo and plugin models only: an import path would run
+    code the agent's owner names inside the service."""
+    from workers.model_refs import model_kind
+
+    for i, model in enumerate(models):
+        try:
+            kind = model_kind(model, allowed_modules=settings.model_modules)
+        except ValueError as exc:
+            raise Invalid((*loc, i), str(exc), model) from None
+        if kind == "import":
+            raise Invalid((*loc, i), "a profile takes zoo or plugin models, not import paths", model)
 
 
 @router.post("/agents/{device_id}/lease", response_model=None)
@@ -176,9 +218,11 @@ def lease(device_id: DeviceId, store: StoreDep, settings: SettingsDep, principal
         "model": task["model"],
         "plan": task["plan"],
         "batch": task["batch"],
+        "runtime": task["runtime"],
         "files": {name: f"{base}/files/{name}" for name in FILES},
         "heartbeat": f"{base}/heartbeat",
         "result": f"{base}/result",
+        "fail": f"{base}/fail",
     }
 
 
@@ -207,8 +251,8 @@ def task_file(
     settings: SettingsDep,
     principal: Writer,
 ) -> FileResponse:
-    """One file of a leased task (``model``, ``reference``: ONNX; ``input``: .npy), for the agent
-    holding the lease."""
+    """One file of a leased task (``model``, ``reference``: ONNX, or TorchScript for a torch
+    agent; ``input``: .npy), for the agent holding the lease."""
     if name not in FILES:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no file {name!r}; one of {list(FILES)}")
     _device_of(store, device_id, principal, settings)
@@ -236,12 +280,67 @@ def result(
     task, last = store.complete_task(task_id, device_id, body.lease_id, measured)
     if task["job_id"] and task["trial"] is not None:
         _store_front_measurement(store, task, measured)
-    if last and task["profile_id"] is not None:
-        if task["job_id"]:
-            store.finish_profile(task["profile_id"])  # a front re-measurement: nothing to fit
-        else:
-            _start_fit(store, settings, task["profile_id"])
+    if last:
+        _after_last(store, settings, task)
     return {"id": task["id"], "status": task["status"]}
+
+
+class FailIn(BaseModel):
+    """A task the agent could not measure, and why (shown with the task and its profile)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lease_id: str = Field(min_length=1, max_length=64)
+    error: str = Field(min_length=1, max_length=4000)
+
+
+@router.post("/agents/{device_id}/tasks/{task_id}/fail")
+def fail(
+    device_id: DeviceId,
+    task_id: TaskId,
+    body: FailIn,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: Writer,
+) -> dict[str, Any]:
+    """End a held task as failed with the agent's reason (409 when the lease is not held). It is
+    not handed out again; a front plan's trial says why it has no device measurement."""
+    device = _device_of(store, device_id, principal, settings)
+    task, last = store.fail_task(
+        task_id, device_id, body.lease_id, f"device {device['name']!r}: {body.error}"
+    )
+    if task["job_id"] and task["trial"] is not None:
+        failed = {"target": task["target"], "error": f"not measured: {task['result']['error']}"}
+        store.add_device_measurement(task["job_id"], int(task["trial"]), failed)
+    if last:
+        _after_last(store, settings, task)
+    return {"id": task["id"], "status": task["status"]}
+
+
+def _after_last(store: Store, settings: Any, task: dict[str, Any]) -> None:
+    """A profile's last task ended: a front re-measurement is done, a profile's fit (or a drift
+    probe's check) is queued from what was measured; with nothing measured it fails."""
+    profile_id = task["profile_id"]
+    if profile_id is None:
+        return
+    profile = store.get_profile(profile_id)
+    if not profile["tasks"].get("done"):
+        store.fail_profile(
+            profile_id,
+            f"none of its {profile['n_tasks']} tasks could be measured: {_failures(store, profile_id)}",
+        )
+    elif task["job_id"]:
+        store.finish_profile(profile_id)  # a front re-measurement: nothing to fit
+    else:
+        kind = "drift" if profile["spec"].get("kind") == "drift" else "auto"
+        _start_fit(store, settings, profile_id, kind=kind)
+
+
+def _failures(store: Store, profile_id: str) -> str:
+    errors = sorted(
+        {str((t["result"] or {}).get("error")) for t in store.profile_tasks(profile_id, status="failed")}
+    )
+    return "; ".join(errors[:3]) or "no reason given"
 
 
 def _store_front_measurement(store: Store, task: dict[str, Any], measured: dict[str, Any]) -> None:
@@ -275,8 +374,10 @@ def _store_front_measurement(store: Store, task: dict[str, Any], measured: dict[
     )
 
 
-def _start_fit(store: Store, settings: Any, profile_id: str) -> None:
-    """Write the profile's measurements as a per-network table and queue its fit (once)."""
+def _start_fit(store: Store, settings: Any, profile_id: str, *, kind: str = "auto") -> None:
+    """Write the profile's measurements as a per-network table and queue its fit (once): an
+    ``auto`` fit of the target's predictor, or for a drift probe the ``drift`` check of the
+    active one (``workers.calibration.drift_check``)."""
     profile = store.get_profile(profile_id)
     rows = store.profile_results(profile_id)
     reference = {r["model"]: r["result"]["reference_ms"] for r in rows if not r["plan"].get("layers")}
@@ -296,7 +397,7 @@ def _start_fit(store: Store, settings: Any, profile_id: str) -> None:
     fit = {
         "id": fit_id,
         "target": profile["target"],
-        "kind": "auto",
+        "kind": kind,
         "csv_path": str(path),
         "owner": profile["owner"],
     }
@@ -320,23 +421,16 @@ def profile(
     /profiles/{id}`` follows it). 409 when the target has no registered device."""
     target = target_of(cat, name)
     check_may_change(principal, store.target_owner(target.name), f"target {target.name!r}")
-    from workers.model_refs import model_kind
-
-    for i, model in enumerate(body.models):
-        # Zoo and plugin models only: an import path would run code the agent's owner names.
-        try:
-            kind = model_kind(model, allowed_modules=settings.model_modules)
-        except ValueError as exc:
-            raise Invalid(("body", "models", i), str(exc), model) from None
-        if kind == "import":
-            raise Invalid(
-                ("body", "models", i), "a profile takes zoo or plugin models, not import paths", model
-            )
+    check_profile_models(body.models, settings, ("body", "models"))
     if not store.devices(target=target.name):
         raise Conflict(
             f"target {target.name!r} has no registered device; start `hwsearch agent --target {target.name}`"
         )
-    spec = {**body.model_dump(), "timeout_s": settings.profile_timeout_s}
+    spec = {
+        **body.model_dump(),
+        "timeout_s": settings.profile_timeout_s,
+        "runtime": profile_runtime(store, cat, target.name),
+    }
     return store.create_profile(target=target.name, spec=spec, owner=principal.owner)
 
 

@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 
+from ..settings import Settings
+from .agents import check_profile_models
 from .deps import (
     CatalogueDep,
     Read,
@@ -17,7 +19,7 @@ from .deps import (
     check_may_change,
     validated,
 )
-from .schemas import API, ScheduleIn, ScheduleUpdate
+from .schemas import API, DriftIn, ScheduleIn, ScheduleUpdate
 
 router = APIRouter(prefix=API)
 
@@ -40,7 +42,17 @@ def create_schedule(
         spec=body.spec.model_dump(mode="json"),
         enabled=body.enabled,
         owner=principal.owner,
+        drift=_drift(body.drift, settings),
     )
+
+
+def _drift(drift: DriftIn | None, settings: Settings) -> dict[str, Any] | None:
+    """A drift probe as the schedule stores it: its models checked as a profile's are, and the
+    profile timeout it fires with."""
+    if drift is None:
+        return None
+    check_profile_models(drift.models, settings, ("body", "drift", "models"))
+    return {**drift.model_dump(mode="json"), "timeout_s": settings.profile_timeout_s}
 
 
 @router.get("/schedules", dependencies=[Read])
@@ -66,6 +78,8 @@ def update_schedule(
     body = validated(cat, settings, ScheduleUpdate, data)
     check_dataset(store, body.spec, ("body", "spec"))
     changes = body.model_dump(exclude_unset=True, mode="json")
+    if "drift" in changes:  # null removes the probe
+        changes["drift"] = _drift(body.drift, settings)
     return store.update_schedule(schedule_id, changes)
 
 

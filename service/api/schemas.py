@@ -62,8 +62,33 @@ Name = Annotated[
 ]
 
 
+class DriftIn(BaseModel):
+    """A drift probe (issue 19): at every firing, a fixed set of plans (``models``,
+    ``plans_per_model``, ``seed``: the same plans each time) is measured on ``target``'s device
+    agents and its active predictor scored on them; a predictor whose error (MAPE) on the fresh
+    measurements exceeds ``tolerance`` times its validated (held-out) error is flagged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(min_length=1, max_length=100)
+    models: list[str] = Field(min_length=1, max_length=8)
+    plans_per_model: int = Field(default=8, ge=3, le=100)
+    #: Not a profile's default seed (0), so the probe's plans are not the rows its fit saw.
+    seed: int = Field(default=1, ge=0, le=MAX_INT)
+    tolerance: float = Field(default=1.5, gt=1.0, le=100.0)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str, info: Any) -> str:
+        known = (info.context or {}).get("targets")
+        if known is not None and value not in known:
+            raise ValueError(f"unknown target {value!r}; one of {sorted(known)}")
+        return value
+
+
 class ScheduleIn(BaseModel):
-    """A cron schedule: every firing creates an ordinary job from ``spec``."""
+    """A cron schedule: every firing creates an ordinary job from ``spec`` and, with ``drift``,
+    re-measures the drift probe on its target's agents."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -72,6 +97,7 @@ class ScheduleIn(BaseModel):
     timezone: str = Field("UTC", description="IANA time zone the cron expression is read in")
     spec: JobSpec
     enabled: bool = True
+    drift: DriftIn | None = None
 
     @field_validator("cron")
     @classmethod
@@ -104,6 +130,7 @@ class ScheduleUpdate(BaseModel):
     timezone: str | None = None
     spec: JobSpec | None = None
     enabled: bool | None = None
+    drift: DriftIn | None = None
 
     _cron = field_validator("cron")(classmethod(lambda cls, v: v if v is None else ScheduleIn._cron(v)))
     _timezone = field_validator("timezone")(

@@ -24,7 +24,10 @@ def agent(
         str | None, typer.Option("--token", help="An API token with write scope (default HWSEARCH_TOKEN).")
     ] = None,
     runtime: Annotated[
-        str, typer.Option("--runtime", help="What runs the models: onnxruntime.")
+        str,
+        typer.Option(
+            "--runtime", help="What runs the models: onnxruntime (ONNX files) or torch (TorchScript files)."
+        ),
     ] = "onnxruntime",
     threads: Annotated[int, typer.Option("--threads", help="Intra-op threads for every timing.", min=1)] = 1,
     name: Annotated[str | None, typer.Option("--name", help="How the dashboard lists this device.")] = None,
@@ -37,7 +40,8 @@ def agent(
     ] = None,
 ) -> None:
     """Measure on this device what the service leases to it: register, lease a task, time the
-    plan's ONNX model against the uncompressed one, post the result, repeat (docs/devices.md)."""
+    plan's model file (ONNX, or TorchScript for --runtime torch) against the uncompressed one, post
+    the result, repeat (docs/devices.md)."""
     from service.agent import Agent, AgentError
 
     token = token or os.environ.get("HWSEARCH_TOKEN")

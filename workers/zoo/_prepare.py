@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from kernels import CalibrationReport, OnnxExport
+    from kernels import CalibrationReport, OnnxExport, TorchScriptExport
     from search_spaces import LayerSpec, Plan
 
 __all__ = ["Prepared", "prepare"]
@@ -87,6 +87,26 @@ class Prepared:
         batches = self.calibration.batches if calibrate and self.calibration is not None else None
         compressed = self.apply(plan, calibrate=batches is not None)
         return export_onnx(compressed, self.example_input, path, calibration=batches)
+
+    def export_for(
+        self, runtime: str, plan: Plan | None, path: str | Path, *, calibrate: bool = True
+    ) -> OnnxExport | TorchScriptExport:
+        """``plan`` (None: the uncompressed model) as the file a device agent running ``runtime``
+        times: ONNX (``export_onnx``) for onnxruntime, a TorchScript trace of the model as a CPU
+        deployment runs it (``execution="int8"``, ``kernels.export_torchscript``) for torch."""
+        from kernels import export_onnx, export_torchscript
+
+        if runtime == "torch":
+            batches = self.calibration.batches if calibrate and self.calibration is not None else None
+            model = (
+                self.model
+                if plan is None
+                else self.apply(plan, execution="int8", calibrate=batches is not None)
+            )
+            return export_torchscript(model, self.example_input, path)
+        if plan is None:
+            return export_onnx(self.model, self.example_input, path)
+        return self.export_onnx(plan, path, calibrate=calibrate)
 
 
 def synthesized_calibration(model: nn.Module, example_input: torch.Tensor) -> CalibrationSet | None:

@@ -1,0 +1,38 @@
+"""Agents that measure in torch beside ONNX Runtime, and nightly drift probes (issue 19): each
+measurement task names the runtime its file is for (a device leases only its runtime's tasks),
+a schedule may hold a drift probe, and a profile remembers the schedule that fired it.
+
+Revision ID: 0009
+Revises: 0008
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # Every task queued before this revision was an ONNX file.
+    with op.batch_alter_table("measure_tasks") as t:
+        t.add_column(sa.Column("runtime", sa.String(32), nullable=False, server_default="onnxruntime"))
+    with op.batch_alter_table("profiles") as t:
+        t.add_column(sa.Column("schedule_id", sa.String(32), nullable=True))
+        t.create_index("ix_profiles_schedule_id", ["schedule_id"])
+    with op.batch_alter_table("schedules") as t:
+        t.add_column(sa.Column("drift", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("schedules") as t:
+        t.drop_column("drift")
+    with op.batch_alter_table("profiles") as t:
+        t.drop_index("ix_profiles_schedule_id")
+        t.drop_column("schedule_id")
+    with op.batch_alter_table("measure_tasks") as t:
+        t.drop_column("runtime")
