@@ -456,7 +456,8 @@ class Store:
         )
         with self.session() as s:
             s.add(schedule)
-        return schedule_dict(schedule, [])
+            s.flush()
+            return self._schedule(s, schedule)
 
     def _drift_runs(self, s: Session, schedule_id: str, limit: int = 5) -> list[dict[str, Any]]:
         """The schedule's last drift probes, newest first: status, and the fresh against the

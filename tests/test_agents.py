@@ -36,10 +36,10 @@ def _settings(tmp_path: Path, **env: str) -> Settings:
     )
 
 
-def _agent(url: str, token: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _agent(url: str, token: str, log: Path, *extra: str, target: str = BOARD) -> subprocess.Popen[bytes]:
     """`hwsearch agent` as its own process (the console script's module), logging to ``log``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, "-m", "service.cli", "agent", "--url", url, "--token", token, "--target", BOARD]
+    args = [sys.executable, "-m", "service.cli", "agent", "--url", url, "--token", token, "--target", target]
     return subprocess.Popen(
         [*args, *extra], stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT
     )

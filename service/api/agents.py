@@ -374,26 +374,32 @@ def _store_front_measurement(store: Store, task: dict[str, Any], measured: dict[
     )
 
 
-def _start_fit(store: Store, settings: Any, profile_id: str, *, kind: str = "auto") -> None:
-    """Write the profile's measurements as a per-network table and queue its fit (once): an
-    ``auto`` fit of the target's predictor, or for a drift probe the ``drift`` check of the
-    active one (``workers.calibration.drift_check``)."""
-    profile = store.get_profile(profile_id)
-    rows = store.profile_results(profile_id)
+def profile_table(rows: list[dict[str, Any]], scale: float = 1.0) -> str:
+    """Measured tasks as the per-network table a fit reads (CSV text), latencies times ``scale``.
+
+    Drift-corrected as host profiling is: the model's uncompressed median over the plan's
+    per-round speed-up (the raw median where the model has no uncompressed task)."""
     reference = {r["model"]: r["result"]["reference_ms"] for r in rows if not r["plan"].get("layers")}
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["model", "plan", "batch", "latency_ms"])
     for r in rows:
         res = r["result"]
-        # Drift-corrected like host profiling: the model's uncompressed median over the plan's
-        # per-round speed-up (the raw median where the model has no uncompressed task).
         ref_ms = reference.get(r["model"])
-        latency = ref_ms / res["speedup"] if ref_ms else res["latency_ms"]
+        latency = (ref_ms / res["speedup"] if ref_ms else res["latency_ms"]) * scale
         writer.writerow([r["model"], json.dumps(r["plan"]), r["batch"], f"{latency:.6f}"])
+    return out.getvalue()
+
+
+def _start_fit(store: Store, settings: Any, profile_id: str, *, kind: str = "auto") -> None:
+    """Write the profile's measurements as a per-network table and queue its fit (once): an
+    ``auto`` fit of the target's predictor, or for a drift probe the ``drift`` check of the
+    active one (``workers.calibration.drift_check``)."""
+    profile = store.get_profile(profile_id)
+    table = profile_table(store.profile_results(profile_id))
     fit_id = uuid.uuid4().hex[:16]
     path = uploads_folder(settings) / f"profile-{profile_id}-{fit_id}.csv"
-    path.write_text(out.getvalue(), encoding="utf-8")
+    path.write_text(table, encoding="utf-8")
     fit = {
         "id": fit_id,
         "target": profile["target"],
