@@ -836,3 +836,49 @@ def test_the_submit_form_offers_plugins_and_registered_datasets(
     assert page.inner_text("#data-source") == "Data: the model's own evaluation."
     assert "zoo entry" in page.inner_text("#model-source")
     assert errors == []
+
+
+def test_a_profile_in_progress_updates_in_place(site: dict[str, Any], browser: Any) -> None:
+    """The targets page follows a profile being measured, as a job page follows its search: the
+    tasks measured and the status change without a reload."""
+    from service.store import Store
+
+    store: Store = site["store"]
+    device = store.register_device(
+        name="board-live", target="zc706", runtime="onnxruntime", threads=1, info={}, owner="ui"
+    )
+    profile = store.create_profile(
+        target="zc706", spec={"models": ["digits-cnn"], "plans_per_model": 3}, owner="ui"
+    )
+    # Claimed as the fit dispatcher would (the site's own queued profile goes first).
+    while (claimed := store.claim_profile("tests")) is not None and claimed["id"] != profile["id"]:
+        pass
+    assert store.add_tasks(profile["id"], [{"model": "m", "plan": {}, "files": {}}] * 3, deadline_s=600)
+    page, errors = _open(browser, f"{site['url']}/targets")
+    page.evaluate("() => { window.notReloaded = true; }")
+    row = f"tr[data-profile='{profile['id']}']"
+    assert page.inner_text(f"{row} .profile-status") == "measuring"
+    assert page.inner_text(f"{row} .profile-count") == "0/3"
+    done = {
+        "latency_ms": 1.0,
+        "reference_ms": 2.0,
+        "speedup": 2.0,
+        "repeats": 3,
+        "threads": 1,
+        "runtime": "x",
+    }
+    for _ in range(2):
+        task = store.lease_task(device["id"], 60)
+        assert task is not None
+        store.complete_task(task["id"], device["id"], task["lease_id"], done)
+    page.wait_for_function(
+        f"() => document.querySelector(\"{row} .profile-count\").textContent === '2/3'", timeout=15000
+    )
+    assert page.eval_on_selector(f"{row} progress", "p => p.value") == 2
+    store.fail_profile(profile["id"], "stopped by the test")
+    page.wait_for_function(
+        f"() => document.querySelector(\"{row} .profile-status\").textContent === 'failed'", timeout=15000
+    )
+    assert "stopped by the test" in page.inner_text(f"{row} .profile-note")
+    assert page.evaluate("() => window.notReloaded") is True
+    assert errors == []
