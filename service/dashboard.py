@@ -316,8 +316,10 @@ def _table_context(
         "reference_label": REFERENCE_LABEL,
         "job_id": job_id,
         "energy": [t for t in view["targets"] if any(p["energy_mj"].get(t) is not None for p in front)],
-        "has_measured": any(p["measured_ms"] is not None for p in rows),
-        "measured_target": next((p["measured_target"] for p in rows if p.get("measured_target")), "host-cpu"),
+        # A measured column per target some row was measured on (this machine, device agents).
+        "measured_targets": [
+            t for t in view["targets"] if any(t in (p.get("measured_on") or {}) for p in rows)
+        ],
         # Quality with its 95% interval where trials have one; n in the header when all share it.
         "details": details,
         "quality_n": next(iter(sizes)) if len(sizes) == 1 else None,

@@ -290,6 +290,20 @@ class Profile(Base):
     schedule_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
 
 
+class DeviceMeasurement(Base):
+    """A front plan measured by a device agent (issue 19): one row per result, so a trial of a job
+    costed on several targets is measured on each, and one measured again keeps its history."""
+
+    __tablename__ = "device_measurements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    target: Mapped[str] = mapped_column(String(200))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class MeasureTask(Base):
     """One network to time on a target's device: leased to one agent at a time."""
 

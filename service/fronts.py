@@ -200,6 +200,12 @@ def point(
         # Which of this machine's targets the front was measured on (rows from before issue 19
         # have no "target": they are host-cpu's).
         "measured_target": measured.get("target", "host-cpu") if measured else None,
+        # Every target's measured latency (this machine's and each device's, issue 19).
+        "measured_on": {
+            name: m["latency_ms"]
+            for name, m in (t.get("measured_on") or {}).items()
+            if name in costs and m.get("latency_ms") is not None
+        },
         "feasible": bool(t.get("feasible")),
         "front": t["number"] in on_front,
         "reference": int(t["number"]) == 0,

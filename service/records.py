@@ -43,21 +43,32 @@ def job_dict(job: Job) -> dict[str, Any]:
     }
 
 
-def trial_dict(row: TrialRow) -> dict[str, Any]:
-    return merged_trial(row.data, row.measured, row.recovered)
+def trial_dict(row: TrialRow, devices: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    return merged_trial(row.data, row.measured, row.recovered, devices)
 
 
 def merged_trial(
-    data: dict[str, Any], measured: dict[str, Any] | None, recovered: dict[str, Any] | None = None
+    data: dict[str, Any],
+    measured: dict[str, Any] | None,
+    recovered: dict[str, Any] | None = None,
+    devices: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A stored trial as the API gives it: the trial's own fields (``Trial.to_dict()``) with what
-    was stored after it winning over the trial's own: ``measured`` (the host-cpu front) and
-    ``recovered`` (the recovery stage). ``calibration`` and ``recovered`` are always present
-    (None in trials stored before they existed)."""
+    was stored after it winning over the trial's own: ``measured`` (the front measured on this
+    machine, or on a device when the trial has no such measurement) and ``recovered`` (the
+    recovery stage). ``measured_on`` holds every measurement by target: ``measured``'s and each
+    device target's newest (``devices``, from ``device_measurements``). ``calibration`` and
+    ``recovered`` are always present (None in trials stored before they existed)."""
+    measured = measured if measured is not None else data.get("measured")
+    on: dict[str, dict[str, Any]] = {}
+    if measured:
+        on[str(measured.get("target", "host-cpu"))] = measured
+    on.update(devices or {})
     return {
         **data,
         "calibration": data.get("calibration"),
-        "measured": measured if measured is not None else data.get("measured"),
+        "measured": measured,
+        "measured_on": on,
         "recovered": recovered if recovered is not None else data.get("recovered"),
     }
 

@@ -28,6 +28,7 @@ from .db import (
     ApiToken,
     Dataset,
     Device,
+    DeviceMeasurement,
     Fit,
     Job,
     MeasureTask,
@@ -140,6 +141,7 @@ class Store:
                     f"job {job_id} is {job.status}; only finished jobs can be deleted (cancel it first)"
                 )
             s.execute(delete(TrialRow).where(TrialRow.job_id == job_id))
+            s.execute(delete(DeviceMeasurement).where(DeviceMeasurement.job_id == job_id))
             s.delete(job)
 
     # ---- the dispatcher's side ----------------------------------------------------------------
@@ -330,19 +332,28 @@ class Store:
             )
 
     def add_device_measurement(self, job_id: str, number: int, measured: dict[str, Any]) -> bool:
-        """A front plan measured by a device agent becomes the trial's ``measured`` unless the
-        trial already holds another target's measurement (this machine's, taken by the search).
-        Returns whether it was stored."""
+        """Store a front plan's result from a device agent (or why it has none): a row of its own
+        (the trial's ``measured_on[target]`` is the newest), and the trial's ``measured`` too
+        unless it holds another target's measurement (this machine's, taken by the search).
+        Returns whether it was stored (False: no such trial)."""
         with self.session() as s:
             row = s.scalar(
                 select(TrialRow).where(TrialRow.job_id == job_id, TrialRow.number == number).with_for_update()
             )
             if row is None:
                 return False
+            s.add(
+                DeviceMeasurement(
+                    job_id=job_id,
+                    number=number,
+                    target=str(measured.get("target")),
+                    data=json_safe(measured),
+                    created_at=utcnow(),
+                )
+            )
             held = row.measured or {}
-            if held and held.get("target", "host-cpu") != measured.get("target"):
-                return False
-            row.measured = json_safe(measured)
+            if not held or held.get("target", "host-cpu") == measured.get("target"):
+                row.measured = json_safe(measured)
             return True
 
     def add_recovery(
@@ -389,7 +400,22 @@ class Store:
             )
             if limit is not None:
                 query = query.limit(limit)
-            return [merged_trial(*row) for row in s.execute(query)], total
+            rows = s.execute(query).all()
+            devices = self._device_measured(s, job_id)
+            return [merged_trial(d, m, r, devices.get(int(d["number"]))) for d, m, r in rows], total
+
+    @staticmethod
+    def _device_measured(s: Session, job_id: str) -> dict[int, dict[str, dict[str, Any]]]:
+        """Trial number → target → that target's newest device measurement, for one job."""
+        out: dict[int, dict[str, dict[str, Any]]] = {}
+        query = (
+            select(DeviceMeasurement.number, DeviceMeasurement.target, DeviceMeasurement.data)
+            .where(DeviceMeasurement.job_id == job_id)
+            .order_by(DeviceMeasurement.id)
+        )
+        for number, target, data in s.execute(query):
+            out.setdefault(int(number), {})[str(target)] = data
+        return out
 
     def trials_added(
         self, job_id: str, old: tuple[int, int, int], new: tuple[int, int, int]
@@ -409,24 +435,28 @@ class Store:
             .order_by(TrialRow.number)
         )
         with self.session() as s:
-            added = [merged_trial(*row) for row in s.execute(query)]
+            devices = self._device_measured(s, job_id)
+            rows = s.execute(query).all()
+            added = [merged_trial(d, m, r, devices.get(int(d["number"]))) for d, m, r in rows]
         return added if len(added) == new[0] - old[0] else None
 
     def trials_version(self, job_id: str) -> tuple[int, int, int]:
         """(trials, newest trial row id, measurements and recoveries stored): changes with every
-        write (a measurement or a recovery is written once per trial, so the count grows)."""
+        write (a measurement or a recovery is written once per trial, and every device result is
+        a row of its own, so the count grows)."""
         later = func.count(TrialRow.measured) + func.count(TrialRow.recovered)
         query = select(func.count(), func.coalesce(func.max(TrialRow.id), 0), later)
+        by_devices = select(func.count()).where(DeviceMeasurement.job_id == job_id)
         with self.session() as s:
             count, newest, n_measured = s.execute(query.where(TrialRow.job_id == job_id)).one()
-            return int(count), int(newest), int(n_measured)
+            return int(count), int(newest), int(n_measured) + int(s.scalar(by_devices) or 0)
 
     def trial(self, job_id: str, number: int) -> dict[str, Any]:
         with self.session() as s:
             row = s.scalar(select(TrialRow).where(TrialRow.job_id == job_id, TrialRow.number == number))
             if row is None:
                 raise NotFound(f"no trial {number} in job {job_id!r}")
-            return trial_dict(row)
+            return trial_dict(row, self._device_measured(s, job_id).get(number))
 
     # ---- schedules ----------------------------------------------------------------------------
     def create_schedule(

@@ -617,7 +617,7 @@ def test_measured_diamonds_are_tied_to_their_predicted_points(site: dict[str, An
         "() => Object.fromEntries(document.getElementById('front-plot').data"
         ".filter(t => t.name.startsWith('measured')).map(t => [t.name, t]))"
     )
-    diamonds = got["measured on this CPU"]
+    diamonds = got["measured on host-cpu"]
     assert sorted(diamonds["customdata"]) == measured and diamonds["marker"]["symbol"] == "diamond"
     assert "predicted" in diamonds["hovertemplate"] and "measured" in diamonds["hovertemplate"]
     links = got["measured ↔ predicted"]
@@ -627,6 +627,27 @@ def test_measured_diamonds_are_tied_to_their_predicted_points(site: dict[str, An
         assert links["x"][3 * i : 3 * i + 3] == [m, p, None]
         assert links["y"][3 * i : 3 * i + 3] == [t["quality"], t["quality"], None]
         assert diamonds["text"][i] == f"{p:.4f}"
+    # A device agent measures one of those plans on the job's other target (issue 19): the trial
+    # keeps this machine's measurement and gains the device's; each axis plots its own.
+    store = site["store"]
+    number = measured[0]
+    device_ms = 2.5 * trials[number]["costs"]["zcu102"]["latency_ms"]
+    assert store.add_device_measurement(
+        site["two"], number, {"target": "zcu102", "latency_ms": device_ms, "device": "board-a"}
+    )
+    t = store.trial(site["two"], number)
+    assert t["measured"].get("target", "host-cpu") == "host-cpu"  # this machine's, kept
+    assert t["measured_on"]["zcu102"]["latency_ms"] == device_ms and "host-cpu" in t["measured_on"]
+    page, errors = _open(browser, f"{site['url']}/jobs/{site['two']}")
+    page.select_option("#x-axis", "latency:zcu102")
+    on_device = page.evaluate(
+        "() => document.getElementById('front-plot').data.find(t => t.name === 'measured on zcu102')"
+    )
+    assert on_device["customdata"] == [number] and on_device["x"] == [device_ms]
+    headers = page.eval_on_selector_all("#front-head th", "hs => hs.map(h => h.textContent)")
+    assert "measured ms (host-cpu)" in headers and "measured ms (zcu102)" in headers
+    cell = page.inner_text(f".front-row[data-trial='{number}'] td.measured[data-target='zcu102']")
+    assert cell == f"{device_ms:.4f}"
     assert errors == []
 
 
