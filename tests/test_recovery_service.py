@@ -186,7 +186,7 @@ def test_the_migration_keeps_old_trials_and_adds_the_column(database_url: str) -
     assert [d for d in diffs if "trials" in repr(d)] == []
     store = Store(engine)
     (row,) = store.trials(job.id)[0]
-    assert row == {**old, "calibration": None, "recovered": None}
+    assert row == {**old, "calibration": None, "recovered": None, "measured_on": {}}
     assert Trial.from_dict(row).recovered is None  # a runner resumes from it as before
     assert store.recovered_numbers(job.id) == []
     assert store.add_recovery(job.id, 1, _recovered(0.8)) is True

@@ -312,6 +312,20 @@ def test_cli_talks_to_the_service(live_service: str, monkeypatch: pytest.MonkeyP
     assert run(app, ["schedule", "add", "--cron", "nightly", *flags]).exit_code == 2
     assert run(app, ["schedule", "remove", sch["id"]]).exit_code == 0
     assert json.loads(run(app, ["schedule", "list", "--json"]).stdout) == []
+    # A drift probe rides along with a schedule (issue 19); a bad one is refused naming the field.
+    drift = ["--drift-target", "xeon-gold-6240", "--drift-models", "digits-cnn", "--drift-plans", "4"]
+    probed = run(app, ["schedule", "add", "--cron", "0 3 * * *", *flags, *drift, "--json"])
+    assert probed.exit_code == 0, probed.output
+    assert json.loads(probed.stdout)["drift"] == {
+        "target": "xeon-gold-6240",
+        "models": ["digits-cnn"],
+        "plans_per_model": 4,
+        "seed": 1,
+        "tolerance": 1.5,
+        "timeout_s": 3600.0,
+    }
+    bad = run(app, ["schedule", "add", "--cron", "0 3 * * *", *flags, "--drift-target", "nope"])
+    assert bad.exit_code == 2 and "drift" in bad.output and "nope" in bad.output
 
 
 # ------------------------------------------------------------------------------- schedules

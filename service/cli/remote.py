@@ -457,6 +457,26 @@ def schedule_add(
     no_calibrate: NoCalibrateOpt = False,
     recover_front: RecoverFrontOpt = None,
     recovery_steps: RecoveryStepsOpt = None,
+    drift_target: Annotated[
+        str | None,
+        typer.Option(
+            "--drift-target",
+            help="Also re-measure a fixed probe set on this target's device agents at every firing and "
+            "flag its predictor when the error grows past its validated error (docs/devices.md).",
+        ),
+    ] = None,
+    drift_models: Annotated[
+        str, typer.Option("--drift-models", help="Comma-separated zoo or plugin models of the drift probe.")
+    ] = "digits-cnn",
+    drift_plans: Annotated[
+        int, typer.Option("--drift-plans", help="Plans per model of the drift probe.", min=3)
+    ] = 8,
+    drift_tolerance: Annotated[
+        float,
+        typer.Option(
+            "--drift-tolerance", help="Flag when the fresh MAPE exceeds this times the validated MAPE."
+        ),
+    ] = 1.5,
     json_output: JsonFlag = False,
 ) -> None:
     """Add a schedule; prints its id and next firing."""
@@ -481,7 +501,19 @@ def schedule_add(
         sources=sources,
         recovery=recovery_fields(no_calibrate, recover_front, recovery_steps),
     )
-    body = {"name": name, "cron": cron, "timezone": timezone, "spec": spec.model_dump(mode="json")}
+    body: dict[str, Any] = {
+        "name": name,
+        "cron": cron,
+        "timezone": timezone,
+        "spec": spec.model_dump(mode="json"),
+    }
+    if drift_target is not None:
+        body["drift"] = {
+            "target": drift_target,
+            "models": [m.strip() for m in drift_models.split(",") if m.strip()],
+            "plans_per_model": drift_plans,
+            "tolerance": drift_tolerance,
+        }
     sch = Api().call("POST", "/schedules", json=body)
     if json_output:
         print_json(sch)
@@ -500,6 +532,8 @@ def schedule_list(json_output: JsonFlag = False) -> None:
         typer.echo("no schedules (add one with `hwsearch schedule add`)")
     for s in rows:
         flag = "  REGRESSION: the last run's front is worse than the previous one" if s["regression"] else ""
+        if s.get("drift_flagged"):
+            flag += f"  DRIFT: {s['drift']['target']}'s predictor errs more than it was validated to"
         spec = s.get("spec") or {}
         what = f"{spec.get('model', '?')} on {', '.join(spec.get('targets') or ['?'])}"
         when = next_firing_text(s["next_run_at"], s["timezone"]) if s["enabled"] else "disabled"
