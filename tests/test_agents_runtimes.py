@@ -308,3 +308,45 @@ def test_a_drift_probe_is_checked_at_creation(tmp_path: Path) -> None:
         assert c.patch(f"/api/v1/schedules/{sid}", json={"drift": None}, headers=auth).json()["drift"] is None
         store.fire_due(utcnow() + timedelta(days=2))
         assert store.get_schedule(sid)["drift_runs"] == [] and store.profiles() == []
+
+
+@pytest.mark.parametrize("model_id", ["digits-cnn", "minilm-l6"])
+def test_a_profile_measures_a_designed_set(model_id: str) -> None:
+    """The uncompressed model first, uniform plans across each knob the model offers, then
+    space-filling mixed plans; distinct, and the same for the same seed."""
+    import numpy as np
+
+    from search_spaces import Plan, Space
+    from workers.profiling import PROFILE_SPACE, designed_plans
+    from workers.zoo import prepare
+
+    prepared = prepare(model_id)
+    space = Space.build(prepared.layers, **PROFILE_SPACE)
+    plans = designed_plans(space, 12, np.random.default_rng(3))
+    assert len(plans) == 12 and len(set(plans)) == 12 and plans[0] == Plan()
+    assert plans == designed_plans(space, 12, np.random.default_rng(3))
+
+    def knobs(plan: Plan) -> set[str]:
+        return {
+            k
+            for c in plan.choices.values()
+            for k, on in (
+                ("rank", c.rank is not None),
+                ("keep", c.keep < 1),
+                ("int8", c.wbits == 8 and c.abits == 8),
+                ("tokens", c.token_keep < 1),
+            )
+            if on
+        }
+
+    uniform = plans[1:6]
+    offered = {"rank", "keep", "int8"} | ({"tokens"} if model_id == "minilm-l6" else set())
+    # The first uniform plans cover every knob the model offers, one knob each...
+    assert {k for p in uniform[: len(offered)] for k in knobs(p)} == offered
+    assert all(len(knobs(p)) == 1 for p in uniform)
+    # ...with every layer that offers the knob at the same setting.
+    keep_plan = next(p for p in uniform if knobs(p) == {"keep"})
+    prunable = [layer.name for layer in space.layers if len(space.knobs_of(layer.name).keep) > 1]
+    assert len({keep_plan[name].keep for name in prunable}) == 1
+    # The rest mix knobs across layers.
+    assert all(len(knobs(p)) >= 2 for p in plans[6:])

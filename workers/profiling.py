@@ -38,7 +38,7 @@ from latency_models import (
     measure_runtime_target,
     runtime_target,
 )
-from search_spaces import Plan, Space
+from search_spaces import KNOBS, Choice, Plan, Space
 
 HOST = "host-cpu"
 HOST_ORT = "host-cpu-ort"
@@ -237,6 +237,71 @@ def calibrate_host(
     return report
 
 
+def _nearest(options: tuple[Any, ...], value: float, full_rank: int | None = None) -> Any:
+    """The option nearest ``value`` (a rank option as a fraction of ``full_rank``, None = full)."""
+    if full_rank:
+        numeric = [(full_rank if o is None else o) / full_rank for o in options]
+    else:
+        numeric = [float(o) for o in options]
+    return options[int(np.argmin([abs(f - value) for f in numeric]))]
+
+
+def _uniform_plan(space: Space, values: Mapping[str, float]) -> Plan:
+    """Every layer at the option nearest ``values`` for the knobs named there (rank as a fraction
+    of the layer's full rank), the other knobs at their first option (no compression)."""
+    choices: dict[str, Choice] = {}
+    for layer in space.layers:
+        kn = space.knobs_of(layer.name)
+        pick: dict[str, Any] = {}
+        for knob in KNOBS:
+            opts = kn.options(knob)
+            if knob not in values or len(opts) == 1:
+                pick[knob] = opts[0]
+            elif knob == "rank":
+                pick[knob] = _nearest(opts, values[knob], layer.full_rank)
+            else:
+                pick[knob] = _nearest(opts, values[knob])
+        choices[layer.name] = Choice(**pick)
+    return space.tie_groups(Plan(choices))
+
+
+def designed_plans(
+    space: Space, n: int, rng: np.random.Generator, values: Mapping[str, tuple[float, ...]] | None = None
+) -> list[Plan]:
+    """A designed measurement set of ``n`` plans of one model (issue 19): the uncompressed model,
+    uniform plans across the range of each knob (every layer at rank 12.5/25/50%, keep
+    25/50/75%, W8A8, token keep 50/70%: ``values``, default ``PROFILE_SPACE``), taking at most
+    half of the rest with the knobs interleaved so that a small set still covers each one, then
+    space-filling mixed plans: each the farthest, in ``Space.features``, from every plan chosen
+    so far among 32 random candidates (greedy maximin). Distinct plans; fewer than ``n`` only
+    when the space has fewer."""
+    values = dict(PROFILE_SPACE if values is None else values)
+    per_knob: list[list[Plan]] = [
+        [_uniform_plan(space, {"rank": v}) for v in sorted(values.get("rank_fractions", ()))[::-1]],
+        [_uniform_plan(space, {"keep": v}) for v in sorted(values.get("keep", ()))[::-1]],
+        [_uniform_plan(space, {"wbits": b, "abits": b}) for b in sorted(values.get("wbits", ()))[::-1]],
+        [_uniform_plan(space, {"token_keep": v}) for v in sorted(values.get("token_keep", ()))[::-1]],
+    ]
+    chosen: dict[Plan, None] = {Plan(): None}
+    uniform_slots = (n - 1) // 2
+    for i in range(max((len(k) for k in per_knob), default=0)):  # the knobs interleaved
+        for plans in per_knob:
+            if i < len(plans) and len(chosen) < 1 + uniform_slots:
+                chosen.setdefault(plans[i])
+    features = [space.features(p) for p in chosen]
+    misses = 0
+    while len(chosen) < n and misses < 8:
+        candidates = [c for c in (space.sample(rng) for _ in range(32)) if c not in chosen]
+        if not candidates:
+            misses += 1  # a small space: every sample is taken already
+            continue
+        dist = [min(float(np.abs(space.features(c) - f).sum()) for f in features) for c in candidates]
+        best = candidates[int(np.argmax(dist))]
+        chosen.setdefault(best)
+        features.append(space.features(best))
+    return list(chosen)[:n]
+
+
 def _suffix(runtime: str) -> str:
     """The file a device agent running ``runtime`` times: ONNX, or TorchScript for torch."""
     if runtime not in RUNTIMES:
@@ -254,8 +319,9 @@ def prepare_device_tasks(
     space: Mapping[str, tuple[float, ...]] | None = None,
     runtime: str = "onnxruntime",
 ) -> list[dict[str, Any]]:
-    """The measurement tasks of a profile (issue 19): per model, the uncompressed model and
-    ``plans_per_model - 1`` sampled plans (``PROFILE_SPACE``), each calibrated where the model has
+    """The measurement tasks of a profile (issue 19): per model, ``plans_per_model`` plans of
+    ``designed_plans`` (the uncompressed model first, uniform plans across each knob's range,
+    space-filling mixed plans; knobs of ``PROFILE_SPACE``), each calibrated where the model has
     calibration data and exported for the agents' ``runtime`` (``Prepared.export_for``: ONNX with
     int8 layers as QDQ, or TorchScript), with the uncompressed model's file as every task's
     reference and the example input as ``.npy``.
@@ -279,8 +345,7 @@ def prepare_device_tasks(
         np.save(folder / "input.npy", x.numpy())
         knobs: dict[str, Any] = dict(PROFILE_SPACE if space is None else space)
         sampled = Space.build(prepared.layers, **knobs)
-        for i in range(plans_per_model):
-            plan = sampled.sample(rng) if i else Plan()  # the first task: the uncompressed model
+        for i, plan in enumerate(designed_plans(sampled, plans_per_model, rng, knobs)):
             path = folder / f"plan-{i}{suffix}"
             if i == 0:
                 path.write_bytes(reference.read_bytes())
