@@ -85,11 +85,16 @@ def run(args: argparse.Namespace) -> None:
             continue
         problem = None
         for seed in range(args.seeds):
-            for strategy in STRATEGIES:
+            for strategy in args.strategies or STRATEGIES:
                 if (name, strategy, seed) in done:
                     continue
                 spec = JobSpec(
-                    **base, strategy=strategy, seed=seed, budget={"evaluations": args.budget}, concurrency=2
+                    **base,
+                    strategy=strategy,
+                    seed=seed,
+                    budget={"evaluations": args.budget},
+                    concurrency=2,
+                    recovery={"calibrate": not args.no_calibrate},
                 )
                 problem = problem or Problem.build(spec, cat)
                 problem.spec = spec
@@ -106,6 +111,13 @@ def run(args: argparse.Namespace) -> None:
                         "quality": t.quality,
                         "latency_ms": t.costs[target]["latency_ms"],
                         "feasible": t.feasible,
+                        # What the plan does beyond quantisation (the front's share, issue 17).
+                        "prunes": any(
+                            c.get("keep", 1.0) < 1.0 for c in (t.plan.get("layers") or {}).values()
+                        ),
+                        "factorises": any(
+                            c.get("rank") is not None for c in (t.plan.get("layers") or {}).values()
+                        ),
                     }
                     for t in result.trials
                     if t.quality is not None
@@ -116,6 +128,7 @@ def run(args: argparse.Namespace) -> None:
                         "strategy": strategy,
                         "seed": seed,
                         "evaluations": len(result.trials),
+                        "calibrate": not args.no_calibrate,
                         "failed": sum(t.status != "ok" for t in result.trials),
                         "hypervolume": hv_at,
                         "final_hypervolume": result.hypervolume,
@@ -194,6 +207,18 @@ def markdown(path: str) -> str:
                     ]
                     if better:
                         gains[s].append(max(better) - u["quality"])
+        shares = []
+        for s in STRATEGIES:
+            fronts = [_front(r["points"]) for r in by[s] if r["points"] and "prunes" in r["points"][0]]
+            if fronts:
+                n = sum(len(f) for f in fronts)
+                k = sum(p["prunes"] or p["factorises"] for f in fronts for p in f)
+                shares.append(f"{s}: {k} of {n} ({k / max(n, 1):.0%})")
+        if shares:
+            lines.append(
+                "Front plans that prune or factorise (feasible fronts, all seeds): " + "; ".join(shares) + "."
+            )
+            lines.append("")
         cells = [
             f"{s}: median {np.median(v):+.4f}, wins {np.mean(np.array(v) > 0):.0%}, "
             f"ties {np.mean(np.array(v) == 0):.0%} (n={len(v)})"
@@ -209,6 +234,21 @@ def markdown(path: str) -> str:
     return "\n".join(lines)
 
 
+def _front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The feasible points no other feasible point beats on both quality and latency."""
+    ok = [p for p in points if p["feasible"] and p["quality"] is not None]
+    return [
+        p
+        for p in ok
+        if not any(
+            q["quality"] >= p["quality"]
+            and q["latency_ms"] <= p["latency_ms"]
+            and (q["quality"] > p["quality"] or q["latency_ms"] < p["latency_ms"])
+            for q in ok
+        )
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=5)
@@ -216,6 +256,10 @@ def main() -> None:
     parser.add_argument("--problems", nargs="*", default=[])
     parser.add_argument("--out", default="bench/results/search.json")
     parser.add_argument("--resume", action="store_true", help="skip runs already in --out")
+    parser.add_argument("--strategies", nargs="*", default=[], help=f"a subset of {STRATEGIES}")
+    parser.add_argument(
+        "--no-calibrate", action="store_true", help="judge plans uncalibrated (recovery.calibrate false)"
+    )
     parser.add_argument("--markdown", metavar="JSON", help="print the tables of a results file and exit")
     args = parser.parse_args()
     if args.markdown:
