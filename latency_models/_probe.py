@@ -200,15 +200,18 @@ def measure_runtime_target(
         f"measured by {measured_by} on {when}, onnxruntime {ort.__version__}, {threads} intra-op "
         f"thread{'s' if threads != 1 else ''}, median of {repeats}"
     )
+    probe = {
+        "n": n,
+        "fp32_ms": fp32_ms,
+        "int8_ms": int8_ms,
+        "copy_bytes": big_n * 4,
+        "copy_ms": copy_ms,
+        "per_op_ms": chained_ms / 63,
+    }
     return runtime_target(
         name,
+        probe,
         runtime="onnxruntime",
-        n=n,
-        fp32_ms=fp32_ms,
-        int8_ms=int8_ms,
-        copy_bytes=big_n * 4,
-        copy_ms=copy_ms,
-        per_op_ms=chained_ms / 63,
         description=description
         or f"{platform.machine()} device running ONNX Runtime, {threads} thread(s), measured",
         sources={
@@ -221,21 +224,23 @@ def measure_runtime_target(
 
 def runtime_target(
     name: str,
+    probe: Mapping[str, Any],
     *,
     runtime: str,
-    n: int,
-    fp32_ms: float,
-    int8_ms: float,
-    copy_bytes: int,
-    copy_ms: float,
-    per_op_ms: float,
     description: str,
     sources: Mapping[str, str],
 ) -> Target:
-    """A measured CPU target from its runtime's micro-benchmarks: an ``n``³ float32 and int8 GEMM
-    (``fp32_ms``, ``int8_ms``), a copy of ``copy_bytes`` read and written (``copy_ms``) and the
-    cost of one op (``per_op_ms``). ``sources`` says how each was measured. What every probe
-    (ONNX Runtime here, torch in ``kernels.probe_torch_runtime``) turns its timings into."""
+    """A measured CPU target from its runtime's micro-benchmarks (``probe``): an ``n``³ float32
+    and int8 GEMM (``fp32_ms``, ``int8_ms``), a copy of ``copy_bytes`` read and written
+    (``copy_ms``) and the cost of one op (``per_op_ms``). ``sources`` says how each was measured.
+    What every probe (ONNX Runtime here, torch in ``kernels.probe_torch_runtime``) turns its
+    timings into."""
+    n, fp32_ms, int8_ms = int(probe["n"]), float(probe["fp32_ms"]), float(probe["int8_ms"])
+    copy_bytes, copy_ms, per_op_ms = (
+        float(probe["copy_bytes"]),
+        float(probe["copy_ms"]),
+        float(probe["per_op_ms"]),
+    )
     macs = n**3
     return Target.from_dict(
         {

@@ -240,6 +240,33 @@ class Space:
             out[base + 4] = c.token_keep
         return out
 
+    def nearest_uniform(self, values: Mapping[str, Any]) -> Plan:
+        """Every layer at its option nearest ``values`` (knob → value; rank as a fraction of the
+        layer's full rank, None for no factorisation): the uniform plan of a space whose layers
+        offer different options. A knob absent from ``values`` stays at each layer's first
+        option (no compression); coupled groups share one keep."""
+        choices: dict[str, Choice] = {}
+        for layer in self.layers:
+            kn = self.knobs_of(layer.name)
+            pick: dict[str, Any] = {}
+            for knob in KNOBS:
+                opts = kn.options(knob)
+                if knob not in values or len(opts) == 1:
+                    pick[knob] = opts[0]
+                    continue
+                v = values[knob]
+                if knob == "rank":
+                    if v is None or not layer.full_rank:
+                        pick[knob] = None if None in opts else opts[0]
+                        continue
+                    full = layer.full_rank
+                    numeric = [(full if o is None else o) / full for o in opts]
+                else:
+                    numeric = [float(o) for o in opts]
+                pick[knob] = opts[int(np.argmin([abs(f - float(v)) for f in numeric]))]
+            choices[layer.name] = Choice(**pick)
+        return self.tie_groups(Plan(choices))
+
     # ---- sampling -----------------------------------------------------------------------
     def sample(self, rng: np.random.Generator) -> Plan:
         """A uniformly random plan (coupled groups share one keep option)."""

@@ -226,13 +226,8 @@ class Agent:
         n = probe["n"]
         return runtime_target(
             self.target,
+            probe,
             runtime="torch",
-            n=n,
-            fp32_ms=probe["fp32_ms"],
-            int8_ms=probe["int8_ms"],
-            copy_bytes=probe["copy_bytes"],
-            copy_ms=probe["copy_ms"],
-            per_op_ms=probe["per_op_ms"],
             description=(
                 f"{platform.machine()} device running TorchScript, {self.threads} thread(s), measured"
             ),

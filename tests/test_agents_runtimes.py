@@ -20,6 +20,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from test_agents import GOOD, _agent, _register, _settings, _wait
+from test_agents import service as service  # the API on uvicorn with the real fit dispatcher
 
 from service.app import create_app
 from service.db import utcnow
@@ -27,22 +28,6 @@ from service.store import Store
 
 #: The torch agent's own target (targets outlive a test in this process: not test_agents' board).
 TORCH = "torch-board"
-
-
-@pytest.fixture()
-def service(tmp_path: Path, serve: Any) -> Any:
-    from service.dispatcher import FitDispatcher
-
-    settings = _settings(tmp_path, HWSEARCH_AGENT_LEASE_S="6")
-    app = create_app(settings, dispatcher=False)
-    with serve(app) as url:
-        store: Store = app.state.store
-        fits = FitDispatcher(store, settings, inline=True, poll_s=0.2)
-        fits.start()
-        try:
-            yield {"url": url, "store": store, "token": store.create_token("alice"), "settings": settings}
-        finally:
-            fits.stop()
 
 
 def _until_ended(store: Store, profile_id: str, log: Path, timeout_s: float = 300) -> dict[str, Any]:

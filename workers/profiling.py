@@ -38,7 +38,7 @@ from latency_models import (
     measure_runtime_target,
     runtime_target,
 )
-from search_spaces import KNOBS, Choice, Plan, Space
+from search_spaces import Plan, Space
 
 HOST = "host-cpu"
 HOST_ORT = "host-cpu-ort"
@@ -64,13 +64,8 @@ def measure_host_target(repeats: int = 7, runtime: str = "torch") -> Target:
     n = probe["n"]
     return runtime_target(
         HOST,
+        probe,
         runtime="torch",
-        n=n,
-        fp32_ms=probe["fp32_ms"],
-        int8_ms=probe["int8_ms"],
-        copy_bytes=probe["copy_bytes"],
-        copy_ms=probe["copy_ms"],
-        per_op_ms=probe["per_op_ms"],
         description="this machine's CPU, one thread, measured",
         sources={
             "peak_macs_per_s": f"{n}×{n}×{n} float32 matmul and int8 dynamic Linear, {how}",
@@ -237,34 +232,6 @@ def calibrate_host(
     return report
 
 
-def _nearest(options: tuple[Any, ...], value: float, full_rank: int | None = None) -> Any:
-    """The option nearest ``value`` (a rank option as a fraction of ``full_rank``, None = full)."""
-    if full_rank:
-        numeric = [(full_rank if o is None else o) / full_rank for o in options]
-    else:
-        numeric = [float(o) for o in options]
-    return options[int(np.argmin([abs(f - value) for f in numeric]))]
-
-
-def _uniform_plan(space: Space, values: Mapping[str, float]) -> Plan:
-    """Every layer at the option nearest ``values`` for the knobs named there (rank as a fraction
-    of the layer's full rank), the other knobs at their first option (no compression)."""
-    choices: dict[str, Choice] = {}
-    for layer in space.layers:
-        kn = space.knobs_of(layer.name)
-        pick: dict[str, Any] = {}
-        for knob in KNOBS:
-            opts = kn.options(knob)
-            if knob not in values or len(opts) == 1:
-                pick[knob] = opts[0]
-            elif knob == "rank":
-                pick[knob] = _nearest(opts, values[knob], layer.full_rank)
-            else:
-                pick[knob] = _nearest(opts, values[knob])
-        choices[layer.name] = Choice(**pick)
-    return space.tie_groups(Plan(choices))
-
-
 def designed_plans(
     space: Space, n: int, rng: np.random.Generator, values: Mapping[str, tuple[float, ...]] | None = None
 ) -> list[Plan]:
@@ -277,10 +244,10 @@ def designed_plans(
     when the space has fewer."""
     values = dict(PROFILE_SPACE if values is None else values)
     per_knob: list[list[Plan]] = [
-        [_uniform_plan(space, {"rank": v}) for v in sorted(values.get("rank_fractions", ()))[::-1]],
-        [_uniform_plan(space, {"keep": v}) for v in sorted(values.get("keep", ()))[::-1]],
-        [_uniform_plan(space, {"wbits": b, "abits": b}) for b in sorted(values.get("wbits", ()))[::-1]],
-        [_uniform_plan(space, {"token_keep": v}) for v in sorted(values.get("token_keep", ()))[::-1]],
+        [space.nearest_uniform({"rank": v}) for v in sorted(values.get("rank_fractions", ()))[::-1]],
+        [space.nearest_uniform({"keep": v}) for v in sorted(values.get("keep", ()))[::-1]],
+        [space.nearest_uniform({"wbits": b, "abits": b}) for b in sorted(values.get("wbits", ()))[::-1]],
+        [space.nearest_uniform({"token_keep": v}) for v in sorted(values.get("token_keep", ()))[::-1]],
     ]
     chosen: dict[Plan, None] = {Plan(): None}
     uniform_slots = (n - 1) // 2

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import KNOBS, Choice, Plan
+from search_spaces import KNOBS, Plan
 
 from ._problem import Problem
 from ._strategy import Observation, Strategy, register_strategy
@@ -85,30 +85,8 @@ def uniform_plans(problem: Problem) -> list[Plan]:
     }
     plans: dict[Plan, None] = {}
     for combo in itertools.product(*(dict.fromkeys(axes[k]) for k in KNOBS)):
-        plans.setdefault(_uniform(problem, dict(zip(KNOBS, combo, strict=True))))
+        plans.setdefault(problem.space.nearest_uniform(dict(zip(KNOBS, combo, strict=True))))
     return list(plans)
-
-
-def _uniform(problem: Problem, value: dict[str, Any]) -> Plan:
-    space = problem.space
-    choices: dict[str, Choice] = {}
-    for layer in space.layers:
-        kn = space.knobs_of(layer.name)
-        pick: dict[str, Any] = {}
-        for knob in KNOBS:
-            opts = kn.options(knob)
-            v = value[knob]
-            if knob == "rank":
-                if v is None or opts == (None,):
-                    pick[knob] = None
-                    continue
-                full = layer.full_rank
-                numeric = [(full if o is None else o) / full for o in opts]
-                pick[knob] = opts[int(np.argmin([abs(f - float(v)) for f in numeric]))]
-            else:
-                pick[knob] = opts[int(np.argmin([abs(float(o) - float(v)) for o in opts]))]
-        choices[layer.name] = Choice(**pick)
-    return space.tie_groups(Plan(choices))
 
 
 def _bisecting_order(n: int) -> list[int]:
