@@ -690,77 +690,80 @@ class FitDispatcher(BackgroundLoop):
 
     def _prepare(self, profile_id: str) -> None:
         """Prepare a profile's tasks (``execute_profile``) while beating its claim."""
-        call = (self.settings.database_url, profile_id, str(self.settings.data_dir))
-        if self.inline:
-            ended = threading.Event()
 
-            def beat() -> None:
-                while not ended.wait(HEARTBEAT_S):
-                    self.store.profile_heartbeat(profile_id, self.worker)
-
-            threading.Thread(target=beat, name=f"heartbeat-{profile_id}", daemon=True).start()
-            try:
-                execute_profile(*call)
-            finally:
-                ended.set()
-            return
-        import ray
-
-        start_ray(self.settings.ray_address)
-        fn: Callable[..., str] = execute_profile
-        ref = ray.remote(num_cpus=1, max_retries=0)(fn).remote(*call)
-        while not self._stop.is_set():
-            self.last_tick = time.monotonic()
-            done, _ = ray.wait([ref], timeout=self.poll_s)
-            if done:
-                try:
-                    ray.get(ref)
-                except Exception as exc:  # the task's process died: fail the profile with the reason
-                    self.store.fail_profile(
-                        profile_id, f"preparing its tasks failed: {type(exc).__name__}: {exc}"
-                    )
-                return
+        def beat() -> bool:
             self.store.profile_heartbeat(profile_id, self.worker)
-        ray.cancel(ref, force=True)  # stopping: prepared again once its claim is stale
+            return False  # a profile being prepared is not cancelled
+
+        def failed(exc: Exception) -> None:  # the task's process died: the profile says why
+            self.store.fail_profile(profile_id, f"preparing its tasks failed: {type(exc).__name__}: {exc}")
+
+        call = (self.settings.database_url, profile_id, str(self.settings.data_dir))
+        self._supervise(f"profile {profile_id}", execute_profile, call, {}, beat, failed)
 
     def _run(self, fit_id: str, csv_path: str) -> None:
-        call = (self.settings.database_url, fit_id)
-        data_dir = str(self.settings.data_dir)
+        def failed(exc: Exception) -> None:  # the task's process died: fail it with the reason
+            if self.store.finish_fit(fit_id, error=f"{type(exc).__name__}: {exc}"):
+                discard_upload(csv_path)
+
+        def cancelled() -> None:
+            if self.store.finish_fit(fit_id, cancelled=True):
+                discard_upload(csv_path)
+            log.info("fit %s cancelled", fit_id)
+
+        self._supervise(
+            f"fit {fit_id}",
+            execute_fit,
+            (self.settings.database_url, fit_id),
+            {"data_dir": str(self.settings.data_dir)},
+            lambda: self.store.fit_heartbeat(fit_id, self.worker),
+            failed,
+            cancelled,
+        )
+
+    def _supervise(
+        self,
+        what: str,
+        fn: Callable[..., str],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        beat: Callable[[], bool],
+        failed: Callable[[Exception], None],
+        cancelled: Callable[[], None] | None = None,
+    ) -> None:
+        """Run ``fn`` inline (its claim beaten from a thread meanwhile, or the job thread would give
+        it back to the queue as orphaned) or as a Ray task, beating its claim every poll. ``beat``
+        returns whether a cancel was asked for (then the Ray task is killed and ``cancelled``
+        runs); a task whose process died ends through ``failed``. Stopping (the service shuts
+        down) kills the task: it is claimed again once its heartbeat is old enough."""
         if self.inline:
-            # Beaten meanwhile, or the job thread would give the fit back to the queue as orphaned.
             ended = threading.Event()
 
-            def beat() -> None:
+            def beating() -> None:
                 while not ended.wait(HEARTBEAT_S):
-                    self.store.fit_heartbeat(fit_id, self.worker)
+                    beat()
 
-            threading.Thread(target=beat, name=f"heartbeat-{fit_id}", daemon=True).start()
+            threading.Thread(target=beating, name=f"heartbeat-{what}", daemon=True).start()
             try:
-                execute_fit(*call, data_dir=data_dir)
+                fn(*args, **kwargs)
             finally:
                 ended.set()
             return
         import ray
 
         start_ray(self.settings.ray_address)
-        fn: Callable[..., str] = execute_fit  # Ray's stubs type few signatures
-        ref = ray.remote(num_cpus=1, max_retries=0)(fn).remote(*call, data_dir=data_dir)
+        ref = ray.remote(num_cpus=1, max_retries=0)(fn).remote(*args, **kwargs)
         while not self._stop.is_set():
             self.last_tick = time.monotonic()
             done, _ = ray.wait([ref], timeout=self.poll_s)
             if done:
                 try:
                     ray.get(ref)
-                except Exception as exc:  # the task's process died: fail it with the reason
-                    if self.store.finish_fit(fit_id, error=f"{type(exc).__name__}: {exc}"):
-                        discard_upload(csv_path)
+                except Exception as exc:
+                    failed(exc)
                 return
-            if self.store.fit_heartbeat(fit_id, self.worker):
+            if beat() and cancelled is not None:
                 ray.cancel(ref, force=True)  # kills the task's worker process
-                if self.store.finish_fit(fit_id, cancelled=True):
-                    discard_upload(csv_path)
-                log.info("fit %s cancelled", fit_id)
+                cancelled()
                 return
-        # Stopping (the service shuts down): the fit is killed and resumes from the start once
-        # its heartbeat is old enough for a dispatcher to give it back to the queue.
         ray.cancel(ref, force=True)
