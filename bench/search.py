@@ -235,8 +235,13 @@ def markdown(path: str) -> str:
 
 
 def _front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The feasible points no other feasible point beats on both quality and latency."""
-    ok = [p for p in points if p["feasible"] and p["quality"] is not None]
+    """The feasible points no other feasible point beats on both quality and latency (one of
+    each group of equal points: a front of ten plans at the same cost and quality is one point)."""
+    unique: dict[tuple[float, float], dict[str, Any]] = {}
+    for p in points:
+        if p["feasible"] and p["quality"] is not None:
+            unique.setdefault((p["quality"], p["latency_ms"]), p)
+    ok = list(unique.values())
     return [
         p
         for p in ok
