@@ -197,7 +197,27 @@ def test_a_target_is_measured_in_one_runtime(tmp_path: Path) -> None:
         r = register("torch")
         assert r.status_code == 409 and "--runtime onnxruntime" in r.text
         # A new target's micro-benchmarks must come from the agent's own runtime.
-        profile = {"name": "x", "family": "cpu", "peak_macs_per_s": {"32": 1e9}, "memory_bandwidth_gb_s": 1}
+        # As an agent sends it: every number with its source (targets outlive a test in this process,
+        # and every registered target must say where its numbers come from).
+        measured = "measured by a test agent"
+        profile = {
+            "name": "x",
+            "family": "cpu",
+            "description": "a board registered by a test",
+            "peak_macs_per_s": {"32": 1e9},
+            "memory_bandwidth_gb_s": 1,
+            "dispatch_overhead_ms": 0.01,
+            "compute_efficiency": 1.0,
+            "sources": {
+                k: measured
+                for k in (
+                    "peak_macs_per_s",
+                    "memory_bandwidth_gb_s",
+                    "dispatch_overhead_ms",
+                    "compute_efficiency",
+                )
+            },
+        }
         body = {
             "name": "t",
             "target": "new-board",
