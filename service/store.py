@@ -405,14 +405,19 @@ class Store:
             return [merged_trial(d, m, r, devices.get(int(d["number"]))) for d, m, r in rows], total
 
     @staticmethod
-    def _device_measured(s: Session, job_id: str) -> dict[int, dict[str, dict[str, Any]]]:
-        """Trial number → target → that target's newest device measurement, for one job."""
+    def _device_measured(
+        s: Session, job_id: str, number: int | None = None
+    ) -> dict[int, dict[str, dict[str, Any]]]:
+        """Trial number → target → that target's newest device measurement, for one job (or only
+        its trial ``number``)."""
         out: dict[int, dict[str, dict[str, Any]]] = {}
         query = (
             select(DeviceMeasurement.number, DeviceMeasurement.target, DeviceMeasurement.data)
             .where(DeviceMeasurement.job_id == job_id)
             .order_by(DeviceMeasurement.id)
         )
+        if number is not None:
+            query = query.where(DeviceMeasurement.number == number)
         for number, target, data in s.execute(query):
             out.setdefault(int(number), {})[str(target)] = data
         return out
@@ -456,7 +461,7 @@ class Store:
             row = s.scalar(select(TrialRow).where(TrialRow.job_id == job_id, TrialRow.number == number))
             if row is None:
                 raise NotFound(f"no trial {number} in job {job_id!r}")
-            return trial_dict(row, self._device_measured(s, job_id).get(number))
+            return trial_dict(row, self._device_measured(s, job_id, number).get(number))
 
     # ---- schedules ----------------------------------------------------------------------------
     def create_schedule(
